@@ -1,0 +1,61 @@
+# carpool — build, test, bench.  `make` builds bin/carpool and bin/carpool-sim; `make test` runs every test.
+CC      ?= cc
+CFLAGS  ?= -O2 -g
+CFLAGS  += -std=gnu17 -Wall -Wextra -Werror -Iinclude -Ibench -D_GNU_SOURCE
+LDLIBS  = -levent -levent_openssl -lssl -lcrypto -lcjson -lyaml -lm
+SAN     ?=
+ifeq ($(SAN),1)
+CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+LDFLAGS += -fsanitize=address,undefined
+endif
+
+VERSION = 0.1.0
+CFLAGS += -DCARPOOL_VERSION=\"$(VERSION)\"
+
+CORE_SRC = $(filter-out src/main.c,$(wildcard src/*.c))
+CORE_OBJ = $(CORE_SRC:src/%.c=build/%.o)
+UNIT_SRC = $(wildcard tests/unit/test_*.c)
+UNIT_BIN = $(UNIT_SRC:tests/unit/%.c=bin/%)
+
+all: bin/carpool bin/carpool-sim bin/carpool-loadgen
+
+build/%.o: src/%.c $(wildcard include/carpool/*.h) | build
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+build/bench_%.o: bench/%.c bench/simgen.h | build
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+bin/carpool: build/main.o $(CORE_OBJ) | bin
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+bin/carpool-sim: build/bench_sim.o build/bench_simgen.o | bin
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+bin/carpool-loadgen: build/bench_loadgen.o build/bench_simgen.o | bin
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+bin/test_%: tests/unit/test_%.c $(CORE_OBJ) build/bench_simgen.o | bin
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+
+build bin:
+	mkdir -p $@
+
+unit: $(UNIT_BIN)
+	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; ./$$t; done
+
+e2e: all tests/e2e/node_modules
+	bash tests/e2e/run.sh
+
+tests/e2e/node_modules: tests/e2e/package.json tests/e2e/package-lock.json
+	cd tests/e2e && npm ci --no-audit --no-fund --silent
+	touch $@
+
+test: all unit e2e
+
+demo: all
+	bash bench/demo.sh
+
+clean:
+	rm -rf build bin
+
+.PHONY: all unit e2e test demo clean

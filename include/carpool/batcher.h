@@ -1,0 +1,41 @@
+/* batcher: queues of compatible requests per batch key, window timers, the dispatch policy, and
+ * the life of one batched upstream call (send, split, bisect on a member's error, retry). */
+#ifndef CARPOOL_BATCHER_H
+#define CARPOOL_BATCHER_H
+
+#include "carpool/common.h"
+#include "carpool/config.h"
+#include "carpool/intake.h"
+
+struct event_base;
+struct creq;
+struct upstream;
+struct batcher;
+
+struct batcher_stats {
+	unsigned long requests;	      /* client completion requests accepted into a batch */
+	unsigned long prompts;	      /* prompts they carried */
+	unsigned long calls;	      /* batched upstream calls sent (bisections and retries included) */
+	unsigned long call_prompts;   /* prompts sent in those calls */
+	unsigned long bisections;
+	unsigned long retries;
+	unsigned long upstream_errors;
+	unsigned long gone;	      /* clients that left before their answer ended */
+	unsigned long queued;	      /* requests waiting now */
+	unsigned long max_call_prompts;
+};
+
+struct batcher *batcher_new(struct event_base *base, const struct config *cfg, struct upstream *ups, int nups);
+void batcher_free(struct batcher *bt);
+
+/* Takes a validated completion request: r's contents move into the batcher (r is left empty).
+ * auth is the client's Authorization header when it is forwarded (part of the batch key), or NULL.
+ * The batcher answers creq, now or later. */
+void batcher_submit(struct batcher *bt, struct creq *creq, struct intake_req *r, struct upstream *up,
+		    const char *auth);
+
+const struct batcher_stats *batcher_stats(const struct batcher *bt);
+/* Requests not yet answered (queued or streaming). */
+unsigned batcher_active(const struct batcher *bt);
+
+#endif

@@ -1,0 +1,52 @@
+/* common: return codes, logging and small helpers shared by every module. */
+#ifndef CARPOOL_COMMON_H
+#define CARPOOL_COMMON_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* A small closed set of return codes (after nginx's OK / ERROR / AGAIN / DECLINED). */
+enum { CP_OK = 0, CP_ERROR = -1, CP_AGAIN = -2, CP_DECLINED = -3 };
+
+enum log_level { LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR, LOG_CRIT };
+
+/* Lines go to stderr as "time level [context] message". The context (what carpool was doing, for
+ * whom) is set once per operation with log_set_action() instead of by every call site. */
+void log_set_level(enum log_level lvl);
+enum log_level log_get_level(void);
+void log_set_action(const char *action);
+void log_msg(enum log_level lvl, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#define log_debug(...) do { if (log_get_level() <= LOG_DEBUG) log_msg(LOG_DEBUG, __VA_ARGS__); } while (0)
+#define log_info(...) log_msg(LOG_INFO, __VA_ARGS__)
+#define log_warn(...) log_msg(LOG_WARN, __VA_ARGS__)
+#define log_error(...) log_msg(LOG_ERROR, __VA_ARGS__)
+#define log_crit(...) log_msg(LOG_CRIT, __VA_ARGS__)
+
+/* Growable byte buffer; always NUL-terminated after the data. Aborts on out-of-memory. */
+struct sbuf {
+	char *data;
+	size_t len, cap;
+};
+/* Makes room for len more bytes (and the NUL). */
+void sbuf_reserve(struct sbuf *b, size_t len);
+void sbuf_add(struct sbuf *b, const void *data, size_t len);
+void sbuf_adds(struct sbuf *b, const char *s);
+void sbuf_printf(struct sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void sbuf_reset(struct sbuf *b);
+void sbuf_free(struct sbuf *b);
+
+void *xmalloc(size_t n);
+void *xcalloc(size_t n, size_t size);
+void *xrealloc(void *p, size_t n);
+char *xstrdup(const char *s);
+char *xstrndup(const char *s, size_t n);
+
+uint64_t now_us(void);
+
+/* The body of an OpenAI-style error: {"error":{"message","type","param","code"}}. Caller frees. */
+char *openai_error_json(const char *message, const char *type, const char *param, const char *code);
+
+#endif

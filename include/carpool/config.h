@@ -1,0 +1,94 @@
+/* config: the YAML file (libyaml) -> a typed, validated struct config.
+ *
+ * One declarative table of keys (type, bounds, default, help) drives the parser, the defaults and
+ * `--check-config`; every error names FILE:LINE:COLUMN; unknown and duplicate keys are errors. */
+#ifndef CARPOOL_CONFIG_H
+#define CARPOOL_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#define CFG_MAX_LISTEN 16
+#define CFG_MAX_UPSTREAMS 16
+#define CFG_MAX_MODELS 16
+#define CFG_MAX_KEYS 64
+#define CFG_STR 512
+
+enum dialect { DIALECT_AUTO, DIALECT_OPENAI, DIALECT_VLLM, DIALECT_LLAMACPP };
+enum batch_policy { POLICY_ADAPTIVE, POLICY_FIXED };
+
+struct cfg_tls_server {
+	char cert[CFG_STR];
+	char key[CFG_STR];
+};
+
+struct cfg_listen {
+	char address[CFG_STR];
+	char mode[8];
+	struct cfg_tls_server tls;
+};
+
+struct cfg_tls_client {
+	bool verify;
+	char ca_file[CFG_STR];
+};
+
+struct cfg_upstream {
+	char url[CFG_STR];
+	long dialect; /* enum dialect */
+	char api_key_env[128];
+	long max_inflight;
+	long rate_limit_rpm;
+	long weight;
+	char models[CFG_MAX_MODELS][128];
+	int nmodels;
+	long max_inputs_per_call;
+	struct cfg_tls_client tls;
+};
+
+struct config {
+	char path[CFG_STR];
+	struct cfg_listen listen[CFG_MAX_LISTEN];
+	int nlisten;
+	struct cfg_upstream upstreams[CFG_MAX_UPSTREAMS];
+	int nupstreams;
+	struct {
+		long policy; /* enum batch_policy */
+		long max_wait_ms;
+		long max_batch_size;
+	} batching;
+	struct {
+		char keys[CFG_MAX_KEYS][128];
+		int nkeys;
+		char keys_file[CFG_STR];
+	} auth;
+	struct {
+		long max_body_bytes;
+		long max_header_bytes;
+		long max_clients;
+		long max_queue;
+		long max_client_buffer;
+	} limits;
+	struct {
+		long connect_ms;
+		long first_byte_ms;
+		long idle_ms;
+		long client_idle_ms;
+	} timeouts;
+	struct {
+		long level; /* enum log_level */
+		char access[CFG_STR];
+	} log;
+};
+
+/* Loads and validates FILE into *cfg (which the call fully initialises). On failure returns CP_ERROR
+ * and writes "FILE:LINE:COLUMN: message" into err. Nothing to free either way. */
+int config_load(const char *file, struct config *cfg, char *err, size_t errlen);
+
+/* Same, from a string in memory (name is used in messages). For tests. */
+int config_load_string(const char *name, const char *yaml, size_t len, struct config *cfg, char *err,
+		       size_t errlen);
+
+const char *dialect_name(enum dialect d);
+
+#endif

@@ -1,0 +1,27 @@
+/* router: what each client request becomes - batched completion, local endpoint, or a
+ * pass-through to the upstream - plus client-key checks. */
+#ifndef CARPOOL_ROUTER_H
+#define CARPOOL_ROUTER_H
+
+#include "carpool/config.h"
+
+struct creq;
+struct batcher;
+struct upstream;
+
+struct router {
+	const struct config *cfg;
+	struct upstream *ups;
+	int nups;
+	struct batcher *bt;
+	unsigned long passthrough;
+	unsigned long refused;
+};
+
+/* The server's request handler; arg is a struct router. */
+void router_handle(struct creq *r, void *arg);
+
+/* The upstream serving model (NULL: the first one); NULL if none does. */
+struct upstream *router_pick(struct router *rt, const char *model);
+
+#endif

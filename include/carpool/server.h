@@ -1,0 +1,70 @@
+/* server: listeners and client connections; a small HTTP/1.1 server on bufferevents.
+ *
+ * carpool parses client requests itself (rather than with evhttp) so that every refusal - a body
+ * over the limit, an oversized header, a wrong method - is an OpenAI-style JSON error, so that a
+ * client that reads too slowly can be dropped at a bound, and so that a client that leaves is
+ * reported to the request's owner exactly once. */
+#ifndef CARPOOL_SERVER_H
+#define CARPOOL_SERVER_H
+
+#include "carpool/common.h"
+#include "carpool/config.h"
+
+struct event_base;
+struct conn;
+
+struct creq_header {
+	char *name;
+	char *value;
+};
+
+/* One client request. Owned by its connection; the handler borrows it until it ends the response
+ * (creq_reply / creq_stream_end) or until the gone callback tells it the client left. */
+struct creq {
+	struct conn *conn;
+	char method[16];
+	char *target; /* as sent: path and query */
+	char *path;   /* path only */
+	struct creq_header *headers;
+	size_t nheaders;
+	struct sbuf body;
+	bool keepalive;
+	bool started;  /* response headers sent */
+	bool finished; /* response complete */
+	uint64_t t_start;
+	void (*gone_cb)(void *arg);
+	void *gone_arg;
+	char peer[64];
+};
+
+typedef void (*server_handler)(struct creq *r, void *arg);
+
+struct server;
+
+/* Opens every listener of cfg on base. Returns NULL (and logs why) on failure. */
+struct server *server_new(struct event_base *base, const struct config *cfg, server_handler h, void *arg);
+/* Stops accepting (listeners closed, unix sockets unlinked); open connections continue. */
+void server_stop_listening(struct server *s);
+unsigned server_connections(const struct server *s);
+void server_free(struct server *s);
+
+const char *creq_header(const struct creq *r, const char *name);
+/* The owner's callback when the client leaves before the response ends; afterwards r is gone. */
+void creq_on_gone(struct creq *r, void (*cb)(void *arg), void *arg);
+
+/* A whole response with Content-Length. extra: further header lines, each ending in "\r\n", or NULL. */
+void creq_reply(struct creq *r, int status, const char *ctype, const char *extra, const char *body, size_t len);
+/* An OpenAI-style error response. */
+void creq_reply_error(struct creq *r, int status, const char *message, const char *type, const char *param,
+		      const char *code);
+/* Starts a chunked response. */
+void creq_stream_start(struct creq *r, int status, const char *ctype, const char *extra);
+/* Appends to a started chunked response. CP_ERROR: the client's unread output passed the bound and
+ * it was dropped; r is gone (no gone callback is made) and must not be used again. */
+int creq_stream_write(struct creq *r, const char *data, size_t len);
+/* Ends a chunked response; r must not be used afterwards. */
+void creq_stream_end(struct creq *r);
+
+const char *http_reason(int status);
+
+#endif

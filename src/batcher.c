@@ -1,0 +1,750 @@
+/* batcher: batch keys, windows, dispatch, and the life of one batched upstream call. */
+#include "carpool/batcher.h"
+#include "carpool/server.h"
+#include "carpool/splitter.h"
+#include "carpool/sse.h"
+#include "carpool/upstream.h"
+
+#include <cjson/cJSON.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define NBUCKETS 1024
+#define MAX_ERROR_BODY 65536
+#define MAX_SSE_EVENT (4u << 20)
+#define RETRY_BACKOFF_MS 100
+
+struct batch;
+
+/* One client request in a batch. Owned by its batch (or by the batcher while it has none). */
+struct member {
+	struct split_member sm;
+	struct batcher *bt;
+	struct creq *creq;	/* NULL once the client left or was answered */
+	struct intake_req req;
+	unsigned *ptok_est;
+	uint64_t t_arrival;
+	bool answered;
+	bool head_sent;
+};
+
+struct batch {
+	uint64_t id;
+	struct batcher *bt;
+	struct upstream *up;
+	char *key;
+	struct member **members;
+	unsigned nmembers, cap;
+	unsigned nprompts;
+	struct event *timer;
+	bool in_map, in_queue, sent;
+	int attempt;
+	struct batch *hnext;	/* hash chain */
+	struct batch *qnext;	/* upstream wait queue */
+	/* once sent */
+	struct upcall *call;
+	int status;
+	bool split_ready;
+	struct split sp;
+	struct split_member **sms;
+	struct sse_parser sse;
+	struct sbuf errbody;
+	char retry_after[32];
+	char content_type[128];
+	uint64_t t_sent;
+};
+
+struct batcher {
+	struct event_base *base;
+	const struct config *cfg;
+	struct upstream *ups;
+	int nups;
+	struct batch *buckets[NBUCKETS];
+	struct batch *qhead[CFG_MAX_UPSTREAMS], *qtail[CFG_MAX_UPSTREAMS];
+	uint64_t next_id;
+	unsigned active;
+	struct batcher_stats st;
+};
+
+static void batch_send(struct batch *b);
+static void batch_ready(struct batch *b);
+static int flush_members(struct batch *b);
+
+/* --- key map ------------------------------------------------------------------------------ */
+
+static unsigned bucket_of(const char *key)
+{
+	uint32_t h = 2166136261u;
+	for (const unsigned char *p = (const unsigned char *)key; *p; p++)
+		h = (h ^ *p) * 16777619u;
+	return h % NBUCKETS;
+}
+
+static struct batch *map_find(struct batcher *bt, const char *key)
+{
+	for (struct batch *b = bt->buckets[bucket_of(key)]; b; b = b->hnext)
+		if (!strcmp(b->key, key))
+			return b;
+	return NULL;
+}
+
+static void map_remove(struct batch *b)
+{
+	if (!b->in_map)
+		return;
+	struct batch **pp = &b->bt->buckets[bucket_of(b->key)];
+	while (*pp && *pp != b)
+		pp = &(*pp)->hnext;
+	if (*pp)
+		*pp = b->hnext;
+	b->hnext = NULL;
+	b->in_map = false;
+}
+
+static void queue_remove(struct batch *b)
+{
+	if (!b->in_queue)
+		return;
+	int u = b->up->index;
+	struct batcher *bt = b->bt;
+	struct batch **pp = &bt->qhead[u], *prev = NULL;
+	while (*pp && *pp != b) {
+		prev = *pp;
+		pp = &(*pp)->qnext;
+	}
+	if (*pp) {
+		*pp = b->qnext;
+		if (bt->qtail[u] == b)
+			bt->qtail[u] = prev;
+	}
+	b->qnext = NULL;
+	b->in_queue = false;
+}
+
+/* --- members ------------------------------------------------------------------------------- */
+
+static void member_free(struct member *m)
+{
+	split_member_free(&m->sm);
+	intake_free(&m->req);
+	free(m->ptok_est);
+	free(m);
+}
+
+static void member_gone_cb(void *arg);
+
+/* The member's client will hear nothing more from us (answered, or gone). */
+static void member_detach(struct member *m)
+{
+	if (m->creq)
+		creq_on_gone(m->creq, NULL, NULL);
+	m->creq = NULL;
+	if (!m->answered) {
+		m->answered = true;
+		m->bt->active--;
+	}
+}
+
+static void member_reply_error(struct member *m, int status, const char *msg, const char *type, const char *extra)
+{
+	if (!m->creq)
+		return;
+	struct creq *r = m->creq;
+	member_detach(m);
+	char *body = openai_error_json(msg, type, NULL, NULL);
+	creq_reply(r, status, "application/json", extra, body, strlen(body));
+	free(body);
+}
+
+/* --- batches ------------------------------------------------------------------------------- */
+
+static struct batch *batch_new(struct batcher *bt, struct upstream *up, const char *key)
+{
+	struct batch *b = xcalloc(1, sizeof *b);
+	b->id = ++bt->next_id;
+	b->bt = bt;
+	b->up = up;
+	b->key = xstrdup(key);
+	return b;
+}
+
+static void batch_add(struct batch *b, struct member *m)
+{
+	if (b->nmembers == b->cap) {
+		b->cap = b->cap ? b->cap * 2 : 8;
+		b->members = xrealloc(b->members, b->cap * sizeof *b->members);
+	}
+	b->members[b->nmembers++] = m;
+	b->nprompts += m->req.nprompts;
+}
+
+/* Frees the batch and every member; members still connected get an error first. */
+static void batch_free(struct batch *b)
+{
+	map_remove(b);
+	queue_remove(b);
+	if (b->timer)
+		event_free(b->timer);
+	if (b->call)
+		upcall_cancel(b->call);
+	for (unsigned i = 0; i < b->nmembers; i++) {
+		struct member *m = b->members[i];
+		if (m->creq && !m->head_sent)
+			member_reply_error(m, 502, "carpool: the batch was dropped", "server_error", NULL);
+		else if (m->creq) {
+			struct creq *r = m->creq;
+			member_detach(m);
+			creq_stream_end(r);
+		}
+		member_free(m);
+	}
+	if (b->split_ready)
+		split_free(&b->sp);
+	sse_free(&b->sse);
+	sbuf_free(&b->errbody);
+	free(b->sms);
+	free(b->members);
+	free(b->key);
+	free(b);
+}
+
+static unsigned alive_members(const struct batch *b)
+{
+	unsigned n = 0;
+	for (unsigned i = 0; i < b->nmembers; i++)
+		if (b->members[i]->creq)
+			n++;
+	return n;
+}
+
+static void timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct batch *b = arg;
+	if (b->sent)
+		return;
+	batch_ready(b);
+}
+
+/* The batch may go: now if the upstream has room (and nobody queued before it), else it waits in
+ * the upstream's queue - still open to new members until it is full. */
+static void batch_ready(struct batch *b)
+{
+	struct batcher *bt = b->bt;
+	int u = b->up->index;
+	if (b->in_queue || b->sent)
+		return;
+	if (!bt->qhead[u] && upstream_has_room(b->up)) {
+		batch_send(b);
+		return;
+	}
+	b->in_queue = true;
+	b->qnext = NULL;
+	if (bt->qtail[u])
+		bt->qtail[u]->qnext = b;
+	else
+		bt->qhead[u] = b;
+	bt->qtail[u] = b;
+}
+
+/* Puts b first in its upstream's queue (bisections and retries go before new work). */
+static void batch_ready_first(struct batch *b)
+{
+	struct batcher *bt = b->bt;
+	int u = b->up->index;
+	if (!bt->qhead[u] && upstream_has_room(b->up)) {
+		batch_send(b);
+		return;
+	}
+	b->in_queue = true;
+	b->qnext = bt->qhead[u];
+	bt->qhead[u] = b;
+	if (!bt->qtail[u])
+		bt->qtail[u] = b;
+}
+
+static void on_room(struct upstream *up, void *arg)
+{
+	struct batcher *bt = arg;
+	int u = up->index;
+	while (bt->qhead[u] && upstream_has_room(up)) {
+		struct batch *b = bt->qhead[u];
+		queue_remove(b);
+		batch_send(b);
+	}
+}
+
+/* --- the upstream call ----------------------------------------------------------------------- */
+
+static void call_head(void *arg, int status, const struct evkeyvalq *headers);
+static void call_data(void *arg, const char *data, size_t len);
+static void call_done(void *arg, enum upcall_error err);
+static const struct upcall_ops call_ops = {call_head, call_data, call_done};
+
+static enum dialect batch_dialect(const struct batch *b)
+{
+	return b->up->dialect == DIALECT_AUTO ? DIALECT_OPENAI : b->up->dialect;
+}
+
+/* The upstream body: the first member's request with every member's prompts, always streamed. */
+static char *build_body(struct batch *b, enum dialect d)
+{
+	cJSON *body = cJSON_Duplicate(b->members[0]->req.body, 1);
+	cJSON *prompts = cJSON_CreateArray();
+	for (unsigned i = 0; i < b->nmembers; i++) {
+		struct member *m = b->members[i];
+		for (cJSON *p = m->req.prompts->child; p; p = p->next)
+			cJSON_AddItemToArray(prompts, cJSON_Duplicate(p, 1));
+	}
+	/* One token-id prompt alone stays a flat array; otherwise an array of prompts. */
+	cJSON_ReplaceItemInObjectCaseSensitive(body, "prompt", prompts);
+	cJSON_DeleteItemFromObjectCaseSensitive(body, "stream");
+	cJSON_AddTrueToObject(body, "stream");
+	cJSON_DeleteItemFromObjectCaseSensitive(body, "stream_options");
+	if (d != DIALECT_LLAMACPP) {
+		cJSON *so = cJSON_AddObjectToObject(body, "stream_options");
+		cJSON_AddTrueToObject(so, "include_usage");
+		if (d == DIALECT_VLLM)
+			cJSON_AddTrueToObject(so, "continuous_usage_stats");
+	}
+	char *s = cJSON_PrintUnformatted(body);
+	cJSON_Delete(body);
+	return s;
+}
+
+/* Drops members that left while queued; compacts the member array. */
+static void batch_compact(struct batch *b)
+{
+	unsigned j = 0;
+	b->nprompts = 0;
+	for (unsigned i = 0; i < b->nmembers; i++) {
+		struct member *m = b->members[i];
+		if (!m->creq) {
+			member_free(m);
+			continue;
+		}
+		b->members[j++] = m;
+		b->nprompts += m->req.nprompts;
+	}
+	b->nmembers = j;
+}
+
+static void batch_send(struct batch *b)
+{
+	struct batcher *bt = b->bt;
+	map_remove(b);
+	queue_remove(b);
+	if (b->timer)
+		evtimer_del(b->timer);
+	batch_compact(b);
+	if (!b->nmembers) {
+		batch_free(b);
+		return;
+	}
+	b->sent = true;
+	enum dialect d = batch_dialect(b);
+	char *body = build_body(b, d);
+	const char *hdrs[] = {"Content-Type", "application/json", "Accept", "text/event-stream"};
+	const char *auth = b->members[0]->creq ? creq_header(b->members[0]->creq, "Authorization") : NULL;
+	if (b->up->auth || bt->cfg->auth.nkeys)
+		auth = NULL; /* carpool's own credential, or none: a client key is never forwarded */
+	b->t_sent = now_us();
+	b->status = 0;
+	bt->st.calls++;
+	bt->st.call_prompts += b->nprompts;
+	if (b->nprompts > bt->st.max_call_prompts)
+		bt->st.max_call_prompts = b->nprompts;
+	log_debug("batch %llu: sending %u prompts from %u clients to %s", (unsigned long long)b->id, b->nprompts,
+		  b->nmembers, b->up->cfg->url);
+	b->call = upstream_call(b->up, "POST", "/v1/completions", hdrs, 2, auth, body, strlen(body), &call_ops, b);
+	free(body);
+	if (!b->call) {
+		for (unsigned i = 0; i < b->nmembers; i++)
+			member_reply_error(b->members[i], 502, "carpool could not reach the upstream", "server_error", NULL);
+		batch_free(b);
+	}
+}
+
+static void batch_extra_headers(struct batch *b, struct member *m, char *buf, size_t len)
+{
+	snprintf(buf, len, "X-Carpool-Batch: %llu; size=%u\r\nX-Carpool-Usage: %s\r\n", (unsigned long long)b->id,
+		 b->nprompts, m->sm.usage_exact ? "exact" : "estimated");
+}
+
+static void call_head(void *arg, int status, const struct evkeyvalq *headers)
+{
+	struct batch *b = arg;
+	b->status = status;
+	const char *ct = evhttp_find_header(headers, "Content-Type");
+	snprintf(b->content_type, sizeof b->content_type, "%s", ct ? ct : "application/json");
+	const char *ra = evhttp_find_header(headers, "Retry-After");
+	snprintf(b->retry_after, sizeof b->retry_after, "%s", ra ? ra : "");
+	if (status != 200)
+		return;
+	if (!ct || strncasecmp(ct, "text/event-stream", 17)) {
+		b->status = 502; /* a 200 that does not stream: handled as a failure in call_done */
+		sbuf_adds(&b->errbody, "{\"error\":{\"message\":\"the upstream answered without streaming\"}}");
+		return;
+	}
+	enum dialect d = batch_dialect(b);
+	const char *server = evhttp_find_header(headers, "Server");
+	if (server && strstr(server, "llama.cpp"))
+		d = DIALECT_LLAMACPP;
+	b->sms = xcalloc(b->nmembers, sizeof *b->sms);
+	for (unsigned i = 0; i < b->nmembers; i++)
+		b->sms[i] = &b->members[i]->sm;
+	unsigned n = b->members[0]->req.n;
+	split_init(&b->sp, d, n, b->sms, b->nmembers);
+	b->split_ready = true;
+	sse_init(&b->sse, MAX_SSE_EVENT);
+	for (unsigned i = 0; i < b->nmembers; i++) {
+		struct member *m = b->members[i];
+		if (!m->creq) {
+			split_member_gone(&b->sp, &m->sm);
+			continue;
+		}
+		if (m->req.stream) {
+			char extra[512];
+			int k = snprintf(extra, sizeof extra,
+					 "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n");
+			batch_extra_headers(b, m, extra + k, sizeof extra - (size_t)k);
+			creq_stream_start(m->creq, 200, "text/event-stream", extra);
+			m->head_sent = true;
+		}
+	}
+}
+
+static int sse_cb(void *arg, const struct sse_event *ev)
+{
+	struct batch *b = arg;
+	if (split_event(&b->sp, ev->data, ev->len, ev->is_error) != CP_OK)
+		log_warn("batch %llu: an upstream event was not understood: %.200s", (unsigned long long)b->id, ev->data);
+	return CP_OK;
+}
+
+/* The member's client left. With may_free, a batch whose clients have all left is freed (and its
+ * upstream call cancelled) at once; otherwise the caller checks. */
+static void member_left(struct member *m, bool may_free)
+{
+	struct batcher *bt = m->bt;
+	m->creq = NULL;
+	if (!m->answered) {
+		m->answered = true;
+		bt->active--;
+	}
+	bt->st.gone++;
+	struct batch *b = m->sm.owner;
+	if (!b)
+		return;
+	if (b->split_ready)
+		split_member_gone(&b->sp, &m->sm);
+	if (may_free && b->sent && b->call && alive_members(b) == 0) {
+		log_info("batch %llu: every client left; cancelling the upstream call", (unsigned long long)b->id);
+		batch_free(b);
+	}
+}
+
+static void member_gone_cb(void *arg) { member_left(arg, true); }
+
+/* Writes what the splitter produced, and ends the responses of members that are done. Returns
+ * CP_DECLINED if every client has left and the batch was freed. */
+static int flush_members(struct batch *b)
+{
+	bool dropped = false;
+	for (unsigned i = 0; i < b->nmembers; i++) {
+		struct member *m = b->members[i];
+		if (!m->sm.dirty)
+			continue;
+		m->sm.dirty = false;
+		if (!m->creq) {
+			sbuf_reset(&m->sm.out);
+			continue;
+		}
+		if (m->req.stream) {
+			if (m->sm.out.len && creq_stream_write(m->creq, m->sm.out.data, m->sm.out.len) != CP_OK) {
+				m->creq = NULL; /* dropped for reading too slowly */
+				member_left(m, false);
+				dropped = true;
+				continue;
+			}
+			sbuf_reset(&m->sm.out);
+			if (m->sm.done) {
+				struct creq *r = m->creq;
+				member_detach(m);
+				creq_stream_end(r);
+			}
+		} else if (m->sm.done) {
+			struct creq *r = m->creq;
+			char extra[256];
+			batch_extra_headers(b, m, extra, sizeof extra);
+			member_detach(m);
+			creq_reply(r, m->sm.status, "application/json", extra, m->sm.out.data, m->sm.out.len);
+			sbuf_free(&m->sm.out);
+		}
+	}
+	if (dropped && b->call && alive_members(b) == 0) {
+		batch_free(b);
+		return CP_DECLINED;
+	}
+	return CP_OK;
+}
+
+static void call_data(void *arg, const char *data, size_t len)
+{
+	struct batch *b = arg;
+	if (b->status != 200) {
+		if (b->errbody.len + len <= MAX_ERROR_BODY)
+			sbuf_add(&b->errbody, data, len);
+		return;
+	}
+	if (sse_feed(&b->sse, data, len, sse_cb, b) != CP_OK) {
+		log_error("batch %llu: upstream SSE event larger than %u bytes", (unsigned long long)b->id, MAX_SSE_EVENT);
+		split_end(&b->sp, 502, "the upstream sent an event larger than carpool accepts");
+		if (flush_members(b) == CP_OK)
+			batch_free(b);
+		return;
+	}
+	flush_members(b);
+}
+
+/* The upstream refused a batch of several members: send two halves apart, so that only the
+ * member(s) at fault get the error (contract 6). Members move into the new batches. */
+static void bisect(struct batch *b)
+{
+	struct batcher *bt = b->bt;
+	batch_compact(b);
+	unsigned half = b->nmembers / 2;
+	struct batch *parts[2] = {batch_new(bt, b->up, b->key), batch_new(bt, b->up, b->key)};
+	for (unsigned i = 0; i < b->nmembers; i++) {
+		struct member *m = b->members[i];
+		m->sm.owner = parts[i < half ? 0 : 1];
+		batch_add(parts[i < half ? 0 : 1], m);
+	}
+	b->nmembers = 0;
+	bt->st.bisections++;
+	log_info("batch %llu: upstream refused it with %d; retrying as batches %llu (%u) and %llu (%u)",
+		 (unsigned long long)b->id, b->status, (unsigned long long)parts[0]->id, parts[0]->nmembers,
+		 (unsigned long long)parts[1]->id, parts[1]->nmembers);
+	batch_free(b);
+	/* second half queued first so that the first half ends up at the head */
+	batch_ready_first(parts[1]);
+	batch_ready_first(parts[0]);
+}
+
+static void retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct batch *b = arg;
+	b->sent = false;
+	batch_ready_first(b);
+}
+
+/* Answers every member with the upstream's error as it came (status and body). */
+static void forward_error(struct batch *b)
+{
+	char extra[128] = "";
+	if (b->retry_after[0])
+		snprintf(extra, sizeof extra, "Retry-After: %s\r\n", b->retry_after);
+	cJSON *j = cJSON_ParseWithLength(b->errbody.data ? b->errbody.data : "", b->errbody.len);
+	bool is_error_json = j && cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(j, "error"));
+	for (unsigned i = 0; i < b->nmembers; i++) {
+		struct member *m = b->members[i];
+		if (!m->creq)
+			continue;
+		struct creq *r = m->creq;
+		member_detach(m);
+		if (is_error_json) {
+			creq_reply(r, b->status, "application/json", extra[0] ? extra : NULL, b->errbody.data, b->errbody.len);
+		} else {
+			char msg[256];
+			snprintf(msg, sizeof msg, "the upstream answered %d: %.160s", b->status,
+				 b->errbody.data ? b->errbody.data : "");
+			char *body = openai_error_json(msg, b->status < 500 ? "invalid_request_error" : "server_error", NULL,
+						       NULL);
+			creq_reply(r, b->status >= 500 ? 502 : b->status, "application/json", extra[0] ? extra : NULL, body,
+				   strlen(body));
+			free(body);
+		}
+	}
+	cJSON_Delete(j);
+}
+
+static void call_done(void *arg, enum upcall_error err)
+{
+	struct batch *b = arg;
+	struct batcher *bt = b->bt;
+	b->call = NULL;
+	if (err != UPE_NONE)
+		bt->st.upstream_errors++;
+	if (b->status == 200 && b->split_ready) {
+		if (err == UPE_NONE) {
+			split_end(&b->sp, 0, NULL);
+		} else {
+			char msg[160];
+			snprintf(msg, sizeof msg, "the upstream failed mid-stream (%s)", upcall_error_name(err));
+			split_end(&b->sp, err == UPE_IDLE ? 504 : 502, msg);
+		}
+		if (flush_members(b) == CP_OK)
+			batch_free(b);
+		return;
+	}
+	if (b->status == 0) {
+		/* Nothing reached any client: safe to retry once (contract 11). */
+		if ((err == UPE_CONNECT || err == UPE_BROKEN) && b->attempt < 1 && alive_members(b)) {
+			b->attempt++;
+			bt->st.retries++;
+			if (!b->timer)
+				b->timer = evtimer_new(bt->base, retry_cb, b);
+			else
+				event_assign(b->timer, bt->base, -1, 0, retry_cb, b);
+			struct timeval tv = {0, RETRY_BACKOFF_MS * 1000};
+			evtimer_add(b->timer, &tv);
+			log_warn("batch %llu: upstream %s (%s); retrying in %d ms", (unsigned long long)b->id,
+				 b->up->cfg->url, upcall_error_name(err), RETRY_BACKOFF_MS);
+			return;
+		}
+		int status = err == UPE_FIRST_BYTE || err == UPE_IDLE ? 504 : 502;
+		char msg[200];
+		snprintf(msg, sizeof msg, "carpool could not get an answer from the upstream (%s)", upcall_error_name(err));
+		for (unsigned i = 0; i < b->nmembers; i++)
+			member_reply_error(b->members[i], status, msg, "server_error", NULL);
+		batch_free(b);
+		return;
+	}
+	/* The upstream refused the call. */
+	bool member_fault = b->status >= 400 && b->status < 500 && b->status != 408 && b->status != 429 &&
+			    b->status != 401 && b->status != 403;
+	if (member_fault && alive_members(b) > 1 && err == UPE_NONE) {
+		bisect(b);
+		return;
+	}
+	if (err != UPE_NONE && !b->errbody.len) {
+		for (unsigned i = 0; i < b->nmembers; i++)
+			member_reply_error(b->members[i], 502, "the upstream failed", "server_error", NULL);
+	} else {
+		forward_error(b);
+	}
+	batch_free(b);
+}
+
+/* --- submission ------------------------------------------------------------------------------- */
+
+void batcher_submit(struct batcher *bt, struct creq *creq, struct intake_req *r, struct upstream *up,
+		    const char *auth)
+{
+	const struct config *cfg = bt->cfg;
+	if (bt->active >= (unsigned)cfg->limits.max_queue) {
+		creq_reply(creq, 503, "application/json", "Retry-After: 1\r\n",
+			   "{\"error\":{\"message\":\"carpool is at its queue limit; retry shortly.\",\"type\":"
+			   "\"server_error\",\"param\":null,\"code\":\"overloaded\"}}",
+			   strlen("{\"error\":{\"message\":\"carpool is at its queue limit; retry shortly.\",\"type\":"
+				  "\"server_error\",\"param\":null,\"code\":\"overloaded\"}}"));
+		intake_free(r);
+		return;
+	}
+	struct member *m = xcalloc(1, sizeof *m);
+	m->bt = bt;
+	m->creq = creq;
+	m->req = *r;
+	memset(r, 0, sizeof *r);
+	m->t_arrival = now_us();
+	m->sm.nprompts = m->req.nprompts;
+	m->sm.stream = m->req.stream;
+	m->sm.include_usage = m->req.include_usage;
+	m->ptok_est = xcalloc(m->req.nprompts, sizeof *m->ptok_est);
+	unsigned i = 0;
+	for (cJSON *p = m->req.prompts->child; p; p = p->next, i++) {
+		if (cJSON_IsString(p)) {
+			size_t len = strlen(p->valuestring);
+			m->ptok_est[i] = len ? (unsigned)((len + 3) / 4) : 1;
+		} else {
+			m->ptok_est[i] = (unsigned)cJSON_GetArraySize(p);
+		}
+	}
+	m->sm.prompt_tokens_est = m->ptok_est;
+	bt->active++;
+	bt->st.requests++;
+	bt->st.prompts += m->req.nprompts;
+	creq_on_gone(creq, member_gone_cb, m);
+
+	struct sbuf key = {0};
+	sbuf_printf(&key, "%d|%s|%s", up->index, auth ? auth : "", m->req.key);
+	unsigned max = (unsigned)cfg->batching.max_batch_size;
+	struct batch *b = map_find(bt, key.data);
+	if (b && b->nprompts + m->req.nprompts > max) {
+		map_remove(b); /* full: it goes (or waits for room) as it is */
+		batch_ready(b);
+		b = NULL;
+	}
+	bool fresh = false;
+	if (!b) {
+		b = batch_new(bt, up, key.data);
+		b->in_map = true;
+		unsigned h = bucket_of(b->key);
+		b->hnext = bt->buckets[h];
+		bt->buckets[h] = b;
+		fresh = true;
+	}
+	sbuf_free(&key);
+	m->sm.owner = b;
+	batch_add(b, m);
+	if (b->nprompts >= max) {
+		map_remove(b);
+		if (b->in_queue)
+			return; /* full while waiting for room: it goes first when room opens */
+		batch_ready(b);
+		return;
+	}
+	if (!fresh)
+		return;
+	if (cfg->batching.policy == POLICY_ADAPTIVE || cfg->batching.max_wait_ms == 0) {
+		batch_ready(b);
+		return;
+	}
+	b->timer = evtimer_new(bt->base, timer_cb, b);
+	long ms = cfg->batching.max_wait_ms;
+	struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+	evtimer_add(b->timer, &tv);
+}
+
+struct batcher *batcher_new(struct event_base *base, const struct config *cfg, struct upstream *ups, int nups)
+{
+	struct batcher *bt = xcalloc(1, sizeof *bt);
+	bt->base = base;
+	bt->cfg = cfg;
+	bt->ups = ups;
+	bt->nups = nups;
+	for (int i = 0; i < nups; i++) {
+		ups[i].on_room = on_room;
+		ups[i].room_arg = bt;
+	}
+	return bt;
+}
+
+void batcher_free(struct batcher *bt)
+{
+	if (!bt)
+		return;
+	for (int u = 0; u < CFG_MAX_UPSTREAMS; u++)
+		while (bt->qhead[u])
+			batch_free(bt->qhead[u]);
+	for (int i = 0; i < NBUCKETS; i++)
+		while (bt->buckets[i])
+			batch_free(bt->buckets[i]);
+	free(bt);
+}
+
+const struct batcher_stats *batcher_stats(const struct batcher *bt)
+{
+	((struct batcher *)bt)->st.queued = bt->active;
+	return &bt->st;
+}
+
+unsigned batcher_active(const struct batcher *bt) { return bt->active; }

@@ -1,0 +1,391 @@
+/* config: YAML -> struct config, driven by one table of keys. */
+#include "carpool/config.h"
+#include "carpool/common.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <yaml.h>
+
+enum cfg_type { CT_INT, CT_BOOL, CT_STR, CT_ENUM, CT_STRLIST, CT_SECTION, CT_LIST };
+
+struct cfg_section;
+
+struct cfg_key {
+	const char *name;
+	enum cfg_type type;
+	size_t off;		/* of the value in its section's struct */
+	size_t size;		/* CT_STR: buffer size; CT_STRLIST: element size */
+	long min, max;		/* CT_INT bounds; CT_STRLIST / CT_LIST: max items in max */
+	const char *def;	/* default, as text */
+	const char *const *names; /* CT_ENUM */
+	const struct cfg_section *sub; /* CT_SECTION, CT_LIST */
+	size_t count_off;	/* CT_STRLIST, CT_LIST: offset of the int count */
+};
+
+struct cfg_section {
+	const struct cfg_key *keys;
+	size_t nkeys;
+	size_t elem_size; /* CT_LIST element size */
+};
+
+#define NKEYS(a) (sizeof(a) / sizeof((a)[0]))
+#define F(type, member) offsetof(type, member)
+#define FS(type, member) sizeof(((type *)0)->member)
+
+static const char *const dialect_names[] = {"auto", "openai", "vllm", "llamacpp", NULL};
+static const char *const policy_names[] = {"adaptive", "fixed", NULL};
+static const char *const level_names[] = {"debug", "info", "warn", "error", "crit", NULL};
+
+static const struct cfg_key tls_server_keys[] = {
+	{"cert", CT_STR, F(struct cfg_tls_server, cert), FS(struct cfg_tls_server, cert), 0, 0, "", 0, 0, 0},
+	{"key", CT_STR, F(struct cfg_tls_server, key), FS(struct cfg_tls_server, key), 0, 0, "", 0, 0, 0},
+};
+static const struct cfg_section tls_server_sec = {tls_server_keys, NKEYS(tls_server_keys), 0};
+
+static const struct cfg_key listen_keys[] = {
+	{"address", CT_STR, F(struct cfg_listen, address), FS(struct cfg_listen, address), 0, 0, "", 0, 0, 0},
+	{"mode", CT_STR, F(struct cfg_listen, mode), FS(struct cfg_listen, mode), 0, 0, "0660", 0, 0, 0},
+	{"tls", CT_SECTION, F(struct cfg_listen, tls), 0, 0, 0, NULL, 0, &tls_server_sec, 0},
+};
+static const struct cfg_section listen_sec = {listen_keys, NKEYS(listen_keys), sizeof(struct cfg_listen)};
+
+static const struct cfg_key tls_client_keys[] = {
+	{"verify", CT_BOOL, F(struct cfg_tls_client, verify), 0, 0, 0, "true", 0, 0, 0},
+	{"ca_file", CT_STR, F(struct cfg_tls_client, ca_file), FS(struct cfg_tls_client, ca_file), 0, 0, "", 0, 0, 0},
+};
+static const struct cfg_section tls_client_sec = {tls_client_keys, NKEYS(tls_client_keys), 0};
+
+#define U struct cfg_upstream
+static const struct cfg_key upstream_keys[] = {
+	{"url", CT_STR, F(U, url), FS(U, url), 0, 0, "", 0, 0, 0},
+	{"dialect", CT_ENUM, F(U, dialect), 0, 0, 0, "auto", dialect_names, 0, 0},
+	{"api_key_env", CT_STR, F(U, api_key_env), FS(U, api_key_env), 0, 0, "", 0, 0, 0},
+	{"max_inflight", CT_INT, F(U, max_inflight), 0, 1, 4096, "8", 0, 0, 0},
+	{"rate_limit_rpm", CT_INT, F(U, rate_limit_rpm), 0, 0, 100000000, "0", 0, 0, 0},
+	{"weight", CT_INT, F(U, weight), 0, 1, 1000, "1", 0, 0, 0},
+	{"models", CT_STRLIST, F(U, models), FS(U, models[0]), 0, CFG_MAX_MODELS, "*", 0, 0, F(U, nmodels)},
+	{"max_inputs_per_call", CT_INT, F(U, max_inputs_per_call), 0, 1, 1000000, "2048", 0, 0, 0},
+	{"tls", CT_SECTION, F(U, tls), 0, 0, 0, NULL, 0, &tls_client_sec, 0},
+};
+#undef U
+static const struct cfg_section upstream_sec = {upstream_keys, NKEYS(upstream_keys), sizeof(struct cfg_upstream)};
+
+#define C struct config
+static const struct cfg_key batching_keys[] = {
+	{"policy", CT_ENUM, F(C, batching.policy) - F(C, batching), 0, 0, 0, "adaptive", policy_names, 0, 0},
+	{"max_wait_ms", CT_INT, F(C, batching.max_wait_ms) - F(C, batching), 0, 0, 60000, "10", 0, 0, 0},
+	{"max_batch_size", CT_INT, F(C, batching.max_batch_size) - F(C, batching), 0, 1, 4096, "64", 0, 0, 0},
+};
+static const struct cfg_section batching_sec = {batching_keys, NKEYS(batching_keys), 0};
+
+static const struct cfg_key auth_keys[] = {
+	{"keys", CT_STRLIST, F(C, auth.keys) - F(C, auth), FS(C, auth.keys[0]), 0, CFG_MAX_KEYS, NULL, 0, 0,
+	 F(C, auth.nkeys) - F(C, auth)},
+	{"keys_file", CT_STR, F(C, auth.keys_file) - F(C, auth), FS(C, auth.keys_file), 0, 0, "", 0, 0, 0},
+};
+static const struct cfg_section auth_sec = {auth_keys, NKEYS(auth_keys), 0};
+
+static const struct cfg_key limits_keys[] = {
+	{"max_body_bytes", CT_INT, F(C, limits.max_body_bytes) - F(C, limits), 0, 1024, 1L << 30, "4194304", 0, 0, 0},
+	{"max_header_bytes", CT_INT, F(C, limits.max_header_bytes) - F(C, limits), 0, 1024, 1L << 20, "65536", 0, 0, 0},
+	{"max_clients", CT_INT, F(C, limits.max_clients) - F(C, limits), 0, 1, 1000000, "10000", 0, 0, 0},
+	{"max_queue", CT_INT, F(C, limits.max_queue) - F(C, limits), 0, 1, 10000000, "10000", 0, 0, 0},
+	{"max_client_buffer", CT_INT, F(C, limits.max_client_buffer) - F(C, limits), 0, 4096, 1L << 30, "1048576", 0, 0, 0},
+};
+static const struct cfg_section limits_sec = {limits_keys, NKEYS(limits_keys), 0};
+
+static const struct cfg_key timeouts_keys[] = {
+	{"connect_ms", CT_INT, F(C, timeouts.connect_ms) - F(C, timeouts), 0, 1, 600000, "2000", 0, 0, 0},
+	{"first_byte_ms", CT_INT, F(C, timeouts.first_byte_ms) - F(C, timeouts), 0, 1, 3600000, "120000", 0, 0, 0},
+	{"idle_ms", CT_INT, F(C, timeouts.idle_ms) - F(C, timeouts), 0, 1, 3600000, "60000", 0, 0, 0},
+	{"client_idle_ms", CT_INT, F(C, timeouts.client_idle_ms) - F(C, timeouts), 0, 1, 3600000, "60000", 0, 0, 0},
+};
+static const struct cfg_section timeouts_sec = {timeouts_keys, NKEYS(timeouts_keys), 0};
+
+static const struct cfg_key log_keys[] = {
+	{"level", CT_ENUM, F(C, log.level) - F(C, log), 0, 0, 0, "info", level_names, 0, 0},
+	{"access", CT_STR, F(C, log.access) - F(C, log), FS(C, log.access), 0, 0, "off", 0, 0, 0},
+};
+static const struct cfg_section log_sec = {log_keys, NKEYS(log_keys), 0};
+
+static const struct cfg_key root_keys[] = {
+	{"listen", CT_LIST, F(C, listen), 0, 0, CFG_MAX_LISTEN, NULL, 0, &listen_sec, F(C, nlisten)},
+	{"upstreams", CT_LIST, F(C, upstreams), 0, 0, CFG_MAX_UPSTREAMS, NULL, 0, &upstream_sec, F(C, nupstreams)},
+	{"batching", CT_SECTION, F(C, batching), 0, 0, 0, NULL, 0, &batching_sec, 0},
+	{"auth", CT_SECTION, F(C, auth), 0, 0, 0, NULL, 0, &auth_sec, 0},
+	{"limits", CT_SECTION, F(C, limits), 0, 0, 0, NULL, 0, &limits_sec, 0},
+	{"timeouts", CT_SECTION, F(C, timeouts), 0, 0, 0, NULL, 0, &timeouts_sec, 0},
+	{"log", CT_SECTION, F(C, log), 0, 0, 0, NULL, 0, &log_sec, 0},
+};
+#undef C
+static const struct cfg_section root_sec = {root_keys, NKEYS(root_keys), 0};
+
+struct loader {
+	const char *name;
+	yaml_document_t *doc;
+	char *err;
+	size_t errlen;
+};
+
+static int fail(struct loader *ld, const yaml_node_t *node, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static int fail(struct loader *ld, const yaml_node_t *node, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	snprintf(ld->err, ld->errlen, "%s:%zu:%zu: %s", ld->name, node ? node->start_mark.line + 1 : 0,
+		 node ? node->start_mark.column + 1 : 0, msg);
+	return CP_ERROR;
+}
+
+static int set_scalar(struct loader *ld, const struct cfg_key *k, void *base, const char *text,
+		      const yaml_node_t *node)
+{
+	char *p = (char *)base + k->off;
+	switch (k->type) {
+	case CT_INT: {
+		char *end;
+		errno = 0;
+		long v = strtol(text, &end, 10);
+		if (errno || end == text || *end)
+			return fail(ld, node, "%s: expected an integer, got \"%s\"", k->name, text);
+		if (v < k->min || v > k->max)
+			return fail(ld, node, "%s: %ld is out of range [%ld, %ld]", k->name, v, k->min, k->max);
+		*(long *)p = v;
+		return CP_OK;
+	}
+	case CT_BOOL:
+		if (!strcmp(text, "true") || !strcmp(text, "yes") || !strcmp(text, "on"))
+			*(bool *)p = true;
+		else if (!strcmp(text, "false") || !strcmp(text, "no") || !strcmp(text, "off"))
+			*(bool *)p = false;
+		else
+			return fail(ld, node, "%s: expected true or false, got \"%s\"", k->name, text);
+		return CP_OK;
+	case CT_STR:
+		if (strlen(text) >= k->size)
+			return fail(ld, node, "%s: value longer than %zu bytes", k->name, k->size - 1);
+		strcpy(p, text);
+		return CP_OK;
+	case CT_ENUM:
+		for (long i = 0; k->names[i]; i++) {
+			if (!strcmp(k->names[i], text)) {
+				*(long *)p = i;
+				return CP_OK;
+			}
+		}
+		{
+			char list[256] = "";
+			for (int i = 0; k->names[i]; i++) {
+				strncat(list, i ? ", " : "", sizeof list - strlen(list) - 1);
+				strncat(list, k->names[i], sizeof list - strlen(list) - 1);
+			}
+			return fail(ld, node, "%s: \"%s\" is not one of: %s", k->name, text, list);
+		}
+	default:
+		return fail(ld, node, "%s: internal: not a scalar key", k->name);
+	}
+}
+
+static void apply_defaults(const struct cfg_section *sec, void *base)
+{
+	for (size_t i = 0; i < sec->nkeys; i++) {
+		const struct cfg_key *k = &sec->keys[i];
+		char *p = (char *)base + k->off;
+		switch (k->type) {
+		case CT_SECTION:
+			apply_defaults(k->sub, p);
+			break;
+		case CT_LIST:
+			*(int *)((char *)base + k->count_off) = 0;
+			break;
+		case CT_STRLIST:
+			*(int *)((char *)base + k->count_off) = 0;
+			if (k->def) {
+				snprintf(p, k->size, "%s", k->def);
+				*(int *)((char *)base + k->count_off) = 1;
+			}
+			break;
+		default: {
+			char err[64];
+			struct loader ld = {"default", NULL, err, sizeof err};
+			if (set_scalar(&ld, k, base, k->def, NULL) != CP_OK)
+				abort(); /* a bad default is a programming error */
+		}
+		}
+	}
+}
+
+static int load_section(struct loader *ld, const struct cfg_section *sec, void *base, yaml_node_t *map);
+
+static int load_value(struct loader *ld, const struct cfg_key *k, void *base, yaml_node_t *v)
+{
+	char *p = (char *)base + k->off;
+	switch (k->type) {
+	case CT_SECTION:
+		if (v->type != YAML_MAPPING_NODE)
+			return fail(ld, v, "%s: expected a mapping", k->name);
+		return load_section(ld, k->sub, p, v);
+	case CT_LIST:
+	case CT_STRLIST: {
+		if (v->type != YAML_SEQUENCE_NODE)
+			return fail(ld, v, "%s: expected a list", k->name);
+		int *count = (int *)((char *)base + k->count_off);
+		*count = 0;
+		for (yaml_node_item_t *it = v->data.sequence.items.start; it < v->data.sequence.items.top; it++) {
+			yaml_node_t *item = yaml_document_get_node(ld->doc, *it);
+			if (*count >= k->max)
+				return fail(ld, item, "%s: more than %ld items", k->name, k->max);
+			if (k->type == CT_STRLIST) {
+				if (item->type != YAML_SCALAR_NODE)
+					return fail(ld, item, "%s: expected a list of strings", k->name);
+				const char *s = (const char *)item->data.scalar.value;
+				if (strlen(s) >= k->size)
+					return fail(ld, item, "%s: item longer than %zu bytes", k->name, k->size - 1);
+				strcpy(p + (size_t)*count * k->size, s);
+			} else {
+				if (item->type != YAML_MAPPING_NODE)
+					return fail(ld, item, "%s: expected a list of mappings", k->name);
+				void *elem = p + (size_t)*count * k->sub->elem_size;
+				memset(elem, 0, k->sub->elem_size);
+				apply_defaults(k->sub, elem);
+				if (load_section(ld, k->sub, elem, item) != CP_OK)
+					return CP_ERROR;
+			}
+			(*count)++;
+		}
+		return CP_OK;
+	}
+	default:
+		if (v->type != YAML_SCALAR_NODE)
+			return fail(ld, v, "%s: expected a single value", k->name);
+		return set_scalar(ld, k, base, (const char *)v->data.scalar.value, v);
+	}
+}
+
+static int load_section(struct loader *ld, const struct cfg_section *sec, void *base, yaml_node_t *map)
+{
+	bool seen[32] = {false};
+	for (yaml_node_pair_t *pr = map->data.mapping.pairs.start; pr < map->data.mapping.pairs.top; pr++) {
+		yaml_node_t *kn = yaml_document_get_node(ld->doc, pr->key);
+		yaml_node_t *vn = yaml_document_get_node(ld->doc, pr->value);
+		if (kn->type != YAML_SCALAR_NODE)
+			return fail(ld, kn, "keys must be plain names");
+		const char *name = (const char *)kn->data.scalar.value;
+		size_t i;
+		for (i = 0; i < sec->nkeys; i++)
+			if (!strcmp(sec->keys[i].name, name))
+				break;
+		if (i == sec->nkeys)
+			return fail(ld, kn, "unknown key \"%s\"", name);
+		if (seen[i])
+			return fail(ld, kn, "duplicate key \"%s\"", name);
+		seen[i] = true;
+		if (load_value(ld, &sec->keys[i], base, vn) != CP_OK)
+			return CP_ERROR;
+	}
+	return CP_OK;
+}
+
+static int validate(struct loader *ld, struct config *cfg, yaml_node_t *root)
+{
+	if (cfg->nlisten == 0)
+		return fail(ld, root, "listen: at least one listener is required");
+	if (cfg->nupstreams == 0)
+		return fail(ld, root, "upstreams: at least one upstream is required");
+	for (int i = 0; i < cfg->nlisten; i++) {
+		struct cfg_listen *l = &cfg->listen[i];
+		if (!l->address[0])
+			return fail(ld, root, "listen[%d]: address is required", i);
+		if ((l->tls.cert[0] != 0) != (l->tls.key[0] != 0))
+			return fail(ld, root, "listen[%d]: tls needs both cert and key", i);
+		char *end;
+		long mode = strtol(l->mode, &end, 8);
+		if (*end || mode < 0 || mode > 0777)
+			return fail(ld, root, "listen[%d]: mode \"%s\" is not an octal file mode", i, l->mode);
+	}
+	for (int i = 0; i < cfg->nupstreams; i++) {
+		struct cfg_upstream *u = &cfg->upstreams[i];
+		if (strncmp(u->url, "http://", 7) && strncmp(u->url, "https://", 8))
+			return fail(ld, root, "upstreams[%d]: url must start with http:// or https://", i);
+		if (u->nmodels == 0)
+			return fail(ld, root, "upstreams[%d]: models must not be empty", i);
+	}
+	return CP_OK;
+}
+
+static void config_defaults(struct config *cfg)
+{
+	memset(cfg, 0, sizeof *cfg);
+	apply_defaults(&root_sec, cfg);
+}
+
+int config_load_string(const char *name, const char *yaml, size_t len, struct config *cfg, char *err,
+		       size_t errlen)
+{
+	yaml_parser_t parser;
+	yaml_document_t doc;
+	struct loader ld = {name, &doc, err, errlen};
+	int rc = CP_ERROR;
+
+	config_defaults(cfg);
+	snprintf(cfg->path, sizeof cfg->path, "%s", name);
+	if (!yaml_parser_initialize(&parser)) {
+		snprintf(err, errlen, "%s: cannot initialise the YAML parser", name);
+		return CP_ERROR;
+	}
+	yaml_parser_set_input_string(&parser, (const unsigned char *)yaml, len);
+	if (!yaml_parser_load(&parser, &doc)) {
+		snprintf(err, errlen, "%s:%zu:%zu: %s", name, parser.problem_mark.line + 1,
+			 parser.problem_mark.column + 1, parser.problem ? parser.problem : "YAML syntax error");
+		yaml_parser_delete(&parser);
+		return CP_ERROR;
+	}
+	yaml_node_t *root = yaml_document_get_root_node(&doc);
+	if (!root)
+		snprintf(err, errlen, "%s:1:1: the file is empty", name);
+	else if (root->type != YAML_MAPPING_NODE)
+		fail(&ld, root, "the top level must be a mapping");
+	else if (load_section(&ld, &root_sec, cfg, root) == CP_OK && validate(&ld, cfg, root) == CP_OK)
+		rc = CP_OK;
+	yaml_document_delete(&doc);
+	yaml_parser_delete(&parser);
+	return rc;
+}
+
+int config_load(const char *file, struct config *cfg, char *err, size_t errlen)
+{
+	FILE *f = fopen(file, "rb");
+	if (!f) {
+		snprintf(err, errlen, "%s: %s", file, strerror(errno));
+		return CP_ERROR;
+	}
+	struct sbuf b = {0};
+	char chunk[4096];
+	size_t n;
+	while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) {
+		sbuf_add(&b, chunk, n);
+		if (b.len > (1u << 20)) {
+			fclose(f);
+			sbuf_free(&b);
+			snprintf(err, errlen, "%s: larger than 1 MiB", file);
+			return CP_ERROR;
+		}
+	}
+	fclose(f);
+	int rc = config_load_string(file, b.data ? b.data : "", b.len, cfg, err, errlen);
+	sbuf_free(&b);
+	return rc;
+}
+
+const char *dialect_name(enum dialect d)
+{
+	return d >= DIALECT_AUTO && d <= DIALECT_LLAMACPP ? dialect_names[d] : "?";
+}

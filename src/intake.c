@@ -1,0 +1,227 @@
+/* intake: parse and validate OpenAI requests; compute the canonical batch key. */
+#include "carpool/intake.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_N 128
+
+static int refuse(struct intake_error *err, int status, const char *param, const char *fmt, const char *arg)
+{
+	err->status = status;
+	err->type = "invalid_request_error";
+	err->param = param;
+	err->code = NULL;
+	snprintf(err->message, sizeof err->message, fmt, arg ? arg : "");
+	return CP_ERROR;
+}
+
+static bool is_int(const cJSON *v)
+{
+	return cJSON_IsNumber(v) && v->valuedouble == floor(v->valuedouble) && fabs(v->valuedouble) < 9.0e15;
+}
+
+static bool is_token_array(const cJSON *a)
+{
+	if (!cJSON_IsArray(a) || !a->child)
+		return false;
+	for (const cJSON *e = a->child; e; e = e->next)
+		if (!is_int(e))
+			return false;
+	return true;
+}
+
+/* Fills r->prompts / nprompts / kind from body["prompt"]. */
+static int take_prompts(struct intake_req *r, cJSON *prompt, struct intake_error *err)
+{
+	r->prompts = cJSON_CreateArray();
+	if (cJSON_IsString(prompt)) {
+		r->kind = PROMPT_TEXT;
+		r->prompt_bytes = strlen(prompt->valuestring);
+		cJSON_AddItemToArray(r->prompts, cJSON_Duplicate(prompt, 1));
+		r->nprompts = 1;
+		return CP_OK;
+	}
+	if (!cJSON_IsArray(prompt))
+		return refuse(err, 400, "prompt",
+			      "'prompt' must be a string, an array of strings, an array of token ids or an array of "
+			      "token-id arrays%s", NULL);
+	if (!prompt->child)
+		return refuse(err, 400, "prompt", "'prompt' must not be an empty array%s", NULL);
+	if (is_token_array(prompt)) {
+		r->kind = PROMPT_TOKENS;
+		cJSON_AddItemToArray(r->prompts, cJSON_Duplicate(prompt, 1));
+		r->nprompts = 1;
+		return CP_OK;
+	}
+	bool strings = cJSON_IsString(prompt->child);
+	r->kind = strings ? PROMPT_TEXT : PROMPT_TOKENS;
+	for (cJSON *e = prompt->child; e; e = e->next) {
+		if (strings ? !cJSON_IsString(e) : !is_token_array(e))
+			return refuse(err, 400, "prompt",
+				      "'prompt' array elements must be all strings or all non-empty arrays of "
+				      "integer token ids%s", NULL);
+		if (strings)
+			r->prompt_bytes += strlen(e->valuestring);
+		cJSON_AddItemToArray(r->prompts, cJSON_Duplicate(e, 1));
+		r->nprompts++;
+	}
+	return CP_OK;
+}
+
+int intake_parse_completion(const char *body, size_t len, struct intake_req *r, struct intake_error *err)
+{
+	memset(r, 0, sizeof *r);
+	r->n = 1;
+	r->body = cJSON_ParseWithLength(body, len);
+	if (!r->body)
+		return refuse(err, 400, NULL, "We could not parse the JSON body of your request.%s", NULL);
+	if (!cJSON_IsObject(r->body)) {
+		refuse(err, 400, NULL, "The request body must be a JSON object.%s", NULL);
+		goto fail;
+	}
+	cJSON *prompt = cJSON_GetObjectItemCaseSensitive(r->body, "prompt");
+	if (!prompt) {
+		refuse(err, 400, "prompt", "Missing required parameter: 'prompt'.%s", NULL);
+		goto fail;
+	}
+	if (take_prompts(r, prompt, err) != CP_OK)
+		goto fail;
+	cJSON *n = cJSON_GetObjectItemCaseSensitive(r->body, "n");
+	if (n && !cJSON_IsNull(n)) {
+		if (!is_int(n) || n->valuedouble < 1 || n->valuedouble > MAX_N) {
+			refuse(err, 400, "n", "'n' must be an integer from 1 to 128%s", NULL);
+			goto fail;
+		}
+		r->n = (unsigned)n->valuedouble;
+	}
+	cJSON *model = cJSON_GetObjectItemCaseSensitive(r->body, "model");
+	if (model && !cJSON_IsString(model)) {
+		refuse(err, 400, "model", "'model' must be a string%s", NULL);
+		goto fail;
+	}
+	cJSON *stream = cJSON_GetObjectItemCaseSensitive(r->body, "stream");
+	if (stream && !cJSON_IsNull(stream)) {
+		if (!cJSON_IsBool(stream)) {
+			refuse(err, 400, "stream", "'stream' must be a boolean%s", NULL);
+			goto fail;
+		}
+		r->stream = cJSON_IsTrue(stream);
+	}
+	cJSON *so = cJSON_GetObjectItemCaseSensitive(r->body, "stream_options");
+	if (so && !cJSON_IsNull(so)) {
+		if (!cJSON_IsObject(so)) {
+			refuse(err, 400, "stream_options", "'stream_options' must be an object%s", NULL);
+			goto fail;
+		}
+		cJSON *iu = cJSON_GetObjectItemCaseSensitive(so, "include_usage");
+		if (iu && !cJSON_IsNull(iu) && !cJSON_IsBool(iu)) {
+			refuse(err, 400, "stream_options.include_usage", "'include_usage' must be a boolean%s", NULL);
+			goto fail;
+		}
+		r->include_usage = cJSON_IsTrue(iu);
+	}
+	/* The key: every field but the prompt and the delivery fields, in canonical form. */
+	cJSON *rest = cJSON_Duplicate(r->body, 1);
+	cJSON_DeleteItemFromObjectCaseSensitive(rest, "prompt");
+	cJSON_DeleteItemFromObjectCaseSensitive(rest, "stream");
+	cJSON_DeleteItemFromObjectCaseSensitive(rest, "stream_options");
+	char *canon = intake_canonical(rest);
+	cJSON_Delete(rest);
+	size_t klen = strlen(canon) + 3;
+	r->key = xmalloc(klen);
+	snprintf(r->key, klen, "%c:%s", r->kind == PROMPT_TEXT ? 't' : 'i', canon);
+	free(canon);
+	return CP_OK;
+fail:
+	intake_free(r);
+	return CP_ERROR;
+}
+
+void intake_free(struct intake_req *r)
+{
+	cJSON_Delete(r->body);
+	cJSON_Delete(r->prompts);
+	free(r->key);
+	memset(r, 0, sizeof *r);
+}
+
+static void canon_string(struct sbuf *b, const char *s)
+{
+	sbuf_add(b, "\"", 1);
+	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+		switch (*p) {
+		case '"': sbuf_add(b, "\\\"", 2); break;
+		case '\\': sbuf_add(b, "\\\\", 2); break;
+		default:
+			if (*p < 0x20)
+				sbuf_printf(b, "\\u%04x", *p);
+			else
+				sbuf_add(b, p, 1);
+		}
+	}
+	sbuf_add(b, "\"", 1);
+}
+
+static int cmp_keys(const void *a, const void *b)
+{
+	const cJSON *x = *(const cJSON *const *)a, *y = *(const cJSON *const *)b;
+	return strcmp(x->string, y->string);
+}
+
+static void canon(struct sbuf *b, const cJSON *v)
+{
+	if (cJSON_IsNull(v)) {
+		sbuf_adds(b, "null");
+	} else if (cJSON_IsFalse(v)) {
+		sbuf_adds(b, "false");
+	} else if (cJSON_IsTrue(v)) {
+		sbuf_adds(b, "true");
+	} else if (cJSON_IsNumber(v)) {
+		double d = v->valuedouble;
+		if (d == floor(d) && fabs(d) < 1e15)
+			sbuf_printf(b, "%lld", (long long)d);
+		else
+			sbuf_printf(b, "%.17g", d);
+	} else if (cJSON_IsString(v)) {
+		canon_string(b, v->valuestring);
+	} else if (cJSON_IsArray(v)) {
+		sbuf_add(b, "[", 1);
+		for (const cJSON *e = v->child; e; e = e->next) {
+			canon(b, e);
+			if (e->next)
+				sbuf_add(b, ",", 1);
+		}
+		sbuf_add(b, "]", 1);
+	} else if (cJSON_IsObject(v)) {
+		size_t n = 0;
+		for (const cJSON *e = v->child; e; e = e->next)
+			n++;
+		const cJSON **items = xcalloc(n, sizeof *items);
+		n = 0;
+		for (const cJSON *e = v->child; e; e = e->next)
+			items[n++] = e;
+		qsort(items, n, sizeof *items, cmp_keys);
+		sbuf_add(b, "{", 1);
+		for (size_t i = 0; i < n; i++) {
+			canon_string(b, items[i]->string);
+			sbuf_add(b, ":", 1);
+			canon(b, items[i]);
+			if (i + 1 < n)
+				sbuf_add(b, ",", 1);
+		}
+		sbuf_add(b, "}", 1);
+		free(items);
+	} else {
+		sbuf_adds(b, "null");
+	}
+}
+
+char *intake_canonical(const cJSON *v)
+{
+	struct sbuf b = {0};
+	canon(&b, v);
+	return b.data;
+}

@@ -1,0 +1,266 @@
+/* router: routes client requests; pass-through proxying for everything carpool does not batch. */
+#include "carpool/router.h"
+#include "carpool/batcher.h"
+#include "carpool/intake.h"
+#include "carpool/server.h"
+#include "carpool/upstream.h"
+
+#include <cjson/cJSON.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <openssl/crypto.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+struct upstream *router_pick(struct router *rt, const char *model)
+{
+	for (int i = 0; i < rt->nups; i++) {
+		const struct cfg_upstream *u = rt->ups[i].cfg;
+		for (int k = 0; k < u->nmodels; k++)
+			if (!strcmp(u->models[k], "*") || (model && !strcmp(u->models[k], model)))
+				return &rt->ups[i];
+	}
+	return NULL;
+}
+
+/* Client keys, compared in constant time; true if the request may go on. */
+static bool check_key(struct router *rt, struct creq *r)
+{
+	if (rt->cfg->auth.nkeys == 0)
+		return true;
+	const char *h = creq_header(r, "Authorization");
+	if (h && !strncasecmp(h, "Bearer ", 7)) {
+		const char *key = h + 7;
+		size_t klen = strlen(key);
+		bool ok = false;
+		for (int i = 0; i < rt->cfg->auth.nkeys; i++) {
+			const char *want = rt->cfg->auth.keys[i];
+			size_t wlen = strlen(want);
+			/* no early exit: every key is compared */
+			if (wlen == klen && CRYPTO_memcmp(want, key, klen) == 0)
+				ok = true;
+		}
+		if (ok)
+			return true;
+	}
+	creq_reply_error(r, 401, h ? "Incorrect API key provided." : "You didn't provide an API key.",
+			 "invalid_request_error", NULL, "invalid_api_key");
+	return false;
+}
+
+/* --- pass-through --------------------------------------------------------------------------- */
+
+struct pass {
+	struct creq *r;
+	struct upcall *call;
+	bool head_sent;
+};
+
+static bool hop_by_hop(const char *name)
+{
+	static const char *const skip[] = {"Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authorization",
+					   "Proxy-Authenticate", "TE", "Trailer", "Transfer-Encoding", "Upgrade",
+					   "Host", "Content-Length", "Authorization", "Expect", "Server", NULL};
+	for (int i = 0; skip[i]; i++)
+		if (!strcasecmp(name, skip[i]))
+			return true;
+	return false;
+}
+
+static void pass_gone(void *arg)
+{
+	struct pass *p = arg;
+	p->r = NULL;
+	if (p->call) {
+		upcall_cancel(p->call);
+		p->call = NULL;
+	}
+	free(p);
+}
+
+static void pass_head(void *arg, int status, const struct evkeyvalq *headers)
+{
+	struct pass *p = arg;
+	if (!p->r)
+		return;
+	struct sbuf extra = {0};
+	const char *ctype = NULL;
+	for (const struct evkeyval *kv = headers->tqh_first; kv; kv = kv->next.tqe_next) {
+		if (!strcasecmp(kv->key, "Content-Type")) {
+			ctype = kv->value;
+			continue;
+		}
+		if (hop_by_hop(kv->key) || strchr(kv->value, '\n') || strchr(kv->value, '\r'))
+			continue;
+		sbuf_printf(&extra, "%s: %s\r\n", kv->key, kv->value);
+	}
+	if (ctype && !strncasecmp(ctype, "text/event-stream", 17))
+		sbuf_adds(&extra, "X-Accel-Buffering: no\r\n");
+	creq_stream_start(p->r, status, ctype, extra.data);
+	sbuf_free(&extra);
+	p->head_sent = true;
+}
+
+static void pass_data(void *arg, const char *data, size_t len)
+{
+	struct pass *p = arg;
+	if (!p->r || !p->head_sent)
+		return;
+	if (creq_stream_write(p->r, data, len) != CP_OK) {
+		p->r = NULL;
+		upcall_cancel(p->call);
+		p->call = NULL;
+		free(p);
+	}
+}
+
+static void pass_done(void *arg, enum upcall_error err)
+{
+	struct pass *p = arg;
+	p->call = NULL;
+	if (p->r) {
+		struct creq *r = p->r;
+		creq_on_gone(r, NULL, NULL);
+		if (p->head_sent) {
+			creq_stream_end(r);
+		} else {
+			char msg[160];
+			snprintf(msg, sizeof msg, "carpool could not get an answer from the upstream (%s)",
+				 upcall_error_name(err));
+			creq_reply_error(r, err == UPE_FIRST_BYTE || err == UPE_IDLE ? 504 : 502, msg, "server_error", NULL,
+					 NULL);
+		}
+	}
+	free(p);
+}
+
+static const struct upcall_ops pass_ops = {pass_head, pass_data, pass_done};
+
+static void passthrough(struct router *rt, struct creq *r, struct upstream *up)
+{
+	const char **hdrs = xcalloc(r->nheaders * 2 + 1, sizeof *hdrs);
+	size_t n = 0;
+	for (size_t i = 0; i < r->nheaders; i++) {
+		if (hop_by_hop(r->headers[i].name))
+			continue;
+		hdrs[2 * n] = r->headers[i].name;
+		hdrs[2 * n + 1] = r->headers[i].value;
+		n++;
+	}
+	const char *auth = rt->cfg->auth.nkeys ? NULL : creq_header(r, "Authorization");
+	struct pass *p = xcalloc(1, sizeof *p);
+	p->r = r;
+	rt->passthrough++;
+	p->call = upstream_call(up, r->method, r->target, hdrs, n, auth, r->body.data, r->body.len, &pass_ops, p);
+	free(hdrs);
+	if (!p->call) {
+		free(p);
+		creq_reply_error(r, 502, "carpool could not reach the upstream", "server_error", NULL, NULL);
+		return;
+	}
+	creq_on_gone(r, pass_gone, p);
+}
+
+/* --- local endpoints ---------------------------------------------------------------------------- */
+
+static void metrics(struct router *rt, struct creq *r)
+{
+	const struct batcher_stats *st = batcher_stats(rt->bt);
+	struct sbuf b = {0};
+	sbuf_printf(&b, "# HELP carpool_requests_total Client completion requests accepted for batching.\n"
+			"# TYPE carpool_requests_total counter\ncarpool_requests_total %lu\n", st->requests);
+	sbuf_printf(&b, "# HELP carpool_prompts_total Prompts in those requests.\n"
+			"# TYPE carpool_prompts_total counter\ncarpool_prompts_total %lu\n", st->prompts);
+	sbuf_printf(&b, "# HELP carpool_upstream_calls_total Batched upstream calls sent.\n"
+			"# TYPE carpool_upstream_calls_total counter\ncarpool_upstream_calls_total %lu\n", st->calls);
+	sbuf_printf(&b, "# HELP carpool_upstream_call_prompts_total Prompts sent in batched upstream calls.\n"
+			"# TYPE carpool_upstream_call_prompts_total counter\ncarpool_upstream_call_prompts_total %lu\n",
+		    st->call_prompts);
+	sbuf_printf(&b, "# HELP carpool_bisections_total Refused batches re-sent in halves.\n"
+			"# TYPE carpool_bisections_total counter\ncarpool_bisections_total %lu\n", st->bisections);
+	sbuf_printf(&b, "# HELP carpool_retries_total Upstream calls retried before any byte reached a client.\n"
+			"# TYPE carpool_retries_total counter\ncarpool_retries_total %lu\n", st->retries);
+	sbuf_printf(&b, "# HELP carpool_upstream_errors_total Upstream calls that failed.\n"
+			"# TYPE carpool_upstream_errors_total counter\ncarpool_upstream_errors_total %lu\n",
+		    st->upstream_errors);
+	sbuf_printf(&b, "# HELP carpool_clients_gone_total Clients that left before their answer ended.\n"
+			"# TYPE carpool_clients_gone_total counter\ncarpool_clients_gone_total %lu\n", st->gone);
+	sbuf_printf(&b, "# HELP carpool_requests_active Requests queued or streaming now.\n"
+			"# TYPE carpool_requests_active gauge\ncarpool_requests_active %lu\n", st->queued);
+	sbuf_printf(&b, "# HELP carpool_passthrough_total Requests forwarded unchanged.\n"
+			"# TYPE carpool_passthrough_total counter\ncarpool_passthrough_total %lu\n", rt->passthrough);
+	sbuf_printf(&b, "# HELP carpool_upstream_inflight Upstream calls open now.\n"
+			"# TYPE carpool_upstream_inflight gauge\n");
+	for (int i = 0; i < rt->nups; i++)
+		sbuf_printf(&b, "carpool_upstream_inflight{upstream=\"%d\"} %u\n", i, rt->ups[i].inflight);
+	creq_reply(r, 200, "text/plain; version=0.0.4", NULL, b.data, b.len);
+	sbuf_free(&b);
+}
+
+static void completions(struct router *rt, struct creq *r)
+{
+	struct intake_req req;
+	struct intake_error err;
+	if (intake_parse_completion(r->body.data ? r->body.data : "", r->body.len, &req, &err) != CP_OK) {
+		rt->refused++;
+		creq_reply_error(r, err.status, err.message, err.type, err.param, err.code);
+		return;
+	}
+	const cJSON *model = cJSON_GetObjectItemCaseSensitive(req.body, "model");
+	struct upstream *up = router_pick(rt, cJSON_IsString(model) ? model->valuestring : NULL);
+	if (!up) {
+		intake_free(&req);
+		creq_reply_error(r, 404, "No upstream serves this model.", "invalid_request_error", "model",
+				 "model_not_found");
+		return;
+	}
+	const char *auth = NULL;
+	if (!up->auth && !rt->cfg->auth.nkeys)
+		auth = creq_header(r, "Authorization"); /* forwarded: so it keys the batch */
+	batcher_submit(rt->bt, r, &req, up, auth);
+}
+
+void router_handle(struct creq *r, void *arg)
+{
+	struct router *rt = arg;
+	if (!strcmp(r->path, "/healthz")) {
+		creq_reply(r, 200, "application/json", NULL, "{\"status\":\"ok\"}", 15);
+		return;
+	}
+	if (!strcmp(r->path, "/metrics")) {
+		metrics(rt, r);
+		return;
+	}
+	if (!check_key(rt, r))
+		return;
+	if (!strcmp(r->path, "/v1/completions")) {
+		if (strcmp(r->method, "POST")) {
+			creq_reply(r, 405, "application/json", "Allow: POST\r\n",
+				   "{\"error\":{\"message\":\"Method not allowed: use POST for /v1/completions.\",\"type\":"
+				   "\"invalid_request_error\",\"param\":null,\"code\":\"method_not_allowed\"}}",
+				   strlen("{\"error\":{\"message\":\"Method not allowed: use POST for /v1/completions.\","
+					  "\"type\":\"invalid_request_error\",\"param\":null,\"code\":\"method_not_allowed\"}}"));
+			return;
+		}
+		completions(rt, r);
+		return;
+	}
+	struct upstream *up = rt->nups ? &rt->ups[0] : NULL;
+	if (r->body.len && !strcmp(r->method, "POST")) {
+		cJSON *j = cJSON_ParseWithLength(r->body.data, r->body.len);
+		cJSON *model = j ? cJSON_GetObjectItemCaseSensitive(j, "model") : NULL;
+		if (cJSON_IsString(model)) {
+			struct upstream *u = router_pick(rt, model->valuestring);
+			if (u)
+				up = u;
+		}
+		cJSON_Delete(j);
+	}
+	if (!up) {
+		creq_reply_error(r, 502, "No upstream is configured.", "server_error", NULL, NULL);
+		return;
+	}
+	passthrough(rt, r, up);
+}

@@ -1,0 +1,725 @@
+/* server: listeners, client connections and a bounded HTTP/1.1 request parser. */
+#include "carpool/server.h"
+
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <event2/util.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define MAX_HEADERS 100
+
+enum conn_state { ST_HEADERS, ST_BODY, ST_CHUNK_SIZE, ST_CHUNK_DATA, ST_CHUNK_END, ST_TRAILER, ST_HANDLING, ST_CLOSING };
+
+struct listener {
+	struct evconnlistener *lev;
+	SSL_CTX *ssl;
+	char unix_path[CFG_STR];
+	struct server *srv;
+};
+
+struct server {
+	struct event_base *base;
+	const struct config *cfg;
+	server_handler handler;
+	void *arg;
+	struct listener listeners[CFG_MAX_LISTEN];
+	int nlisteners;
+	unsigned nconns;
+};
+
+struct conn {
+	struct server *srv;
+	struct bufferevent *bev;
+	enum conn_state state;
+	struct creq *req;
+	size_t header_bytes;
+	size_t body_left; /* ST_BODY / ST_CHUNK_DATA */
+	bool lingering;   /* our side is shut; draining until the peer closes */
+	bool tls;
+	char peer[64];
+};
+
+static void conn_read_cb(struct bufferevent *bev, void *arg);
+static void conn_event_cb(struct bufferevent *bev, short what, void *arg);
+static void conn_write_cb(struct bufferevent *bev, void *arg);
+
+const char *http_reason(int status)
+{
+	switch (status) {
+	case 200: return "OK";
+	case 201: return "Created";
+	case 204: return "No Content";
+	case 400: return "Bad Request";
+	case 401: return "Unauthorized";
+	case 403: return "Forbidden";
+	case 404: return "Not Found";
+	case 405: return "Method Not Allowed";
+	case 408: return "Request Timeout";
+	case 411: return "Length Required";
+	case 413: return "Payload Too Large";
+	case 415: return "Unsupported Media Type";
+	case 422: return "Unprocessable Entity";
+	case 429: return "Too Many Requests";
+	case 431: return "Request Header Fields Too Large";
+	case 500: return "Internal Server Error";
+	case 501: return "Not Implemented";
+	case 502: return "Bad Gateway";
+	case 503: return "Service Unavailable";
+	case 504: return "Gateway Timeout";
+	default: return status < 300 ? "OK" : status < 500 ? "Client Error" : "Server Error";
+	}
+}
+
+static void creq_free(struct creq *r)
+{
+	if (!r)
+		return;
+	free(r->target);
+	free(r->path);
+	for (size_t i = 0; i < r->nheaders; i++) {
+		free(r->headers[i].name);
+		free(r->headers[i].value);
+	}
+	free(r->headers);
+	sbuf_free(&r->body);
+	free(r);
+}
+
+static void conn_free(struct conn *c)
+{
+	if (c->req) {
+		struct creq *r = c->req;
+		c->req = NULL;
+		if (!r->finished && r->gone_cb)
+			r->gone_cb(r->gone_arg);
+		creq_free(r);
+	}
+	if (c->bev)
+		bufferevent_free(c->bev);
+	c->srv->nconns--;
+	free(c);
+}
+
+/* Output is out: shut our side and drain what the peer still sends (so that a refused upload sees
+ * our answer instead of a reset), then free on its EOF or after a short linger. */
+static void conn_linger(struct conn *c)
+{
+	evutil_socket_t fd = bufferevent_getfd(c->bev);
+	if (c->lingering)
+		return;
+	if (c->tls || fd < 0) {
+		conn_free(c);
+		return;
+	}
+	c->lingering = true;
+	shutdown(fd, SHUT_WR);
+	struct timeval tv = {2, 0};
+	bufferevent_set_timeouts(c->bev, &tv, NULL);
+	bufferevent_enable(c->bev, EV_READ);
+}
+
+/* Closes after the output has drained. */
+static void conn_close_after_write(struct conn *c)
+{
+	c->state = ST_CLOSING;
+	if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+		conn_linger(c);
+}
+
+static void set_header_timeout(struct conn *c)
+{
+	long ms = c->srv->cfg->timeouts.client_idle_ms;
+	struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+	bufferevent_set_timeouts(c->bev, &tv, &tv);
+}
+
+/* While a response is being produced there is no read timeout: streams may run long. */
+static void set_handling_timeout(struct conn *c)
+{
+	long ms = c->srv->cfg->timeouts.client_idle_ms;
+	struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+	bufferevent_set_timeouts(c->bev, NULL, &tv);
+}
+
+const char *creq_header(const struct creq *r, const char *name)
+{
+	for (size_t i = 0; i < r->nheaders; i++)
+		if (!strcasecmp(r->headers[i].name, name))
+			return r->headers[i].value;
+	return NULL;
+}
+
+void creq_on_gone(struct creq *r, void (*cb)(void *arg), void *arg)
+{
+	r->gone_cb = cb;
+	r->gone_arg = arg;
+}
+
+static void write_head(struct creq *r, int status, const char *ctype, const char *extra, long content_length)
+{
+	struct evbuffer *out = bufferevent_get_output(r->conn->bev);
+	evbuffer_add_printf(out, "HTTP/1.1 %d %s\r\nServer: carpool\r\n", status, http_reason(status));
+	if (ctype)
+		evbuffer_add_printf(out, "Content-Type: %s\r\n", ctype);
+	if (content_length >= 0)
+		evbuffer_add_printf(out, "Content-Length: %ld\r\n", content_length);
+	else
+		evbuffer_add_printf(out, "Transfer-Encoding: chunked\r\n");
+	evbuffer_add_printf(out, "Connection: %s\r\n", r->keepalive ? "keep-alive" : "close");
+	if (extra)
+		evbuffer_add(out, extra, strlen(extra));
+	evbuffer_add(out, "\r\n", 2);
+	r->started = true;
+}
+
+/* The response is complete: next request or close. */
+static void finish(struct creq *r)
+{
+	struct conn *c = r->conn;
+	r->finished = true;
+	c->req = NULL;
+	bool keep = r->keepalive;
+	creq_free(r);
+	if (!keep || c->state == ST_CLOSING) {
+		conn_close_after_write(c);
+		return;
+	}
+	c->state = ST_HEADERS;
+	c->header_bytes = 0;
+	set_header_timeout(c);
+	bufferevent_enable(c->bev, EV_READ);
+	if (evbuffer_get_length(bufferevent_get_input(c->bev)))
+		bufferevent_trigger(c->bev, EV_READ, BEV_TRIG_IGNORE_WATERMARKS | BEV_TRIG_DEFER_CALLBACKS);
+}
+
+void creq_reply(struct creq *r, int status, const char *ctype, const char *extra, const char *body, size_t len)
+{
+	write_head(r, status, ctype, extra, (long)len);
+	if (len)
+		evbuffer_add(bufferevent_get_output(r->conn->bev), body, len);
+	finish(r);
+}
+
+void creq_reply_error(struct creq *r, int status, const char *message, const char *type, const char *param,
+		      const char *code)
+{
+	char *body = openai_error_json(message, type, param, code);
+	creq_reply(r, status, "application/json", NULL, body, strlen(body));
+	free(body);
+}
+
+void creq_stream_start(struct creq *r, int status, const char *ctype, const char *extra)
+{
+	write_head(r, status, ctype, extra, -1);
+}
+
+int creq_stream_write(struct creq *r, const char *data, size_t len)
+{
+	struct conn *c = r->conn;
+	struct evbuffer *out = bufferevent_get_output(c->bev);
+	if (evbuffer_get_length(out) > (size_t)c->srv->cfg->limits.max_client_buffer) {
+		log_warn("client %s reads too slowly: %zu bytes unread, dropping it", c->peer, evbuffer_get_length(out));
+		r->gone_cb = NULL;
+		conn_free(c);
+		return CP_ERROR;
+	}
+	if (!len)
+		return CP_OK;
+	struct evbuffer_iovec v[1];
+	char head[24];
+	int hl = snprintf(head, sizeof head, "%zx\r\n", len);
+	/* One contiguous append per chunk: size line, data and CRLF. */
+	if (evbuffer_reserve_space(out, (ev_ssize_t)(hl + len + 2), v, 1) == 1) {
+		char *p = v[0].iov_base;
+		memcpy(p, head, (size_t)hl);
+		memcpy(p + hl, data, len);
+		memcpy(p + hl + len, "\r\n", 2);
+		v[0].iov_len = (size_t)hl + len + 2;
+		evbuffer_commit_space(out, v, 1);
+	} else {
+		evbuffer_add(out, head, (size_t)hl);
+		evbuffer_add(out, data, len);
+		evbuffer_add(out, "\r\n", 2);
+	}
+	return CP_OK;
+}
+
+void creq_stream_end(struct creq *r)
+{
+	evbuffer_add(bufferevent_get_output(r->conn->bev), "0\r\n\r\n", 5);
+	finish(r);
+}
+
+/* Refuses the request being read and closes the connection once the answer is out. */
+static void refuse(struct conn *c, int status, const char *message)
+{
+	struct creq *r = c->req;
+	if (!r) {
+		r = xcalloc(1, sizeof *r);
+		r->conn = c;
+		c->req = r;
+	}
+	r->keepalive = false;
+	c->state = ST_CLOSING;
+	creq_reply_error(r, status, message, "invalid_request_error", NULL, NULL);
+}
+
+static void dispatch_request(struct conn *c)
+{
+	c->state = ST_HANDLING;
+	set_handling_timeout(c);
+	c->srv->handler(c->req, c->srv->arg);
+}
+
+static int parse_request_line(struct conn *c, char *line)
+{
+	char *sp1 = strchr(line, ' ');
+	char *sp2 = sp1 ? strchr(sp1 + 1, ' ') : NULL;
+	if (!sp1 || !sp2 || (size_t)(sp1 - line) >= sizeof c->req->method)
+		return CP_ERROR;
+	*sp1 = *sp2 = 0;
+	const char *version = sp2 + 1;
+	if (strcmp(version, "HTTP/1.1") && strcmp(version, "HTTP/1.0"))
+		return CP_ERROR;
+	struct creq *r = c->req;
+	strcpy(r->method, line);
+	r->target = xstrdup(sp1 + 1);
+	if (r->target[0] != '/')
+		return CP_ERROR;
+	size_t plen = strcspn(r->target, "?");
+	r->path = xstrndup(r->target, plen);
+	r->keepalive = !strcmp(version, "HTTP/1.1");
+	return CP_OK;
+}
+
+/* Reads header lines; returns CP_OK when the head is complete, CP_AGAIN for more, CP_ERROR done. */
+static int read_head(struct conn *c, struct evbuffer *in)
+{
+	size_t max = (size_t)c->srv->cfg->limits.max_header_bytes;
+	for (;;) {
+		size_t n;
+		char *line = evbuffer_readln(in, &n, EVBUFFER_EOL_CRLF);
+		if (!line) {
+			if (c->header_bytes + evbuffer_get_length(in) > max) {
+				refuse(c, 431, "Request header fields too large.");
+				return CP_ERROR;
+			}
+			return CP_AGAIN;
+		}
+		c->header_bytes += n + 2;
+		if (c->header_bytes > max) {
+			free(line);
+			refuse(c, 431, "Request header fields too large.");
+			return CP_ERROR;
+		}
+		if (!c->req) {
+			if (n == 0) { /* tolerate blank lines between requests */
+				free(line);
+				continue;
+			}
+			c->req = xcalloc(1, sizeof *c->req);
+			c->req->conn = c;
+			c->req->t_start = now_us();
+			snprintf(c->req->peer, sizeof c->req->peer, "%s", c->peer);
+			int rc = parse_request_line(c, line);
+			free(line);
+			if (rc != CP_OK) {
+				refuse(c, 400, "Malformed HTTP request line.");
+				return CP_ERROR;
+			}
+			continue;
+		}
+		if (n == 0) {
+			free(line);
+			return CP_OK;
+		}
+		char *colon = strchr(line, ':');
+		if (!colon || colon == line || c->req->nheaders >= MAX_HEADERS) {
+			free(line);
+			refuse(c, colon ? 431 : 400, colon ? "Too many request headers." : "Malformed HTTP header.");
+			return CP_ERROR;
+		}
+		*colon = 0;
+		char *v = colon + 1;
+		while (*v == ' ' || *v == '\t')
+			v++;
+		size_t vl = strlen(v);
+		while (vl && (v[vl - 1] == ' ' || v[vl - 1] == '\t'))
+			v[--vl] = 0;
+		struct creq *r = c->req;
+		r->headers = xrealloc(r->headers, (r->nheaders + 1) * sizeof *r->headers);
+		r->headers[r->nheaders].name = xstrdup(line);
+		r->headers[r->nheaders].value = xstrdup(v);
+		r->nheaders++;
+		free(line);
+	}
+}
+
+/* After the head: decide how the body comes. Returns CP_ERROR if the request was refused. */
+static int start_body(struct conn *c)
+{
+	struct creq *r = c->req;
+	size_t max = (size_t)c->srv->cfg->limits.max_body_bytes;
+	const char *conn_h = creq_header(r, "Connection");
+	if (conn_h && !strcasecmp(conn_h, "close"))
+		r->keepalive = false;
+	else if (conn_h && !strcasecmp(conn_h, "keep-alive"))
+		r->keepalive = true;
+	const char *te = creq_header(r, "Transfer-Encoding");
+	const char *cl = creq_header(r, "Content-Length");
+	if (te) {
+		if (strcasecmp(te, "chunked")) {
+			refuse(c, 501, "Unsupported Transfer-Encoding.");
+			return CP_ERROR;
+		}
+		c->state = ST_CHUNK_SIZE;
+	} else if (cl) {
+		char *end;
+		errno = 0;
+		unsigned long long v = strtoull(cl, &end, 10);
+		if (errno || end == cl || *end || cl[0] == '-') {
+			refuse(c, 400, "Invalid Content-Length.");
+			return CP_ERROR;
+		}
+		if (v > max) {
+			char msg[128];
+			snprintf(msg, sizeof msg, "The request body is %llu bytes; the limit is %zu bytes.", v, max);
+			refuse(c, 413, msg);
+			return CP_ERROR;
+		}
+		c->body_left = (size_t)v;
+		c->state = ST_BODY;
+	} else {
+		c->body_left = 0;
+		c->state = ST_BODY;
+	}
+	const char *expect = creq_header(r, "Expect");
+	if (expect && !strcasecmp(expect, "100-continue") && (c->state != ST_BODY || c->body_left))
+		evbuffer_add_printf(bufferevent_get_output(c->bev), "HTTP/1.1 100 Continue\r\n\r\n");
+	return CP_OK;
+}
+
+static void take_body(struct creq *r, struct evbuffer *in, size_t take, size_t *left)
+{
+	sbuf_reserve(&r->body, take);
+	evbuffer_remove(in, r->body.data + r->body.len, take);
+	r->body.len += take;
+	r->body.data[r->body.len] = 0;
+	*left -= take;
+}
+
+/* Reads body bytes; CP_OK when complete, CP_AGAIN for more, CP_ERROR when refused. */
+static int read_body(struct conn *c, struct evbuffer *in)
+{
+	struct creq *r = c->req;
+	size_t max = (size_t)c->srv->cfg->limits.max_body_bytes;
+	for (;;) {
+		switch (c->state) {
+		case ST_BODY: {
+			size_t have = evbuffer_get_length(in);
+			size_t take = have < c->body_left ? have : c->body_left;
+			if (take)
+				take_body(r, in, take, &c->body_left);
+			return c->body_left ? CP_AGAIN : CP_OK;
+		}
+		case ST_CHUNK_SIZE: {
+			size_t n;
+			char *line = evbuffer_readln(in, &n, EVBUFFER_EOL_CRLF);
+			if (!line)
+				return evbuffer_get_length(in) > 1024 ? (refuse(c, 400, "Malformed chunked body."), CP_ERROR)
+								       : CP_AGAIN;
+			char *end;
+			unsigned long long v = strtoull(line, &end, 16);
+			bool bad = end == line || (*end && *end != ';');
+			free(line);
+			if (bad) {
+				refuse(c, 400, "Malformed chunked body.");
+				return CP_ERROR;
+			}
+			if (v > max || r->body.len + v > max) {
+				refuse(c, 413, "The request body is larger than the limit.");
+				return CP_ERROR;
+			}
+			c->body_left = (size_t)v;
+			c->state = v ? ST_CHUNK_DATA : ST_TRAILER;
+			break;
+		}
+		case ST_CHUNK_DATA: {
+			size_t have = evbuffer_get_length(in);
+			size_t take = have < c->body_left ? have : c->body_left;
+			if (take)
+				take_body(r, in, take, &c->body_left);
+			if (c->body_left)
+				return CP_AGAIN;
+			c->state = ST_CHUNK_END;
+			break;
+		}
+		case ST_CHUNK_END:
+		case ST_TRAILER: {
+			size_t n;
+			char *line = evbuffer_readln(in, &n, EVBUFFER_EOL_CRLF);
+			if (!line)
+				return CP_AGAIN;
+			free(line);
+			if (c->state == ST_CHUNK_END) {
+				c->state = ST_CHUNK_SIZE;
+				break;
+			}
+			if (n == 0)
+				return CP_OK;
+			break; /* a trailer line: ignored */
+		}
+		default:
+			return CP_AGAIN;
+		}
+	}
+}
+
+static void conn_read_cb(struct bufferevent *bev, void *arg)
+{
+	struct conn *c = arg;
+	struct evbuffer *in = bufferevent_get_input(bev);
+	if (c->state == ST_HANDLING) {
+		/* A pipelined next request waits in the buffer, within bounds. */
+		if (evbuffer_get_length(in) > (size_t)c->srv->cfg->limits.max_header_bytes)
+			bufferevent_disable(bev, EV_READ);
+		return;
+	}
+	if (c->state == ST_CLOSING) {
+		evbuffer_drain(in, evbuffer_get_length(in));
+		if (c->req) /* the refused request's answer is still being written */
+			return;
+		return;
+	}
+	if (c->state == ST_HEADERS) {
+		int rc = read_head(c, in);
+		if (rc != CP_OK)
+			return;
+		if (start_body(c) != CP_OK)
+			return;
+	}
+	int rc = read_body(c, in);
+	if (rc == CP_OK)
+		dispatch_request(c);
+}
+
+static void conn_write_cb(struct bufferevent *bev, void *arg)
+{
+	(void)bev;
+	struct conn *c = arg;
+	if (c->state == ST_CLOSING)
+		conn_linger(c);
+}
+
+static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+	(void)bev;
+	struct conn *c = arg;
+	if (what & BEV_EVENT_CONNECTED)
+		return;
+	if ((what & BEV_EVENT_TIMEOUT) && c->state != ST_CLOSING && c->state != ST_HANDLING && c->req &&
+	    !c->req->started) {
+		refuse(c, 408, "Timed out reading the request.");
+		return;
+	}
+	if (what & BEV_EVENT_ERROR) {
+		unsigned long e;
+		while ((e = bufferevent_get_openssl_error(c->bev)))
+			log_debug("client %s: TLS: %s", c->peer, ERR_error_string(e, NULL));
+	}
+	conn_free(c);
+}
+
+static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg)
+{
+	(void)lev;
+	(void)salen;
+	struct listener *l = arg;
+	struct server *srv = l->srv;
+	if (srv->nconns >= (unsigned)srv->cfg->limits.max_clients) {
+		static const char msg[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+					  "Connection: close\r\nContent-Length: 114\r\n\r\n"
+					  "{\"error\":{\"message\":\"carpool has too many open connections.\","
+					  "\"type\":\"server_error\",\"param\":null,\"code\":null}}";
+		ssize_t w = send(fd, msg, sizeof msg - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+		(void)w;
+		evutil_closesocket(fd);
+		log_warn("connection refused: max_clients (%ld) reached", srv->cfg->limits.max_clients);
+		return;
+	}
+	struct conn *c = xcalloc(1, sizeof *c);
+	c->srv = srv;
+	if (sa->sa_family == AF_INET || sa->sa_family == AF_INET6) {
+		int one = 1;
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+		char host[INET6_ADDRSTRLEN] = "?";
+		int port = 0;
+		if (sa->sa_family == AF_INET) {
+			struct sockaddr_in *in = (struct sockaddr_in *)sa;
+			evutil_inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
+			port = ntohs(in->sin_port);
+		} else {
+			struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)sa;
+			evutil_inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
+			port = ntohs(in6->sin6_port);
+		}
+		snprintf(c->peer, sizeof c->peer, "%s:%d", host, port);
+	} else {
+		snprintf(c->peer, sizeof c->peer, "unix");
+	}
+	int opts = BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS;
+	if (l->ssl) {
+		SSL *ssl = SSL_new(l->ssl);
+		c->tls = true;
+		c->bev = bufferevent_openssl_socket_new(srv->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING, opts);
+	} else {
+		c->bev = bufferevent_socket_new(srv->base, fd, opts);
+	}
+	if (!c->bev) {
+		evutil_closesocket(fd);
+		free(c);
+		return;
+	}
+	srv->nconns++;
+	c->state = ST_HEADERS;
+	bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
+	set_header_timeout(c);
+	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+}
+
+static SSL_CTX *server_tls(const struct cfg_listen *lc)
+{
+	SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+	if (!ctx)
+		return NULL;
+	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+	SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+	if (SSL_CTX_use_certificate_chain_file(ctx, lc->tls.cert) != 1 ||
+	    SSL_CTX_use_PrivateKey_file(ctx, lc->tls.key, SSL_FILETYPE_PEM) != 1 || SSL_CTX_check_private_key(ctx) != 1) {
+		log_error("listen %s: cannot load TLS certificate/key: %s", lc->address,
+			  ERR_error_string(ERR_get_error(), NULL));
+		SSL_CTX_free(ctx);
+		return NULL;
+	}
+	return ctx;
+}
+
+static int open_listener(struct server *srv, const struct cfg_listen *lc, struct listener *l)
+{
+	unsigned flags = LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC;
+	l->srv = srv;
+	if (lc->tls.cert[0] && !(l->ssl = server_tls(lc)))
+		return CP_ERROR;
+	if (!strncmp(lc->address, "unix:", 5)) {
+		struct sockaddr_un sun = {.sun_family = AF_UNIX};
+		const char *path = lc->address + 5;
+		if (strlen(path) >= sizeof sun.sun_path) {
+			log_error("listen %s: socket path too long", lc->address);
+			return CP_ERROR;
+		}
+		strcpy(sun.sun_path, path);
+		unlink(path);
+		l->lev = evconnlistener_new_bind(srv->base, accept_cb, l, flags, 1024, (struct sockaddr *)&sun, sizeof sun);
+		if (!l->lev) {
+			log_error("listen %s: %s", lc->address, strerror(errno));
+			return CP_ERROR;
+		}
+		chmod(path, (mode_t)strtol(lc->mode, NULL, 8));
+		snprintf(l->unix_path, sizeof l->unix_path, "%s", path);
+		log_info("listening on unix:%s%s", path, l->ssl ? " (tls)" : "");
+		return CP_OK;
+	}
+	struct sockaddr_storage ss;
+	int sslen = sizeof ss;
+	/* libevent refuses port 0; without a port it parses to port 0, which asks the kernel for one */
+	char addr[CFG_STR];
+	snprintf(addr, sizeof addr, "%s", lc->address);
+	size_t alen = strlen(addr);
+	if (alen > 2 && !strcmp(addr + alen - 2, ":0"))
+		addr[alen - 2] = 0;
+	if (evutil_parse_sockaddr_port(addr, (struct sockaddr *)&ss, &sslen) != 0) {
+		log_error("listen %s: not a valid host:port, [v6]:port or unix:/path", lc->address);
+		return CP_ERROR;
+	}
+	l->lev = evconnlistener_new_bind(srv->base, accept_cb, l, flags, 1024, (struct sockaddr *)&ss, sslen);
+	if (!l->lev) {
+		log_error("listen %s: %s", lc->address, strerror(errno));
+		return CP_ERROR;
+	}
+	struct sockaddr_storage bound;
+	socklen_t blen = sizeof bound;
+	getsockname(evconnlistener_get_fd(l->lev), (struct sockaddr *)&bound, &blen);
+	char host[INET6_ADDRSTRLEN] = "?";
+	int port;
+	if (bound.ss_family == AF_INET6) {
+		evutil_inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&bound)->sin6_addr, host, sizeof host);
+		port = ntohs(((struct sockaddr_in6 *)&bound)->sin6_port);
+		log_info("listening on [%s]:%d%s", host, port, l->ssl ? " (tls)" : "");
+	} else {
+		evutil_inet_ntop(AF_INET, &((struct sockaddr_in *)&bound)->sin_addr, host, sizeof host);
+		port = ntohs(((struct sockaddr_in *)&bound)->sin_port);
+		log_info("listening on %s:%d%s", host, port, l->ssl ? " (tls)" : "");
+	}
+	return CP_OK;
+}
+
+struct server *server_new(struct event_base *base, const struct config *cfg, server_handler h, void *arg)
+{
+	struct server *s = xcalloc(1, sizeof *s);
+	s->base = base;
+	s->cfg = cfg;
+	s->handler = h;
+	s->arg = arg;
+	for (int i = 0; i < cfg->nlisten; i++) {
+		if (open_listener(s, &cfg->listen[i], &s->listeners[i]) != CP_OK) {
+			s->nlisteners = i + 1;
+			server_free(s);
+			return NULL;
+		}
+		s->nlisteners = i + 1;
+	}
+	return s;
+}
+
+void server_stop_listening(struct server *s)
+{
+	for (int i = 0; i < s->nlisteners; i++) {
+		struct listener *l = &s->listeners[i];
+		if (l->lev) {
+			evconnlistener_free(l->lev);
+			l->lev = NULL;
+		}
+		if (l->unix_path[0]) {
+			unlink(l->unix_path);
+			l->unix_path[0] = 0;
+		}
+	}
+}
+
+unsigned server_connections(const struct server *s) { return s->nconns; }
+
+void server_free(struct server *s)
+{
+	if (!s)
+		return;
+	server_stop_listening(s);
+	for (int i = 0; i < s->nlisteners; i++)
+		if (s->listeners[i].ssl)
+			SSL_CTX_free(s->listeners[i].ssl);
+	free(s);
+}

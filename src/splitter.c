@@ -1,0 +1,508 @@
+/* splitter: one batched upstream stream -> each client's own stream or body. */
+#include "carpool/splitter.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void split_init(struct split *sp, enum dialect dialect, unsigned n, struct split_member **members,
+		unsigned nmembers)
+{
+	memset(sp, 0, sizeof *sp);
+	sp->dialect = dialect;
+	sp->n = n ? n : 1;
+	sp->members = members;
+	sp->nmembers = nmembers;
+	for (unsigned i = 0; i < nmembers; i++)
+		sp->nslots += members[i]->nprompts;
+	sp->slot_owner = xcalloc(sp->nslots, sizeof *sp->slot_owner);
+	unsigned slot = 0;
+	for (unsigned i = 0; i < nmembers; i++) {
+		struct split_member *m = members[i];
+		split_member_free(m);
+		m->slot0 = slot;
+		for (unsigned p = 0; p < m->nprompts; p++)
+			sp->slot_owner[slot++] = i;
+		m->nchoices = m->nprompts * sp->n;
+		m->finished = 0;
+		m->done = m->dirty = false;
+		m->status = 200;
+		m->fin = xcalloc(m->nchoices, 1);
+		m->ntokens = xcalloc(m->nchoices, sizeof *m->ntokens);
+		m->cu_completion = xcalloc(m->nchoices, sizeof *m->cu_completion);
+		m->cu_prompt = xcalloc(m->nprompts, sizeof *m->cu_prompt);
+		for (unsigned c = 0; c < m->nchoices; c++)
+			m->cu_completion[c] = -1;
+		for (unsigned p = 0; p < m->nprompts; p++)
+			m->cu_prompt[p] = -1;
+		if (!m->stream) {
+			m->text = xcalloc(m->nchoices, sizeof *m->text);
+			m->last = xcalloc(m->nchoices, sizeof *m->last);
+			m->logprobs = xcalloc(m->nchoices, sizeof *m->logprobs);
+			m->final = xcalloc(m->nprompts, sizeof *m->final);
+		}
+		m->usage_exact = split_usage_exact(sp);
+		if (!m->gone)
+			sp->remaining++;
+	}
+}
+
+void split_member_free(struct split_member *m)
+{
+	if (m->text)
+		for (unsigned c = 0; c < m->nchoices; c++)
+			sbuf_free(&m->text[c]);
+	if (m->last)
+		for (unsigned c = 0; c < m->nchoices; c++) {
+			cJSON_Delete(m->last[c]);
+			cJSON_Delete(m->logprobs[c]);
+		}
+	if (m->final)
+		for (unsigned p = 0; p < m->nprompts; p++)
+			cJSON_Delete(m->final[p]);
+	free(m->fin);
+	free(m->ntokens);
+	free(m->cu_completion);
+	free(m->cu_prompt);
+	free(m->text);
+	free(m->last);
+	free(m->logprobs);
+	free(m->final);
+	m->fin = NULL;
+	m->ntokens = NULL;
+	m->cu_completion = NULL;
+	m->cu_prompt = NULL;
+	m->text = NULL;
+	m->last = m->logprobs = m->final = NULL;
+	sbuf_free(&m->out);
+}
+
+void split_free(struct split *sp)
+{
+	free(sp->slot_owner);
+	cJSON_Delete(sp->proto);
+	cJSON_Delete(sp->usage_total);
+	sp->slot_owner = NULL;
+	sp->proto = sp->usage_total = NULL;
+}
+
+bool split_usage_exact(const struct split *sp)
+{
+	return sp->nmembers == 1 || sp->dialect == DIALECT_LLAMACPP || sp->dialect == DIALECT_VLLM;
+}
+
+/* A member alone in an OpenAI-dialect call passes the upstream's own usage chunk through and ends
+ * at the upstream's [DONE]: it is exactly what it would have got alone, and nobody else waits. */
+static bool alone_passthrough(const struct split *sp)
+{
+	return sp->nmembers == 1 && sp->dialect != DIALECT_LLAMACPP;
+}
+
+static void emit_sse(struct split_member *m, const char *json)
+{
+	sbuf_adds(&m->out, "data: ");
+	sbuf_adds(&m->out, json);
+	sbuf_add(&m->out, "\n\n", 2);
+	m->dirty = true;
+}
+
+static void usage_of(const struct split *sp, const struct split_member *m, long *prompt, long *completion)
+{
+	if (sp->nmembers == 1 && sp->usage_total && sp->dialect != DIALECT_LLAMACPP) {
+		cJSON *pt = cJSON_GetObjectItemCaseSensitive(sp->usage_total, "prompt_tokens");
+		cJSON *ct = cJSON_GetObjectItemCaseSensitive(sp->usage_total, "completion_tokens");
+		*prompt = cJSON_IsNumber(pt) ? (long)pt->valuedouble : 0;
+		*completion = cJSON_IsNumber(ct) ? (long)ct->valuedouble : 0;
+		return;
+	}
+	long p = 0, c = 0;
+	for (unsigned i = 0; i < m->nprompts; i++)
+		p += m->cu_prompt[i] >= 0 ? m->cu_prompt[i] : (long)(m->prompt_tokens_est ? m->prompt_tokens_est[i] : 0);
+	for (unsigned i = 0; i < m->nchoices; i++)
+		c += m->cu_completion[i] >= 0 ? m->cu_completion[i] : (long)m->ntokens[i];
+	*prompt = p;
+	*completion = c;
+}
+
+static cJSON *usage_json(const struct split *sp, const struct split_member *m)
+{
+	long p, c;
+	usage_of(sp, m, &p, &c);
+	cJSON *u = cJSON_CreateObject();
+	cJSON_AddNumberToObject(u, "prompt_tokens", (double)p);
+	cJSON_AddNumberToObject(u, "completion_tokens", (double)c);
+	cJSON_AddNumberToObject(u, "total_tokens", (double)(p + c));
+	return u;
+}
+
+static cJSON *proto_copy(const struct split *sp)
+{
+	return sp->proto ? cJSON_Duplicate(sp->proto, 1) : cJSON_CreateObject();
+}
+
+/* Non-stream body in the OpenAI / vLLM shape: one object, the member's choices in index order. */
+static char *assemble_openai(const struct split *sp, struct split_member *m)
+{
+	cJSON *obj = proto_copy(sp);
+	cJSON *choices = cJSON_CreateArray();
+	for (unsigned c = 0; c < m->nchoices; c++) {
+		cJSON *ch = m->last[c] ? cJSON_Duplicate(m->last[c], 1) : cJSON_CreateObject();
+		cJSON_DeleteItemFromObjectCaseSensitive(ch, "index");
+		cJSON_DeleteItemFromObjectCaseSensitive(ch, "text");
+		cJSON_DeleteItemFromObjectCaseSensitive(ch, "logprobs");
+		cJSON *out = cJSON_CreateObject();
+		cJSON_AddNumberToObject(out, "index", c);
+		cJSON_AddStringToObject(out, "text", m->text[c].data ? m->text[c].data : "");
+		if (m->logprobs[c])
+			cJSON_AddItemToObject(out, "logprobs", cJSON_Duplicate(m->logprobs[c], 1));
+		else
+			cJSON_AddNullToObject(out, "logprobs");
+		if (!cJSON_GetObjectItemCaseSensitive(ch, "finish_reason"))
+			cJSON_AddNullToObject(out, "finish_reason");
+		for (cJSON *e = ch->child; e; e = e->next)
+			cJSON_AddItemToObject(out, e->string, cJSON_Duplicate(e, 1));
+		cJSON_Delete(ch);
+		cJSON_AddItemToArray(choices, out);
+	}
+	cJSON_DeleteItemFromObjectCaseSensitive(obj, "object");
+	cJSON_AddStringToObject(obj, "object", "text_completion");
+	cJSON_AddItemToObject(obj, "choices", choices);
+	cJSON_AddItemToObject(obj, "usage", usage_json(sp, m));
+	char *s = cJSON_PrintUnformatted(obj);
+	cJSON_Delete(obj);
+	return s;
+}
+
+/* Non-stream body in llama.cpp's shape: per prompt the final chunk with the whole text; one object
+ * for a single prompt, an array for several. */
+static char *assemble_llamacpp(const struct split *sp, struct split_member *m)
+{
+	cJSON *arr = cJSON_CreateArray();
+	for (unsigned p = 0; p < m->nprompts; p++) {
+		cJSON *obj = m->final[p] ? cJSON_Duplicate(m->final[p], 1) : proto_copy(sp);
+		cJSON *choices = cJSON_GetObjectItemCaseSensitive(obj, "choices");
+		cJSON *ch = cJSON_IsArray(choices) ? choices->child : NULL;
+		if (!ch) {
+			cJSON_DeleteItemFromObjectCaseSensitive(obj, "choices");
+			choices = cJSON_AddArrayToObject(obj, "choices");
+			ch = cJSON_CreateObject();
+			cJSON_AddItemToArray(choices, ch);
+		}
+		cJSON_ReplaceItemInObjectCaseSensitive(ch, "text", cJSON_CreateString(m->text[p].data ? m->text[p].data : ""));
+		if (!cJSON_GetObjectItemCaseSensitive(ch, "text"))
+			cJSON_AddStringToObject(ch, "text", m->text[p].data ? m->text[p].data : "");
+		if (cJSON_GetObjectItemCaseSensitive(ch, "index"))
+			cJSON_ReplaceItemInObjectCaseSensitive(ch, "index", cJSON_CreateNumber(p));
+		else
+			cJSON_AddNumberToObject(ch, "index", p);
+		cJSON_AddItemToArray(arr, obj);
+	}
+	cJSON *out = arr;
+	if (m->nprompts == 1) {
+		out = cJSON_DetachItemFromArray(arr, 0);
+		cJSON_Delete(arr);
+	}
+	char *s = cJSON_PrintUnformatted(out);
+	cJSON_Delete(out);
+	return s;
+}
+
+static void complete(struct split *sp, struct split_member *m)
+{
+	if (m->done)
+		return;
+	m->done = true;
+	m->dirty = true;
+	if (!m->gone && sp->remaining)
+		sp->remaining--;
+	if (m->gone)
+		return;
+	if (m->stream) {
+		if (m->include_usage && sp->dialect != DIALECT_LLAMACPP && !alone_passthrough(sp)) {
+			cJSON *obj = proto_copy(sp);
+			cJSON_AddItemToObject(obj, "choices", cJSON_CreateArray());
+			cJSON_AddItemToObject(obj, "usage", usage_json(sp, m));
+			char *s = cJSON_PrintUnformatted(obj);
+			emit_sse(m, s);
+			free(s);
+			cJSON_Delete(obj);
+		}
+		emit_sse(m, "[DONE]");
+		return;
+	}
+	char *body = sp->dialect == DIALECT_LLAMACPP ? assemble_llamacpp(sp, m) : assemble_openai(sp, m);
+	sbuf_reset(&m->out);
+	sbuf_adds(&m->out, body);
+	free(body);
+	m->status = 200;
+}
+
+static void fail_member(struct split *sp, struct split_member *m, int status, const char *message)
+{
+	if (m->done)
+		return;
+	char *err = openai_error_json(message, status >= 500 ? "server_error" : "invalid_request_error", NULL, NULL);
+	if (m->stream) {
+		emit_sse(m, err);
+		emit_sse(m, "[DONE]");
+	} else {
+		sbuf_reset(&m->out);
+		sbuf_adds(&m->out, err);
+		m->status = status;
+	}
+	free(err);
+	m->done = true;
+	m->dirty = true;
+	if (!m->gone && sp->remaining)
+		sp->remaining--;
+}
+
+/* Merges one chunk's completions logprobs into acc (arrays are concatenated). */
+static void merge_logprobs(cJSON **acc, const cJSON *lp)
+{
+	if (!cJSON_IsObject(lp))
+		return;
+	if (!*acc) {
+		*acc = cJSON_Duplicate(lp, 1);
+		return;
+	}
+	for (const cJSON *e = lp->child; e; e = e->next) {
+		cJSON *dst = cJSON_GetObjectItemCaseSensitive(*acc, e->string);
+		if (cJSON_IsArray(e) && cJSON_IsArray(dst)) {
+			for (const cJSON *x = e->child; x; x = x->next)
+				cJSON_AddItemToArray(dst, cJSON_Duplicate(x, 1));
+		} else if (!dst) {
+			cJSON_AddItemToObject(*acc, e->string, cJSON_Duplicate(e, 1));
+		}
+	}
+}
+
+static long num_field(const cJSON *obj, const char *name)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, name);
+	return cJSON_IsNumber(v) ? (long)v->valuedouble : -1;
+}
+
+/* Records one choice for member m at client index ci. */
+static void take_choice(struct split *sp, struct split_member *m, unsigned ci, cJSON *ch, const cJSON *ev,
+			const cJSON *usage)
+{
+	const cJSON *text = cJSON_GetObjectItemCaseSensitive(ch, "text");
+	if (cJSON_IsString(text) && text->valuestring[0])
+		m->ntokens[ci]++;
+	unsigned p = ci / sp->n;
+	if (usage && cJSON_IsObject(usage)) {
+		long pt = num_field(usage, "prompt_tokens"), ct = num_field(usage, "completion_tokens");
+		if (pt >= 0)
+			m->cu_prompt[p] = pt;
+		if (ct >= 0)
+			m->cu_completion[ci] = ct;
+	}
+	if (!m->stream) {
+		if (cJSON_IsString(text))
+			sbuf_adds(&m->text[ci], text->valuestring);
+		merge_logprobs(&m->logprobs[ci], cJSON_GetObjectItemCaseSensitive(ch, "logprobs"));
+		cJSON *copy = cJSON_Duplicate(ch, 1);
+		cJSON_DeleteItemFromObjectCaseSensitive(copy, "text");
+		if (m->last[ci]) {
+			/* keep a finish_reason once seen */
+			cJSON *fr = cJSON_GetObjectItemCaseSensitive(copy, "finish_reason");
+			cJSON *old = cJSON_GetObjectItemCaseSensitive(m->last[ci], "finish_reason");
+			if ((!fr || cJSON_IsNull(fr)) && cJSON_IsString(old))
+				cJSON_ReplaceItemInObjectCaseSensitive(copy, "finish_reason", cJSON_Duplicate(old, 1));
+			cJSON_Delete(m->last[ci]);
+		}
+		m->last[ci] = copy;
+		if (sp->dialect == DIALECT_LLAMACPP) {
+			cJSON *fr = cJSON_GetObjectItemCaseSensitive(ch, "finish_reason");
+			if (cJSON_IsString(fr)) {
+				cJSON_Delete(m->final[p]);
+				m->final[p] = cJSON_Duplicate(ev, 1);
+			}
+		}
+	}
+	cJSON *fr = cJSON_GetObjectItemCaseSensitive(ch, "finish_reason");
+	if (cJSON_IsString(fr) && !m->fin[ci]) {
+		m->fin[ci] = 1;
+		m->finished++;
+	}
+}
+
+static void set_proto(struct split *sp, const cJSON *ev)
+{
+	if (sp->proto)
+		return;
+	sp->proto = cJSON_Duplicate(ev, 1);
+	cJSON_DeleteItemFromObjectCaseSensitive(sp->proto, "choices");
+	cJSON_DeleteItemFromObjectCaseSensitive(sp->proto, "usage");
+	cJSON_DeleteItemFromObjectCaseSensitive(sp->proto, "timings");
+}
+
+static void upstream_error_event(struct split *sp, const char *data, size_t len, bool is_error_field)
+{
+	/* Forward the upstream's own error event to every member still open, in the upstream's form. */
+	for (unsigned i = 0; i < sp->nmembers; i++) {
+		struct split_member *m = sp->members[i];
+		if (m->done || m->gone)
+			continue;
+		if (m->stream) {
+			sbuf_adds(&m->out, is_error_field ? "error: " : "data: ");
+			sbuf_add(&m->out, data, len);
+			sbuf_add(&m->out, "\n\n", 2);
+			emit_sse(m, "[DONE]");
+			m->done = true;
+			if (sp->remaining)
+				sp->remaining--;
+		} else {
+			cJSON *ev = cJSON_ParseWithLength(data, len);
+			cJSON *err = ev ? cJSON_GetObjectItemCaseSensitive(ev, "error") : NULL;
+			cJSON *msg = err ? cJSON_GetObjectItemCaseSensitive(err, "message") : NULL;
+			long code = err ? num_field(err, "code") : -1;
+			fail_member(sp, m, code >= 400 && code < 600 ? (int)code : 500,
+				    cJSON_IsString(msg) ? msg->valuestring : "the upstream failed mid-stream");
+			cJSON_Delete(ev);
+		}
+	}
+}
+
+int split_event(struct split *sp, const char *data, size_t len, bool is_error_field)
+{
+	sp->events++;
+	if (len == 6 && !memcmp(data, "[DONE]", 6)) {
+		sp->upstream_done = true;
+		split_end(sp, 0, NULL);
+		return CP_OK;
+	}
+	if (is_error_field) {
+		upstream_error_event(sp, data, len, true);
+		return CP_OK;
+	}
+	cJSON *ev = cJSON_ParseWithLength(data, len);
+	if (!ev || !cJSON_IsObject(ev)) {
+		cJSON_Delete(ev);
+		return CP_ERROR;
+	}
+	if (cJSON_GetObjectItemCaseSensitive(ev, "error")) {
+		cJSON_Delete(ev);
+		upstream_error_event(sp, data, len, false);
+		return CP_OK;
+	}
+	cJSON *choices = cJSON_GetObjectItemCaseSensitive(ev, "choices");
+	cJSON *usage = cJSON_GetObjectItemCaseSensitive(ev, "usage");
+	if (!cJSON_IsArray(choices)) {
+		cJSON_Delete(ev);
+		return CP_ERROR;
+	}
+	set_proto(sp, ev);
+	if (!choices->child) {
+		/* the whole call's usage (OpenAI / vLLM include_usage) */
+		if (cJSON_IsObject(usage)) {
+			cJSON_Delete(sp->usage_total);
+			sp->usage_total = cJSON_Duplicate(usage, 1);
+			if (alone_passthrough(sp)) {
+				struct split_member *m = sp->members[0];
+				if (!m->done && !m->gone && m->stream && m->include_usage) {
+					emit_sse(m, data);
+				}
+			}
+		}
+		cJSON_Delete(ev);
+		return CP_OK;
+	}
+	/* Group the choices by member, preserving their order. */
+	unsigned nch = 0;
+	for (cJSON *c = choices->child; c; c = c->next)
+		nch++;
+	cJSON **items = xcalloc(nch, sizeof *items);
+	unsigned *owner = xcalloc(nch, sizeof *owner);
+	unsigned *cidx = xcalloc(nch, sizeof *cidx);
+	unsigned k = 0;
+	int rc = CP_OK;
+	while (choices->child) {
+		cJSON *c = cJSON_DetachItemViaPointer(choices, choices->child);
+		items[k] = c;
+		long idx = num_field(c, "index");
+		unsigned slot = idx >= 0 ? (unsigned)idx / sp->n : 0;
+		if (idx < 0 || slot >= sp->nslots) {
+			owner[k] = UINT32_MAX;
+			rc = CP_ERROR;
+		} else {
+			owner[k] = sp->slot_owner[slot];
+			struct split_member *m = sp->members[owner[k]];
+			cidx[k] = (slot - m->slot0) * sp->n + (unsigned)idx % sp->n;
+		}
+		k++;
+	}
+	bool strip_usage = sp->dialect == DIALECT_VLLM; /* continuous usage is carpool's request, not the client's */
+	for (unsigned i = 0; i < nch; i++) {
+		if (!items[i] || owner[i] == UINT32_MAX)
+			continue;
+		struct split_member *m = sp->members[owner[i]];
+		cJSON *arr = cJSON_CreateArray();
+		for (unsigned j = i; j < nch; j++) {
+			if (!items[j] || owner[j] != owner[i])
+				continue;
+			if (m->gone || m->done) {
+				cJSON_Delete(items[j]);
+			} else {
+				cJSON_ReplaceItemInObjectCaseSensitive(items[j], "index", cJSON_CreateNumber(cidx[j]));
+				take_choice(sp, m, cidx[j], items[j], ev, nch == 1 ? usage : NULL);
+				cJSON_AddItemToArray(arr, items[j]);
+			}
+			items[j] = NULL;
+		}
+		if (!arr->child) {
+			cJSON_Delete(arr);
+			continue;
+		}
+		cJSON_ReplaceItemInObjectCaseSensitive(ev, "choices", arr); /* keeps its place; frees the old */
+		if (m->stream) {
+			cJSON *saved = NULL;
+			if (strip_usage && usage)
+				saved = cJSON_DetachItemFromObjectCaseSensitive(ev, "usage");
+			char *s = cJSON_PrintUnformatted(ev);
+			emit_sse(m, s);
+			free(s);
+			if (saved) {
+				cJSON_AddItemToObject(ev, "usage", saved);
+				usage = saved;
+			}
+		}
+		if (m->finished == m->nchoices && !alone_passthrough(sp))
+			complete(sp, m);
+	}
+	for (unsigned i = 0; i < nch; i++)
+		cJSON_Delete(items[i]);
+	free(items);
+	free(owner);
+	free(cidx);
+	cJSON_Delete(ev);
+	return rc;
+}
+
+void split_end(struct split *sp, int status, const char *message)
+{
+	for (unsigned i = 0; i < sp->nmembers; i++) {
+		struct split_member *m = sp->members[i];
+		if (m->done)
+			continue;
+		if (message)
+			fail_member(sp, m, status, message);
+		else if (m->finished < m->nchoices && !sp->upstream_done)
+			fail_member(sp, m, 502, "the upstream ended the stream early");
+		else
+			complete(sp, m);
+	}
+}
+
+void split_member_gone(struct split *sp, struct split_member *m)
+{
+	if (m->gone)
+		return;
+	m->gone = true;
+	m->dirty = false;
+	sbuf_reset(&m->out);
+	if (!m->done && sp->remaining)
+		sp->remaining--;
+}

@@ -1,0 +1,106 @@
+/* sse: incremental Server-Sent Events parser. */
+#include "carpool/sse.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+void sse_init(struct sse_parser *p, size_t max_event)
+{
+	memset(p, 0, sizeof *p);
+	p->max_event = max_event;
+}
+
+void sse_free(struct sse_parser *p)
+{
+	sbuf_free(&p->line);
+	sbuf_free(&p->data);
+}
+
+static int dispatch(struct sse_parser *p, sse_event_cb cb, void *arg)
+{
+	int rc = CP_OK;
+	if (p->has_data) {
+		struct sse_event ev = {p->data.data ? p->data.data : "", p->data.len, p->name, p->is_error};
+		rc = cb(arg, &ev);
+	}
+	sbuf_reset(&p->data);
+	p->has_data = false;
+	p->is_error = false;
+	p->name[0] = 0;
+	return rc;
+}
+
+/* One complete line (without its end). An empty line ends the event. */
+static int line(struct sse_parser *p, const char *s, size_t n, sse_event_cb cb, void *arg)
+{
+	if (n == 0)
+		return dispatch(p, cb, arg);
+	if (s[0] == ':')
+		return CP_OK; /* comment */
+	const char *colon = memchr(s, ':', n);
+	size_t flen = colon ? (size_t)(colon - s) : n;
+	const char *v = colon ? colon + 1 : s + n;
+	size_t vlen = colon ? n - flen - 1 : 0;
+	if (vlen && *v == ' ') {
+		v++;
+		vlen--;
+	}
+	bool is_data = flen == 4 && !memcmp(s, "data", 4);
+	bool is_err = flen == 5 && !memcmp(s, "error", 5);
+	if (is_data || is_err) {
+		if (p->has_data)
+			sbuf_add(&p->data, "\n", 1);
+		sbuf_add(&p->data, v, vlen);
+		p->has_data = true;
+		if (is_err)
+			p->is_error = true;
+		if (p->data.len > p->max_event)
+			return CP_ERROR;
+	} else if (flen == 5 && !memcmp(s, "event", 5)) {
+		size_t m = vlen < sizeof p->name - 1 ? vlen : sizeof p->name - 1;
+		memcpy(p->name, v, m);
+		p->name[m] = 0;
+	}
+	/* id:, retry: and unknown fields are ignored, as the SSE specification says. */
+	return CP_OK;
+}
+
+int sse_feed(struct sse_parser *p, const char *buf, size_t len, sse_event_cb cb, void *arg)
+{
+	size_t i = 0;
+	while (i < len) {
+		if (p->after_cr) {
+			p->after_cr = false;
+			if (buf[i] == '\n') {
+				i++;
+				continue;
+			}
+		}
+		/* find the next line end */
+		size_t j = i;
+		while (j < len && buf[j] != '\n' && buf[j] != '\r')
+			j++;
+		if (j == len) {
+			sbuf_add(&p->line, buf + i, len - i);
+			if (p->line.len > p->max_event)
+				return CP_ERROR;
+			return CP_OK;
+		}
+		int rc;
+		if (p->line.len) {
+			sbuf_add(&p->line, buf + i, j - i);
+			if (p->line.len > p->max_event)
+				return CP_ERROR;
+			rc = line(p, p->line.data, p->line.len, cb, arg);
+			sbuf_reset(&p->line);
+		} else {
+			rc = line(p, buf + i, j - i, cb, arg);
+		}
+		if (buf[j] == '\r')
+			p->after_cr = true;
+		i = j + 1;
+		if (rc != CP_OK)
+			return rc;
+	}
+	return CP_OK;
+}

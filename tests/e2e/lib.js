@@ -1,0 +1,218 @@
+// Test harness: starts the real carpool binary and the simulator on loopback (port 0, read back),
+// talks to them over real HTTP, and checks carpool's log for alerts and sanitizer reports.
+'use strict';
+const { spawn } = require('node:child_process');
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
+const http = require('node:http');
+const assert = require('node:assert/strict');
+
+const ROOT = path.resolve(__dirname, '..', '..');
+const BIN = process.env.CARPOOL_BIN_DIR || path.join(ROOT, 'bin');
+
+function tmpdir() {
+  return fs.mkdtempSync(path.join(os.tmpdir(), 'carpool-e2e-'));
+}
+
+// Waits until `re` matches the accumulated text of `stream`; resolves with the match.
+function waitFor(proc, which, re, timeoutMs = 10000) {
+  return new Promise((resolve, reject) => {
+    let buf = '';
+    const timer = setTimeout(() => reject(new Error(`timeout waiting for ${re} in ${which}: ${buf}`)), timeoutMs);
+    const onData = (d) => {
+      buf += d.toString();
+      const m = buf.match(re);
+      if (m) {
+        clearTimeout(timer);
+        proc[which].off('data', onData);
+        resolve(m);
+      }
+    };
+    proc[which].on('data', onData);
+    proc.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`${which}: process exited (${code}) before ${re}: ${buf}`));
+    });
+  });
+}
+
+async function startSim(args = []) {
+  const proc = spawn(path.join(BIN, 'carpool-sim'), ['--listen', '127.0.0.1:0', ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let err = '';
+  proc.stderr.on('data', (d) => { err += d; });
+  const m = await waitFor(proc, 'stdout', /listening on 127\.0\.0\.1:(\d+)/);
+  const port = Number(m[1]);
+  return {
+    proc,
+    port,
+    url: `http://127.0.0.1:${port}`,
+    stderr: () => err,
+    stats: async () => JSON.parse((await request(port, 'GET', '/stats')).body),
+    reset: async () => request(port, 'POST', '/stats/reset', ''),
+    kill: (sig = 'SIGTERM') => new Promise((resolve) => {
+      if (proc.exitCode !== null || proc.signalCode !== null) return resolve();
+      proc.once('exit', () => resolve());
+      proc.kill(sig);
+    }),
+  };
+}
+
+// A minimal YAML writer for config objects (maps, lists, scalars).
+function toYaml(v, indent = '') {
+  if (Array.isArray(v)) {
+    return v.map((item) => {
+      if (item && typeof item === 'object') {
+        const inner = toYaml(item, indent + '  ').replace(/^\s+/, '');
+        return `${indent}- ${inner}`;
+      }
+      return `${indent}- ${JSON.stringify(item)}`;
+    }).join('\n');
+  }
+  return Object.entries(v).map(([k, val]) => {
+    if (val && typeof val === 'object') {
+      if (Array.isArray(val) && val.length === 0) return `${indent}${k}: []`;
+      return `${indent}${k}:\n${toYaml(val, indent + '  ')}`;
+    }
+    return `${indent}${k}: ${typeof val === 'string' ? JSON.stringify(val) : val}`;
+  }).join('\n');
+}
+
+async function startCarpool(cfg, { env = {}, expectFail = false } = {}) {
+  const dir = tmpdir();
+  const file = path.join(dir, 'carpool.yaml');
+  fs.writeFileSync(file, typeof cfg === 'string' ? cfg : toYaml(cfg) + '\n');
+  const proc = spawn(path.join(BIN, 'carpool'), ['-c', file], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, ...env },
+  });
+  let log = '';
+  proc.stderr.on('data', (d) => { log += d; });
+  proc.stdout.on('data', (d) => { log += d; });
+  if (expectFail) {
+    const code = await new Promise((resolve) => proc.once('exit', resolve));
+    return { code, log: () => log, file, dir };
+  }
+  const m = await waitFor(proc, 'stderr', /listening on 127\.0\.0\.1:(\d+)[\s\S]*ready/);
+  const port = Number(m[1]);
+  const cp = {
+    proc, port, dir, file,
+    url: `http://127.0.0.1:${port}`,
+    log: () => log,
+    metrics: async () => {
+      const r = await request(port, 'GET', '/metrics');
+      const out = {};
+      for (const line of r.body.split('\n')) {
+        const mm = line.match(/^(\w+(?:\{[^}]*\})?) (\S+)$/);
+        if (mm) out[mm[1]] = Number(mm[2]);
+      }
+      return out;
+    },
+    // Stops carpool with SIGTERM and asserts a clean exit and a clean log.
+    stop: async () => {
+      if (proc.exitCode === null && proc.signalCode === null) {
+        const exited = new Promise((resolve) => proc.once('exit', (code, sig) => resolve({ code, sig })));
+        proc.kill('SIGTERM');
+        const { code, sig } = await exited;
+        assert.equal(sig, null, `carpool died of ${sig}\n${log}`);
+        assert.equal(code, 0, `carpool exit code ${code}\n${log}`);
+      }
+      assertCleanLog(log);
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+  return cp;
+}
+
+function assertCleanLog(log) {
+  for (const bad of [' crit ', ' alert ', 'AddressSanitizer', 'LeakSanitizer', 'runtime error:', 'Segmentation']) {
+    assert.ok(!log.includes(bad), `carpool log contains "${bad}":\n${log.slice(-4000)}`);
+  }
+}
+
+function baseConfig(sim, extra = {}) {
+  const cfg = {
+    listen: [{ address: '127.0.0.1:0' }],
+    upstreams: [{ url: sim.url, dialect: 'auto', ...(extra.upstream || {}) }],
+    batching: { policy: 'fixed', max_wait_ms: 30, max_batch_size: 64, ...(extra.batching || {}) },
+    log: { level: 'info' },
+  };
+  for (const k of ['limits', 'timeouts', 'auth']) if (extra[k]) cfg[k] = extra[k];
+  return cfg;
+}
+
+const agent = new http.Agent({ keepAlive: true, maxSockets: 2000 });
+
+// One HTTP request; resolves {status, headers, body}.
+function request(port, method, p, body, headers = {}, opts = {}) {
+  return new Promise((resolve, reject) => {
+    const data = body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body);
+    const req = http.request({
+      host: '127.0.0.1', port, method, path: p, agent: opts.agent || agent,
+      headers: { ...(data !== undefined ? { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(data) } : {}), ...headers },
+    }, (res) => {
+      let chunks = [];
+      res.on('data', (c) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode, headers: res.headers, body: Buffer.concat(chunks).toString() }));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    if (opts.timeoutMs) req.setTimeout(opts.timeoutMs, () => req.destroy(new Error('timeout')));
+    if (data !== undefined) req.write(data);
+    req.end();
+  });
+}
+
+// Parses an SSE body into events: [{field:'data'|'error', data}], with '[DONE]' kept as data.
+function parseSse(text) {
+  const events = [];
+  for (const block of text.split(/\r?\n\r?\n/)) {
+    if (!block.trim()) continue;
+    let field = null;
+    const lines = [];
+    for (const line of block.split(/\r?\n/)) {
+      if (line.startsWith(':')) continue;
+      const m = line.match(/^(data|error): ?(.*)$/);
+      if (m) { field = m[1]; lines.push(m[2]); }
+    }
+    if (field) events.push({ field, data: lines.join('\n') });
+  }
+  return events;
+}
+
+// Collects a streamed completion: per index text and finish_reason; asserts one [DONE] at the end.
+function collect(events) {
+  const out = { text: {}, finish: {}, usage: null, chunks: [], done: 0, errors: [] };
+  for (const ev of events) {
+    if (ev.data === '[DONE]') { out.done++; continue; }
+    if (out.done) throw new Error('event after [DONE]');
+    const j = JSON.parse(ev.data);
+    if (ev.field === 'error' || j.error) { out.errors.push(j); continue; }
+    out.chunks.push(j);
+    if (j.usage && j.choices.length === 0) out.usage = j.usage;
+    for (const c of j.choices) {
+      out.text[c.index] = (out.text[c.index] || '') + c.text;
+      if (c.finish_reason) out.finish[c.index] = c.finish_reason;
+    }
+  }
+  return out;
+}
+
+function curl(args, input) {
+  return new Promise((resolve) => {
+    const p = spawn('curl', args, { stdio: ['pipe', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    p.stdout.on('data', (d) => { out += d; });
+    p.stderr.on('data', (d) => { err += d; });
+    p.on('exit', (code) => resolve({ code, out, err }));
+    if (input) p.stdin.end(input); else p.stdin.end();
+  });
+}
+
+module.exports = {
+  ROOT, BIN, startSim, startCarpool, baseConfig, request, parseSse, collect, curl, toYaml, tmpdir,
+  assertCleanLog, agent,
+};

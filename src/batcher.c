@@ -18,6 +18,7 @@
 #define MAX_ERROR_BODY 65536
 #define MAX_SSE_EVENT (4u << 20)
 #define RETRY_BACKOFF_MS 100
+#define MAX_EMBED_BODY (256u << 20)
 
 struct batch;
 
@@ -31,6 +32,24 @@ struct member {
 	uint64_t t_arrival;
 	bool answered;
 	bool head_sent;
+	struct embed_parent *parent; /* embeddings: the client request this part belongs to */
+	unsigned offset;	     /* embeddings: index of this part's first input in the parent */
+	bool part_done;
+};
+
+/* An embeddings client request; its inputs travel as one or more parts (members), each at most
+ * the upstream's max_inputs_per_call, and are reassembled in order. */
+struct embed_parent {
+	struct batcher *bt;
+	struct creq *creq; /* NULL once answered or gone */
+	unsigned ninputs, refs, parts_left;
+	cJSON **items;	   /* per input: its data[] element, index already renumbered */
+	long prompt_tokens;
+	bool exact;
+	bool failed;
+	cJSON *proto;	   /* top-level fields of an upstream answer, without data and usage */
+	uint64_t batch_id;
+	unsigned batch_size;
 };
 
 struct batch {
@@ -57,6 +76,7 @@ struct batch {
 	char retry_after[32];
 	char content_type[128];
 	uint64_t t_sent;
+	bool embed;
 };
 
 struct batcher {
@@ -128,8 +148,19 @@ static void queue_remove(struct batch *b)
 
 /* --- members ------------------------------------------------------------------------------- */
 
+static void parent_free(struct embed_parent *ep)
+{
+	for (unsigned i = 0; i < ep->ninputs; i++)
+		cJSON_Delete(ep->items[i]);
+	free(ep->items);
+	cJSON_Delete(ep->proto);
+	free(ep);
+}
+
 static void member_free(struct member *m)
 {
+	if (m->parent && --m->parent->refs == 0)
+		parent_free(m->parent);
 	split_member_free(&m->sm);
 	intake_free(&m->req);
 	free(m->ptok_est);
@@ -150,8 +181,35 @@ static void member_detach(struct member *m)
 	}
 }
 
+static bool member_alive(const struct member *m)
+{
+	return m->parent ? m->parent->creq != NULL && !m->parent->failed : m->creq != NULL;
+}
+
+/* An embeddings part failed: its client gets this error (once), the other parts are dropped. */
+static void part_fail_raw(struct member *m, int status, const char *ctype, const char *extra, const char *body,
+			  size_t len)
+{
+	struct embed_parent *ep = m->parent;
+	m->part_done = true;
+	if (!ep->creq || ep->failed)
+		return;
+	ep->failed = true;
+	struct creq *r = ep->creq;
+	ep->creq = NULL;
+	creq_on_gone(r, NULL, NULL);
+	ep->bt->active--;
+	creq_reply(r, status, ctype, extra, body, len);
+}
+
 static void member_reply_error(struct member *m, int status, const char *msg, const char *type, const char *extra)
 {
+	if (m->parent) {
+		char *body = openai_error_json(msg, type, NULL, NULL);
+		part_fail_raw(m, status, "application/json", extra, body, strlen(body));
+		free(body);
+		return;
+	}
 	if (!m->creq)
 		return;
 	struct creq *r = m->creq;
@@ -194,7 +252,9 @@ static void batch_free(struct batch *b)
 		upcall_cancel(b->call);
 	for (unsigned i = 0; i < b->nmembers; i++) {
 		struct member *m = b->members[i];
-		if (m->creq && !m->head_sent)
+		if (m->parent && !m->part_done)
+			member_reply_error(m, 502, "carpool: the batch was dropped", "server_error", NULL);
+		else if (m->creq && !m->head_sent)
 			member_reply_error(m, 502, "carpool: the batch was dropped", "server_error", NULL);
 		else if (m->creq) {
 			struct creq *r = m->creq;
@@ -217,7 +277,7 @@ static unsigned alive_members(const struct batch *b)
 {
 	unsigned n = 0;
 	for (unsigned i = 0; i < b->nmembers; i++)
-		if (b->members[i]->creq)
+		if (member_alive(b->members[i]))
 			n++;
 	return n;
 }
@@ -303,7 +363,7 @@ static char *build_body(struct batch *b, enum dialect d)
 			cJSON_AddItemToArray(prompts, cJSON_Duplicate(p, 1));
 	}
 	/* One token-id prompt alone stays a flat array; otherwise an array of prompts. */
-	cJSON_ReplaceItemInObjectCaseSensitive(body, "prompt", prompts);
+	json_set(body, "prompt", prompts);
 	cJSON_DeleteItemFromObjectCaseSensitive(body, "stream");
 	cJSON_AddTrueToObject(body, "stream");
 	cJSON_DeleteItemFromObjectCaseSensitive(body, "stream_options");
@@ -318,6 +378,20 @@ static char *build_body(struct batch *b, enum dialect d)
 	return s;
 }
 
+/* The upstream body of an embeddings batch: the first part's request with every part's inputs. */
+static char *build_embed_body(struct batch *b)
+{
+	cJSON *body = cJSON_Duplicate(b->members[0]->req.body, 1);
+	cJSON *inputs = cJSON_CreateArray();
+	for (unsigned i = 0; i < b->nmembers; i++)
+		for (cJSON *p = b->members[i]->req.prompts->child; p; p = p->next)
+			cJSON_AddItemToArray(inputs, cJSON_Duplicate(p, 1));
+	json_set(body, "input", inputs);
+	char *s = cJSON_PrintUnformatted(body);
+	cJSON_Delete(body);
+	return s;
+}
+
 /* Drops members that left while queued; compacts the member array. */
 static void batch_compact(struct batch *b)
 {
@@ -325,7 +399,7 @@ static void batch_compact(struct batch *b)
 	b->nprompts = 0;
 	for (unsigned i = 0; i < b->nmembers; i++) {
 		struct member *m = b->members[i];
-		if (!m->creq) {
+		if (!member_alive(m)) {
 			member_free(m);
 			continue;
 		}
@@ -349,9 +423,10 @@ static void batch_send(struct batch *b)
 	}
 	b->sent = true;
 	enum dialect d = batch_dialect(b);
-	char *body = build_body(b, d);
-	const char *hdrs[] = {"Content-Type", "application/json", "Accept", "text/event-stream"};
-	const char *auth = b->members[0]->creq ? creq_header(b->members[0]->creq, "Authorization") : NULL;
+	char *body = b->embed ? build_embed_body(b) : build_body(b, d);
+	const char *hdrs[] = {"Content-Type", "application/json", "Accept", b->embed ? "application/json" : "text/event-stream"};
+	struct creq *first = b->members[0]->parent ? b->members[0]->parent->creq : b->members[0]->creq;
+	const char *auth = first ? creq_header(first, "Authorization") : NULL;
 	if (b->up->auth || bt->cfg->auth.nkeys)
 		auth = NULL; /* carpool's own credential, or none: a client key is never forwarded */
 	b->t_sent = now_us();
@@ -362,7 +437,8 @@ static void batch_send(struct batch *b)
 		bt->st.max_call_prompts = b->nprompts;
 	log_debug("batch %llu: sending %u prompts from %u clients to %s", (unsigned long long)b->id, b->nprompts,
 		  b->nmembers, b->up->cfg->url);
-	b->call = upstream_call(b->up, "POST", "/v1/completions", hdrs, 2, auth, body, strlen(body), &call_ops, b);
+	b->call = upstream_call(b->up, "POST", b->embed ? "/v1/embeddings" : "/v1/completions", hdrs, 2, auth, body,
+				strlen(body), &call_ops, b);
 	free(body);
 	if (!b->call) {
 		for (unsigned i = 0; i < b->nmembers; i++)
@@ -385,7 +461,7 @@ static void call_head(void *arg, int status, const struct evkeyvalq *headers)
 	snprintf(b->content_type, sizeof b->content_type, "%s", ct ? ct : "application/json");
 	const char *ra = evhttp_find_header(headers, "Retry-After");
 	snprintf(b->retry_after, sizeof b->retry_after, "%s", ra ? ra : "");
-	if (status != 200)
+	if (status != 200 || b->embed)
 		return;
 	if (!ct || strncasecmp(ct, "text/event-stream", 17)) {
 		b->status = 502; /* a 200 that does not stream: handled as a failure in call_done */
@@ -498,6 +574,13 @@ static int flush_members(struct batch *b)
 static void call_data(void *arg, const char *data, size_t len)
 {
 	struct batch *b = arg;
+	if (b->embed) {
+		if (b->errbody.len + len <= MAX_EMBED_BODY)
+			sbuf_add(&b->errbody, data, len);
+		else
+			b->status = 502;
+		return;
+	}
 	if (b->status != 200) {
 		if (b->errbody.len + len <= MAX_ERROR_BODY)
 			sbuf_add(&b->errbody, data, len);
@@ -521,6 +604,7 @@ static void bisect(struct batch *b)
 	batch_compact(b);
 	unsigned half = b->nmembers / 2;
 	struct batch *parts[2] = {batch_new(bt, b->up, b->key), batch_new(bt, b->up, b->key)};
+	parts[0]->embed = parts[1]->embed = b->embed;
 	for (unsigned i = 0; i < b->nmembers; i++) {
 		struct member *m = b->members[i];
 		m->sm.owner = parts[i < half ? 0 : 1];
@@ -556,6 +640,16 @@ static void forward_error(struct batch *b)
 	bool is_error_json = j && cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(j, "error"));
 	for (unsigned i = 0; i < b->nmembers; i++) {
 		struct member *m = b->members[i];
+		if (m->parent && is_error_json) {
+			part_fail_raw(m, b->status, "application/json", extra[0] ? extra : NULL, b->errbody.data, b->errbody.len);
+			continue;
+		}
+		if (m->parent) {
+			char msg[256];
+			snprintf(msg, sizeof msg, "the upstream answered %d", b->status);
+			member_reply_error(m, b->status >= 500 ? 502 : b->status, msg, "server_error", extra[0] ? extra : NULL);
+			continue;
+		}
 		if (!m->creq)
 			continue;
 		struct creq *r = m->creq;
@@ -576,6 +670,133 @@ static void forward_error(struct batch *b)
 	cJSON_Delete(j);
 }
 
+/* Largest-remainder shares of total in proportion to weights: they add up to total exactly. */
+static void apportion(long total, const long *weights, long *out, unsigned n)
+{
+	long wsum = 0, given = 0;
+	for (unsigned i = 0; i < n; i++)
+		wsum += weights[i];
+	if (wsum <= 0) {
+		for (unsigned i = 0; i < n; i++)
+			out[i] = i == 0 ? total : 0;
+		return;
+	}
+	double *rem = xcalloc(n, sizeof *rem);
+	for (unsigned i = 0; i < n; i++) {
+		double exact = (double)total * (double)weights[i] / (double)wsum;
+		out[i] = (long)exact;
+		rem[i] = exact - (double)out[i];
+		given += out[i];
+	}
+	while (given < total) {
+		unsigned best = 0;
+		for (unsigned i = 1; i < n; i++)
+			if (rem[i] > rem[best])
+				best = i;
+		out[best]++;
+		rem[best] = -1;
+		given++;
+	}
+	free(rem);
+}
+
+static void embed_reply(struct embed_parent *ep)
+{
+	struct creq *r = ep->creq;
+	ep->creq = NULL;
+	creq_on_gone(r, NULL, NULL);
+	ep->bt->active--;
+	cJSON *obj = ep->proto ? cJSON_Duplicate(ep->proto, 1) : cJSON_CreateObject();
+	if (!cJSON_GetObjectItemCaseSensitive(obj, "object"))
+		cJSON_AddStringToObject(obj, "object", "list");
+	cJSON *data = cJSON_AddArrayToObject(obj, "data");
+	for (unsigned i = 0; i < ep->ninputs; i++) {
+		cJSON_AddItemToArray(data, ep->items[i] ? ep->items[i] : cJSON_CreateNull());
+		ep->items[i] = NULL;
+	}
+	cJSON *u = cJSON_AddObjectToObject(obj, "usage");
+	cJSON_AddNumberToObject(u, "prompt_tokens", (double)ep->prompt_tokens);
+	cJSON_AddNumberToObject(u, "total_tokens", (double)ep->prompt_tokens);
+	char *body = cJSON_PrintUnformatted(obj);
+	cJSON_Delete(obj);
+	char extra[160];
+	snprintf(extra, sizeof extra, "X-Carpool-Batch: %llu; size=%u\r\nX-Carpool-Usage: %s\r\n",
+		 (unsigned long long)ep->batch_id, ep->batch_size, ep->exact ? "exact" : "estimated");
+	creq_reply(r, 200, "application/json", extra, body, strlen(body));
+	free(body);
+}
+
+/* A 200 answer to an embeddings batch: data[] goes back to the parts by index, usage is shared. */
+static void embed_split(struct batch *b)
+{
+	cJSON *j = cJSON_ParseWithLength(b->errbody.data ? b->errbody.data : "", b->errbody.len);
+	cJSON *data = j ? cJSON_GetObjectItemCaseSensitive(j, "data") : NULL;
+	if (!cJSON_IsArray(data) || cJSON_GetArraySize(data) != (int)b->nprompts) {
+		for (unsigned i = 0; i < b->nmembers; i++)
+			member_reply_error(b->members[i], 502, "the upstream's embeddings answer was not understood",
+					   "server_error", NULL);
+		cJSON_Delete(j);
+		return;
+	}
+	cJSON *usage = cJSON_GetObjectItemCaseSensitive(j, "usage");
+	cJSON *pt = usage ? cJSON_GetObjectItemCaseSensitive(usage, "prompt_tokens") : NULL;
+	long total = cJSON_IsNumber(pt) ? (long)pt->valuedouble : 0;
+	long *w = xcalloc(b->nmembers, sizeof *w), *share = xcalloc(b->nmembers, sizeof *share);
+	unsigned *slot0 = xcalloc(b->nmembers, sizeof *slot0);
+	unsigned slot = 0;
+	for (unsigned i = 0; i < b->nmembers; i++) {
+		struct member *m = b->members[i];
+		slot0[i] = slot;
+		slot += m->req.nprompts;
+		for (unsigned k = 0; k < m->req.nprompts; k++)
+			w[i] += m->ptok_est[k];
+	}
+	apportion(total, w, share, b->nmembers);
+	cJSON *proto = cJSON_Duplicate(j, 1);
+	cJSON_DeleteItemFromObjectCaseSensitive(proto, "data");
+	cJSON_DeleteItemFromObjectCaseSensitive(proto, "usage");
+	while (data->child) {
+		cJSON *it = cJSON_DetachItemViaPointer(data, data->child);
+		cJSON *idx = cJSON_GetObjectItemCaseSensitive(it, "index");
+		long gi = cJSON_IsNumber(idx) ? (long)idx->valuedouble : -1;
+		unsigned owner = b->nmembers;
+		for (unsigned i = 0; gi >= 0 && i < b->nmembers; i++)
+			if ((unsigned)gi >= slot0[i] && (unsigned)gi < slot0[i] + b->members[i]->req.nprompts)
+				owner = i;
+		if (owner == b->nmembers) {
+			cJSON_Delete(it);
+			continue;
+		}
+		struct member *m = b->members[owner];
+		struct embed_parent *ep = m->parent;
+		unsigned local = m->offset + ((unsigned)gi - slot0[owner]);
+		json_set(it, "index", cJSON_CreateNumber(local));
+		if (ep->creq && !ep->failed && local < ep->ninputs && !ep->items[local])
+			ep->items[local] = it;
+		else
+			cJSON_Delete(it);
+	}
+	for (unsigned i = 0; i < b->nmembers; i++) {
+		struct member *m = b->members[i];
+		struct embed_parent *ep = m->parent;
+		m->part_done = true;
+		ep->prompt_tokens += share[i];
+		if (b->nmembers > 1)
+			ep->exact = false;
+		ep->batch_id = b->id;
+		ep->batch_size = b->nprompts;
+		if (!ep->proto)
+			ep->proto = cJSON_Duplicate(proto, 1);
+		if (--ep->parts_left == 0 && ep->creq && !ep->failed)
+			embed_reply(ep);
+	}
+	cJSON_Delete(proto);
+	free(w);
+	free(share);
+	free(slot0);
+	cJSON_Delete(j);
+}
+
 static void call_done(void *arg, enum upcall_error err)
 {
 	struct batch *b = arg;
@@ -583,6 +804,11 @@ static void call_done(void *arg, enum upcall_error err)
 	b->call = NULL;
 	if (err != UPE_NONE)
 		bt->st.upstream_errors++;
+	if (b->embed && b->status == 200 && err == UPE_NONE) {
+		embed_split(b);
+		batch_free(b);
+		return;
+	}
 	if (b->status == 200 && b->split_ready) {
 		if (err == UPE_NONE) {
 			split_end(&b->sp, 0, NULL);
@@ -636,49 +862,40 @@ static void call_done(void *arg, enum upcall_error err)
 
 /* --- submission ------------------------------------------------------------------------------- */
 
-void batcher_submit(struct batcher *bt, struct creq *creq, struct intake_req *r, struct upstream *up,
-		    const char *auth)
+static bool over_queue_limit(struct batcher *bt, struct creq *creq, struct intake_req *r)
 {
-	const struct config *cfg = bt->cfg;
-	if (bt->active >= (unsigned)cfg->limits.max_queue) {
-		creq_reply(creq, 503, "application/json", "Retry-After: 1\r\n",
-			   "{\"error\":{\"message\":\"carpool is at its queue limit; retry shortly.\",\"type\":"
-			   "\"server_error\",\"param\":null,\"code\":\"overloaded\"}}",
-			   strlen("{\"error\":{\"message\":\"carpool is at its queue limit; retry shortly.\",\"type\":"
-				  "\"server_error\",\"param\":null,\"code\":\"overloaded\"}}"));
-		intake_free(r);
-		return;
-	}
-	struct member *m = xcalloc(1, sizeof *m);
-	m->bt = bt;
-	m->creq = creq;
-	m->req = *r;
-	memset(r, 0, sizeof *r);
-	m->t_arrival = now_us();
-	m->sm.nprompts = m->req.nprompts;
-	m->sm.stream = m->req.stream;
-	m->sm.include_usage = m->req.include_usage;
-	m->ptok_est = xcalloc(m->req.nprompts, sizeof *m->ptok_est);
+	if (bt->active < (unsigned)bt->cfg->limits.max_queue)
+		return false;
+	static const char body[] = "{\"error\":{\"message\":\"carpool is at its queue limit; retry shortly.\","
+				   "\"type\":\"server_error\",\"param\":null,\"code\":\"overloaded\"}}";
+	creq_reply(creq, 503, "application/json", "Retry-After: 1\r\n", body, sizeof body - 1);
+	intake_free(r);
+	return true;
+}
+
+static unsigned *estimate_tokens(const cJSON *prompts, unsigned n)
+{
+	unsigned *est = xcalloc(n, sizeof *est);
 	unsigned i = 0;
-	for (cJSON *p = m->req.prompts->child; p; p = p->next, i++) {
+	for (const cJSON *p = prompts->child; p && i < n; p = p->next, i++) {
 		if (cJSON_IsString(p)) {
 			size_t len = strlen(p->valuestring);
-			m->ptok_est[i] = len ? (unsigned)((len + 3) / 4) : 1;
+			est[i] = len ? (unsigned)((len + 3) / 4) : 1;
 		} else {
-			m->ptok_est[i] = (unsigned)cJSON_GetArraySize(p);
+			est[i] = (unsigned)cJSON_GetArraySize(p);
 		}
 	}
-	m->sm.prompt_tokens_est = m->ptok_est;
-	bt->active++;
-	bt->st.requests++;
-	bt->st.prompts += m->req.nprompts;
-	creq_on_gone(creq, member_gone_cb, m);
+	return est;
+}
 
+/* Puts member m into the open batch of its key (or a new one), up to cap prompts per batch. */
+static void place(struct batcher *bt, struct member *m, struct upstream *up, const char *auth, unsigned cap)
+{
+	const struct config *cfg = bt->cfg;
 	struct sbuf key = {0};
 	sbuf_printf(&key, "%d|%s|%s", up->index, auth ? auth : "", m->req.key);
-	unsigned max = (unsigned)cfg->batching.max_batch_size;
 	struct batch *b = map_find(bt, key.data);
-	if (b && b->nprompts + m->req.nprompts > max) {
+	if (b && b->nprompts + m->req.nprompts > cap) {
 		map_remove(b); /* full: it goes (or waits for room) as it is */
 		batch_ready(b);
 		b = NULL;
@@ -686,6 +903,7 @@ void batcher_submit(struct batcher *bt, struct creq *creq, struct intake_req *r,
 	bool fresh = false;
 	if (!b) {
 		b = batch_new(bt, up, key.data);
+		b->embed = m->parent != NULL;
 		b->in_map = true;
 		unsigned h = bucket_of(b->key);
 		b->hnext = bt->buckets[h];
@@ -695,11 +913,10 @@ void batcher_submit(struct batcher *bt, struct creq *creq, struct intake_req *r,
 	sbuf_free(&key);
 	m->sm.owner = b;
 	batch_add(b, m);
-	if (b->nprompts >= max) {
+	if (b->nprompts >= cap) {
 		map_remove(b);
-		if (b->in_queue)
-			return; /* full while waiting for room: it goes first when room opens */
-		batch_ready(b);
+		if (!b->in_queue) /* full while waiting for room: it goes first when room opens */
+			batch_ready(b);
 		return;
 	}
 	if (!fresh)
@@ -712,6 +929,82 @@ void batcher_submit(struct batcher *bt, struct creq *creq, struct intake_req *r,
 	long ms = cfg->batching.max_wait_ms;
 	struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
 	evtimer_add(b->timer, &tv);
+}
+
+void batcher_submit(struct batcher *bt, struct creq *creq, struct intake_req *r, struct upstream *up,
+		    const char *auth)
+{
+	if (over_queue_limit(bt, creq, r))
+		return;
+	struct member *m = xcalloc(1, sizeof *m);
+	m->bt = bt;
+	m->creq = creq;
+	m->req = *r;
+	memset(r, 0, sizeof *r);
+	m->t_arrival = now_us();
+	m->sm.nprompts = m->req.nprompts;
+	m->sm.stream = m->req.stream;
+	m->sm.include_usage = m->req.include_usage;
+	m->ptok_est = estimate_tokens(m->req.prompts, m->req.nprompts);
+	m->sm.prompt_tokens_est = m->ptok_est;
+	bt->active++;
+	bt->st.requests++;
+	bt->st.prompts += m->req.nprompts;
+	creq_on_gone(creq, member_gone_cb, m);
+	place(bt, m, up, auth, (unsigned)bt->cfg->batching.max_batch_size);
+}
+
+static void parent_gone_cb(void *arg)
+{
+	struct embed_parent *ep = arg;
+	ep->creq = NULL;
+	ep->bt->active--;
+	ep->bt->st.gone++;
+}
+
+void batcher_submit_embed(struct batcher *bt, struct creq *creq, struct intake_req *r, struct upstream *up,
+			  const char *auth)
+{
+	if (over_queue_limit(bt, creq, r))
+		return;
+	unsigned limit = (unsigned)up->cfg->max_inputs_per_call;
+	unsigned cap = (unsigned)bt->cfg->batching.max_batch_size;
+	if (cap > limit)
+		cap = limit;
+	struct embed_parent *ep = xcalloc(1, sizeof *ep);
+	ep->bt = bt;
+	ep->creq = creq;
+	ep->ninputs = r->nprompts;
+	ep->items = xcalloc(r->nprompts, sizeof *ep->items);
+	ep->exact = true;
+	ep->parts_left = ep->refs = (r->nprompts + limit - 1) / limit;
+	bt->active++;
+	bt->st.requests++;
+	bt->st.prompts += r->nprompts;
+	creq_on_gone(creq, parent_gone_cb, ep);
+	unsigned nparts = ep->parts_left;
+	cJSON *inputs = r->prompts;
+	for (unsigned pi = 0; pi < nparts; pi++) {
+		struct member *m = xcalloc(1, sizeof *m);
+		m->bt = bt;
+		m->parent = ep;
+		m->offset = pi * limit;
+		m->t_arrival = now_us();
+		m->req.body = pi + 1 == nparts ? r->body : cJSON_Duplicate(r->body, 1);
+		m->req.key = pi + 1 == nparts ? r->key : xstrdup(r->key);
+		m->req.kind = r->kind;
+		m->req.n = 1;
+		m->req.prompts = cJSON_CreateArray();
+		for (unsigned k = 0; k < limit && inputs->child; k++) {
+			cJSON_AddItemToArray(m->req.prompts, cJSON_DetachItemViaPointer(inputs, inputs->child));
+			m->req.nprompts++;
+		}
+		m->ptok_est = estimate_tokens(m->req.prompts, m->req.nprompts);
+		/* a part larger than the packing cap goes alone, whole */
+		place(bt, m, up, auth, m->req.nprompts > cap ? m->req.nprompts : cap);
+	}
+	cJSON_Delete(r->prompts);
+	memset(r, 0, sizeof *r);
 }
 
 struct batcher *batcher_new(struct event_base *base, const struct config *cfg, struct upstream *ups, int nups)

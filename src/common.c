@@ -152,3 +152,11 @@ char *openai_error_json(const char *message, const char *type, const char *param
 	cJSON_Delete(root);
 	return s;
 }
+
+void json_set(cJSON *obj, const char *key, cJSON *item)
+{
+	if (cJSON_GetObjectItemCaseSensitive(obj, key))
+		cJSON_ReplaceItemInObjectCaseSensitive(obj, key, item);
+	else
+		cJSON_AddItemToObject(obj, key, item);
+}

@@ -9,6 +9,9 @@
 #define MAX_N 128
 
 static int refuse(struct intake_error *err, int status, const char *param, const char *fmt, const char *arg)
+	__attribute__((format(printf, 4, 0)));
+
+static int refuse(struct intake_error *err, int status, const char *param, const char *fmt, const char *arg)
 {
 	err->status = status;
 	err->type = "invalid_request_error";
@@ -33,9 +36,10 @@ static bool is_token_array(const cJSON *a)
 	return true;
 }
 
-/* Fills r->prompts / nprompts / kind from body["prompt"]. */
-static int take_prompts(struct intake_req *r, cJSON *prompt, struct intake_error *err)
+/* Fills r->prompts / nprompts / kind from body[field] ("prompt" or "input"). */
+static int take_prompts(struct intake_req *r, const char *field, cJSON *prompt, struct intake_error *err)
 {
+	char msg[200];
 	r->prompts = cJSON_CreateArray();
 	if (cJSON_IsString(prompt)) {
 		r->kind = PROMPT_TEXT;
@@ -44,12 +48,16 @@ static int take_prompts(struct intake_req *r, cJSON *prompt, struct intake_error
 		r->nprompts = 1;
 		return CP_OK;
 	}
-	if (!cJSON_IsArray(prompt))
-		return refuse(err, 400, "prompt",
-			      "'prompt' must be a string, an array of strings, an array of token ids or an array of "
-			      "token-id arrays%s", NULL);
-	if (!prompt->child)
-		return refuse(err, 400, "prompt", "'prompt' must not be an empty array%s", NULL);
+	if (!cJSON_IsArray(prompt)) {
+		snprintf(msg, sizeof msg,
+			 "'%s' must be a string, an array of strings, an array of token ids or an array of token-id arrays",
+			 field);
+		return refuse(err, 400, field, "%s", msg);
+	}
+	if (!prompt->child) {
+		snprintf(msg, sizeof msg, "'%s' must not be an empty array", field);
+		return refuse(err, 400, field, "%s", msg);
+	}
 	if (is_token_array(prompt)) {
 		r->kind = PROMPT_TOKENS;
 		cJSON_AddItemToArray(r->prompts, cJSON_Duplicate(prompt, 1));
@@ -59,16 +67,74 @@ static int take_prompts(struct intake_req *r, cJSON *prompt, struct intake_error
 	bool strings = cJSON_IsString(prompt->child);
 	r->kind = strings ? PROMPT_TEXT : PROMPT_TOKENS;
 	for (cJSON *e = prompt->child; e; e = e->next) {
-		if (strings ? !cJSON_IsString(e) : !is_token_array(e))
-			return refuse(err, 400, "prompt",
-				      "'prompt' array elements must be all strings or all non-empty arrays of "
-				      "integer token ids%s", NULL);
+		if (strings ? !cJSON_IsString(e) : !is_token_array(e)) {
+			snprintf(msg, sizeof msg,
+				 "'%s' array elements must be all strings or all non-empty arrays of integer token ids",
+				 field);
+			return refuse(err, 400, field, "%s", msg);
+		}
 		if (strings)
 			r->prompt_bytes += strlen(e->valuestring);
 		cJSON_AddItemToArray(r->prompts, cJSON_Duplicate(e, 1));
 		r->nprompts++;
 	}
 	return CP_OK;
+}
+
+/* The batch key: every field but `without`, in canonical form, after a kind prefix. */
+static void make_key(struct intake_req *r, char prefix, const char *const *without)
+{
+	cJSON *rest = cJSON_Duplicate(r->body, 1);
+	for (int i = 0; without[i]; i++)
+		cJSON_DeleteItemFromObjectCaseSensitive(rest, without[i]);
+	char *canon = intake_canonical(rest);
+	cJSON_Delete(rest);
+	size_t klen = strlen(canon) + 4;
+	r->key = xmalloc(klen);
+	snprintf(r->key, klen, "%c%c:%s", prefix, r->kind == PROMPT_TEXT ? 't' : 'i', canon);
+	free(canon);
+}
+
+int intake_parse_embedding(const char *body, size_t len, struct intake_req *r, struct intake_error *err)
+{
+	static const char *const without[] = {"input", NULL};
+	memset(r, 0, sizeof *r);
+	r->n = 1;
+	r->body = cJSON_ParseWithLength(body, len);
+	if (!r->body)
+		return refuse(err, 400, NULL, "%s", "We could not parse the JSON body of your request.");
+	if (!cJSON_IsObject(r->body)) {
+		refuse(err, 400, NULL, "%s", "The request body must be a JSON object.");
+		goto fail;
+	}
+	cJSON *input = cJSON_GetObjectItemCaseSensitive(r->body, "input");
+	if (!input) {
+		refuse(err, 400, "input", "%s", "Missing required parameter: 'input'.");
+		goto fail;
+	}
+	if (take_prompts(r, "input", input, err) != CP_OK)
+		goto fail;
+	cJSON *model = cJSON_GetObjectItemCaseSensitive(r->body, "model");
+	if (model && !cJSON_IsString(model)) {
+		refuse(err, 400, "model", "%s", "'model' must be a string");
+		goto fail;
+	}
+	cJSON *fmt = cJSON_GetObjectItemCaseSensitive(r->body, "encoding_format");
+	if (fmt && !cJSON_IsNull(fmt) &&
+	    (!cJSON_IsString(fmt) || (strcmp(fmt->valuestring, "float") && strcmp(fmt->valuestring, "base64")))) {
+		refuse(err, 400, "encoding_format", "%s", "'encoding_format' must be \"float\" or \"base64\"");
+		goto fail;
+	}
+	cJSON *dims = cJSON_GetObjectItemCaseSensitive(r->body, "dimensions");
+	if (dims && !cJSON_IsNull(dims) && (!is_int(dims) || dims->valuedouble < 1)) {
+		refuse(err, 400, "dimensions", "%s", "'dimensions' must be a positive integer");
+		goto fail;
+	}
+	make_key(r, 'e', without);
+	return CP_OK;
+fail:
+	intake_free(r);
+	return CP_ERROR;
 }
 
 int intake_parse_completion(const char *body, size_t len, struct intake_req *r, struct intake_error *err)
@@ -87,7 +153,7 @@ int intake_parse_completion(const char *body, size_t len, struct intake_req *r, 
 		refuse(err, 400, "prompt", "Missing required parameter: 'prompt'.%s", NULL);
 		goto fail;
 	}
-	if (take_prompts(r, prompt, err) != CP_OK)
+	if (take_prompts(r, "prompt", prompt, err) != CP_OK)
 		goto fail;
 	cJSON *n = cJSON_GetObjectItemCaseSensitive(r->body, "n");
 	if (n && !cJSON_IsNull(n)) {
@@ -124,16 +190,8 @@ int intake_parse_completion(const char *body, size_t len, struct intake_req *r, 
 		r->include_usage = cJSON_IsTrue(iu);
 	}
 	/* The key: every field but the prompt and the delivery fields, in canonical form. */
-	cJSON *rest = cJSON_Duplicate(r->body, 1);
-	cJSON_DeleteItemFromObjectCaseSensitive(rest, "prompt");
-	cJSON_DeleteItemFromObjectCaseSensitive(rest, "stream");
-	cJSON_DeleteItemFromObjectCaseSensitive(rest, "stream_options");
-	char *canon = intake_canonical(rest);
-	cJSON_Delete(rest);
-	size_t klen = strlen(canon) + 3;
-	r->key = xmalloc(klen);
-	snprintf(r->key, klen, "%c:%s", r->kind == PROMPT_TEXT ? 't' : 'i', canon);
-	free(canon);
+	static const char *const without[] = {"prompt", "stream", "stream_options", NULL};
+	make_key(r, 'c', without);
 	return CP_OK;
 fail:
 	intake_free(r);

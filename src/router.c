@@ -199,11 +199,13 @@ static void metrics(struct router *rt, struct creq *r)
 	sbuf_free(&b);
 }
 
-static void completions(struct router *rt, struct creq *r)
+static void completions(struct router *rt, struct creq *r, bool embed)
 {
 	struct intake_req req;
 	struct intake_error err;
-	if (intake_parse_completion(r->body.data ? r->body.data : "", r->body.len, &req, &err) != CP_OK) {
+	int rc = embed ? intake_parse_embedding(r->body.data ? r->body.data : "", r->body.len, &req, &err)
+		       : intake_parse_completion(r->body.data ? r->body.data : "", r->body.len, &req, &err);
+	if (rc != CP_OK) {
 		rt->refused++;
 		creq_reply_error(r, err.status, err.message, err.type, err.param, err.code);
 		return;
@@ -219,7 +221,10 @@ static void completions(struct router *rt, struct creq *r)
 	const char *auth = NULL;
 	if (!up->auth && !rt->cfg->auth.nkeys)
 		auth = creq_header(r, "Authorization"); /* forwarded: so it keys the batch */
-	batcher_submit(rt->bt, r, &req, up, auth);
+	if (embed)
+		batcher_submit_embed(rt->bt, r, &req, up, auth);
+	else
+		batcher_submit(rt->bt, r, &req, up, auth);
 }
 
 void router_handle(struct creq *r, void *arg)
@@ -235,16 +240,17 @@ void router_handle(struct creq *r, void *arg)
 	}
 	if (!check_key(rt, r))
 		return;
-	if (!strcmp(r->path, "/v1/completions")) {
+	bool embed = !strcmp(r->path, "/v1/embeddings");
+	if (embed || !strcmp(r->path, "/v1/completions")) {
 		if (strcmp(r->method, "POST")) {
-			creq_reply(r, 405, "application/json", "Allow: POST\r\n",
-				   "{\"error\":{\"message\":\"Method not allowed: use POST for /v1/completions.\",\"type\":"
-				   "\"invalid_request_error\",\"param\":null,\"code\":\"method_not_allowed\"}}",
-				   strlen("{\"error\":{\"message\":\"Method not allowed: use POST for /v1/completions.\","
-					  "\"type\":\"invalid_request_error\",\"param\":null,\"code\":\"method_not_allowed\"}}"));
+			char msg[96];
+			snprintf(msg, sizeof msg, "Method not allowed: use POST for %s.", r->path);
+			char *body = openai_error_json(msg, "invalid_request_error", NULL, "method_not_allowed");
+			creq_reply(r, 405, "application/json", "Allow: POST\r\n", body, strlen(body));
+			free(body);
 			return;
 		}
-		completions(rt, r);
+		completions(rt, r, embed);
 		return;
 	}
 	struct upstream *up = rt->nups ? &rt->ups[0] : NULL;

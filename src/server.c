@@ -40,10 +40,12 @@ struct server {
 	struct listener listeners[CFG_MAX_LISTEN];
 	int nlisteners;
 	unsigned nconns;
+	struct conn *conns; /* every open connection, so that shutdown frees them */
 };
 
 struct conn {
 	struct server *srv;
+	struct conn *prev, *next;
 	struct bufferevent *bev;
 	enum conn_state state;
 	struct creq *req;
@@ -111,6 +113,12 @@ static void conn_free(struct conn *c)
 	}
 	if (c->bev)
 		bufferevent_free(c->bev);
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		c->srv->conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
 	c->srv->nconns--;
 	free(c);
 }
@@ -596,6 +604,10 @@ static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct soc
 		return;
 	}
 	srv->nconns++;
+	c->next = srv->conns;
+	if (srv->conns)
+		srv->conns->prev = c;
+	srv->conns = c;
 	c->state = ST_HEADERS;
 	bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
 	set_header_timeout(c);
@@ -718,6 +730,8 @@ void server_free(struct server *s)
 	if (!s)
 		return;
 	server_stop_listening(s);
+	while (s->conns)
+		conn_free(s->conns);
 	for (int i = 0; i < s->nlisteners; i++)
 		if (s->listeners[i].ssl)
 			SSL_CTX_free(s->listeners[i].ssl);

@@ -189,13 +189,8 @@ static char *assemble_llamacpp(const struct split *sp, struct split_member *m)
 			ch = cJSON_CreateObject();
 			cJSON_AddItemToArray(choices, ch);
 		}
-		cJSON_ReplaceItemInObjectCaseSensitive(ch, "text", cJSON_CreateString(m->text[p].data ? m->text[p].data : ""));
-		if (!cJSON_GetObjectItemCaseSensitive(ch, "text"))
-			cJSON_AddStringToObject(ch, "text", m->text[p].data ? m->text[p].data : "");
-		if (cJSON_GetObjectItemCaseSensitive(ch, "index"))
-			cJSON_ReplaceItemInObjectCaseSensitive(ch, "index", cJSON_CreateNumber(p));
-		else
-			cJSON_AddNumberToObject(ch, "index", p);
+		json_set(ch, "text", cJSON_CreateString(m->text[p].data ? m->text[p].data : ""));
+		json_set(ch, "index", cJSON_CreateNumber(p));
 		cJSON_AddItemToArray(arr, obj);
 	}
 	cJSON *out = arr;
@@ -310,7 +305,7 @@ static void take_choice(struct split *sp, struct split_member *m, unsigned ci, c
 			cJSON *fr = cJSON_GetObjectItemCaseSensitive(copy, "finish_reason");
 			cJSON *old = cJSON_GetObjectItemCaseSensitive(m->last[ci], "finish_reason");
 			if ((!fr || cJSON_IsNull(fr)) && cJSON_IsString(old))
-				cJSON_ReplaceItemInObjectCaseSensitive(copy, "finish_reason", cJSON_Duplicate(old, 1));
+				json_set(copy, "finish_reason", cJSON_Duplicate(old, 1));
 			cJSON_Delete(m->last[ci]);
 		}
 		m->last[ci] = copy;
@@ -446,7 +441,7 @@ int split_event(struct split *sp, const char *data, size_t len, bool is_error_fi
 			if (m->gone || m->done) {
 				cJSON_Delete(items[j]);
 			} else {
-				cJSON_ReplaceItemInObjectCaseSensitive(items[j], "index", cJSON_CreateNumber(cidx[j]));
+				json_set(items[j], "index", cJSON_CreateNumber(cidx[j]));
 				take_choice(sp, m, cidx[j], items[j], ev, nch == 1 ? usage : NULL);
 				cJSON_AddItemToArray(arr, items[j]);
 			}
@@ -456,7 +451,7 @@ int split_event(struct split *sp, const char *data, size_t len, bool is_error_fi
 			cJSON_Delete(arr);
 			continue;
 		}
-		cJSON_ReplaceItemInObjectCaseSensitive(ev, "choices", arr); /* keeps its place; frees the old */
+		json_set(ev, "choices", arr); /* keeps its place; frees the old */
 		if (m->stream) {
 			cJSON *saved = NULL;
 			if (strip_usage && usage)

@@ -34,6 +34,11 @@ void batcher_free(struct batcher *bt);
 void batcher_submit(struct batcher *bt, struct creq *creq, struct intake_req *r, struct upstream *up,
 		    const char *auth);
 
+/* The same for a validated /v1/embeddings request: its inputs are split into parts of at most the
+ * upstream's max_inputs_per_call, batched with other clients' inputs, and reassembled in order. */
+void batcher_submit_embed(struct batcher *bt, struct creq *creq, struct intake_req *r, struct upstream *up,
+			  const char *auth);
+
 const struct batcher_stats *batcher_stats(const struct batcher *bt);
 /* Requests not yet answered (queued or streaming). */
 unsigned batcher_active(const struct batcher *bt);

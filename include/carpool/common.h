@@ -46,6 +46,10 @@ char *xstrndup(const char *s, size_t n);
 
 uint64_t now_us(void);
 
+struct cJSON;
+/* Sets obj[key] = item, replacing in place (keeping its position) or appending; obj owns item. */
+void json_set(struct cJSON *obj, const char *key, struct cJSON *item);
+
 /* The body of an OpenAI-style error: {"error":{"message","type","param","code"}}. Caller frees. */
 char *openai_error_json(const char *message, const char *type, const char *param, const char *code);
 

@@ -33,6 +33,8 @@ struct intake_error {
 /* Parses and validates a /v1/completions body. On CP_OK *out owns everything (intake_free);
  * on CP_ERROR *err says why and nothing is left to free. */
 int intake_parse_completion(const char *body, size_t len, struct intake_req *out, struct intake_error *err);
+/* The same for a /v1/embeddings body: `input` takes the place of `prompt`. */
+int intake_parse_embedding(const char *body, size_t len, struct intake_req *out, struct intake_error *err);
 void intake_free(struct intake_req *r);
 
 /* Canonical JSON text of v: object keys sorted, no whitespace, numbers in one form. Caller frees. */

@@ -77,6 +77,8 @@ struct batch {
 	char content_type[128];
 	uint64_t t_sent;
 	bool embed;
+	struct event *ka_timer;	/* SSE keep-alive comments until the first upstream event */
+	bool first_event;
 };
 
 struct batcher {
@@ -168,6 +170,8 @@ static void member_free(struct member *m)
 }
 
 static void member_gone_cb(void *arg);
+static void member_left(struct member *m, bool may_free);
+static void annotate(struct batch *b);
 
 /* The member's client will hear nothing more from us (answered, or gone). */
 static void member_detach(struct member *m)
@@ -179,6 +183,19 @@ static void member_detach(struct member *m)
 		m->answered = true;
 		m->bt->active--;
 	}
+}
+
+/* An error for a client whose stream has already started (keep-alive comments went out): an SSE
+ * error event, [DONE], and the end of the stream. r is finished afterwards. */
+static void stream_error(struct creq *r, const char *json, size_t len)
+{
+	struct sbuf b = {0};
+	sbuf_adds(&b, "data: ");
+	sbuf_add(&b, json, len);
+	sbuf_adds(&b, "\n\ndata: [DONE]\n\n");
+	if (creq_stream_write(r, b.data, b.len) == CP_OK)
+		creq_stream_end(r);
+	sbuf_free(&b);
 }
 
 static bool member_alive(const struct member *m)
@@ -215,7 +232,10 @@ static void member_reply_error(struct member *m, int status, const char *msg, co
 	struct creq *r = m->creq;
 	member_detach(m);
 	char *body = openai_error_json(msg, type, NULL, NULL);
-	creq_reply(r, status, "application/json", extra, body, strlen(body));
+	if (m->head_sent)
+		stream_error(r, body, strlen(body));
+	else
+		creq_reply(r, status, "application/json", extra, body, strlen(body));
 	free(body);
 }
 
@@ -248,6 +268,8 @@ static void batch_free(struct batch *b)
 	queue_remove(b);
 	if (b->timer)
 		event_free(b->timer);
+	if (b->ka_timer)
+		event_free(b->ka_timer);
 	if (b->call)
 		upcall_cancel(b->call);
 	for (unsigned i = 0; i < b->nmembers; i++) {
@@ -431,6 +453,7 @@ static void batch_send(struct batch *b)
 		auth = NULL; /* carpool's own credential, or none: a client key is never forwarded */
 	b->t_sent = now_us();
 	b->status = 0;
+	annotate(b);
 	bt->st.calls++;
 	bt->st.call_prompts += b->nprompts;
 	if (b->nprompts > bt->st.max_call_prompts)
@@ -449,8 +472,55 @@ static void batch_send(struct batch *b)
 
 static void batch_extra_headers(struct batch *b, struct member *m, char *buf, size_t len)
 {
-	snprintf(buf, len, "X-Carpool-Batch: %llu; size=%u\r\nX-Carpool-Usage: %s\r\n", (unsigned long long)b->id,
-		 b->nprompts, m->sm.usage_exact ? "exact" : "estimated");
+	snprintf(buf, len, "X-Carpool-Batch: %llu; size=%u\r\nX-Carpool-Usage: %s\r\nServer-Timing: queue;dur=%.1f\r\n",
+		 (unsigned long long)b->id, b->nprompts, m->sm.usage_exact ? "exact" : "estimated",
+		 b->t_sent > m->t_arrival ? (double)(b->t_sent - m->t_arrival) / 1000.0 : 0.0);
+}
+
+/* Notes the batch on each client request, for the access log. */
+static void annotate(struct batch *b)
+{
+	for (unsigned i = 0; i < b->nmembers; i++) {
+		struct member *m = b->members[i];
+		struct creq *r = m->parent ? m->parent->creq : m->creq;
+		if (!r)
+			continue;
+		r->batch_id = b->id;
+		r->batch_size = b->nprompts;
+		r->queue_us = b->t_sent - m->t_arrival;
+		r->upstream = b->up->cfg->url;
+		r->prompts = m->parent ? m->parent->ninputs : m->req.nprompts;
+	}
+}
+
+static void ka_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct batch *b = arg;
+	if (b->first_event)
+		return;
+	for (unsigned i = 0; i < b->nmembers; i++) {
+		struct member *m = b->members[i];
+		if (!m->creq || !m->req.stream)
+			continue;
+		if (!m->head_sent) {
+			creq_stream_start(m->creq, 200, "text/event-stream",
+					  "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n");
+			m->head_sent = true;
+		}
+		if (creq_stream_write(m->creq, ": keep-alive\n\n", 14) != CP_OK) {
+			m->creq = NULL;
+			member_left(m, false);
+		}
+	}
+	if (b->call && alive_members(b) == 0) {
+		batch_free(b);
+		return;
+	}
+	long ms = b->bt->cfg->timeouts.sse_keepalive_ms;
+	struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+	evtimer_add(b->ka_timer, &tv);
 }
 
 static void call_head(void *arg, int status, const struct evkeyvalq *headers)
@@ -485,7 +555,7 @@ static void call_head(void *arg, int status, const struct evkeyvalq *headers)
 			split_member_gone(&b->sp, &m->sm);
 			continue;
 		}
-		if (m->req.stream) {
+		if (m->req.stream && !m->head_sent) {
 			char extra[512];
 			int k = snprintf(extra, sizeof extra,
 					 "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n");
@@ -499,6 +569,7 @@ static void call_head(void *arg, int status, const struct evkeyvalq *headers)
 static int sse_cb(void *arg, const struct sse_event *ev)
 {
 	struct batch *b = arg;
+	b->first_event = true;
 	if (split_event(&b->sp, ev->data, ev->len, ev->is_error) != CP_OK)
 		log_warn("batch %llu: an upstream event was not understood: %.200s", (unsigned long long)b->id, ev->data);
 	return CP_OK;
@@ -654,7 +725,9 @@ static void forward_error(struct batch *b)
 			continue;
 		struct creq *r = m->creq;
 		member_detach(m);
-		if (is_error_json) {
+		if (is_error_json && m->head_sent) {
+			stream_error(r, b->errbody.data, b->errbody.len);
+		} else if (is_error_json) {
 			creq_reply(r, b->status, "application/json", extra[0] ? extra : NULL, b->errbody.data, b->errbody.len);
 		} else {
 			char msg[256];
@@ -662,8 +735,11 @@ static void forward_error(struct batch *b)
 				 b->errbody.data ? b->errbody.data : "");
 			char *body = openai_error_json(msg, b->status < 500 ? "invalid_request_error" : "server_error", NULL,
 						       NULL);
-			creq_reply(r, b->status >= 500 ? 502 : b->status, "application/json", extra[0] ? extra : NULL, body,
-				   strlen(body));
+			if (m->head_sent)
+				stream_error(r, body, strlen(body));
+			else
+				creq_reply(r, b->status >= 500 ? 502 : b->status, "application/json", extra[0] ? extra : NULL,
+					   body, strlen(body));
 			free(body);
 		}
 	}
@@ -904,6 +980,12 @@ static void place(struct batcher *bt, struct member *m, struct upstream *up, con
 	if (!b) {
 		b = batch_new(bt, up, key.data);
 		b->embed = m->parent != NULL;
+		long ka = cfg->timeouts.sse_keepalive_ms;
+		if (ka > 0 && !b->embed) {
+			b->ka_timer = evtimer_new(bt->base, ka_cb, b);
+			struct timeval tv = {ka / 1000, (ka % 1000) * 1000};
+			evtimer_add(b->ka_timer, &tv);
+		}
 		b->in_map = true;
 		unsigned h = bucket_of(b->key);
 		b->hnext = bt->buckets[h];

@@ -234,6 +234,16 @@ void router_handle(struct creq *r, void *arg)
 		creq_reply(r, 200, "application/json", NULL, "{\"status\":\"ok\"}", 15);
 		return;
 	}
+	if (!strcmp(r->path, "/readyz")) {
+		bool ok = false;
+		for (int i = 0; i < rt->nups; i++)
+			ok = ok || upstream_healthy(&rt->ups[i]);
+		if (ok)
+			creq_reply(r, 200, "application/json", NULL, "{\"status\":\"ready\"}", 18);
+		else
+			creq_reply(r, 503, "application/json", NULL, "{\"status\":\"no healthy upstream\"}", 32);
+		return;
+	}
 	if (!strcmp(r->path, "/metrics")) {
 		metrics(rt, r);
 		return;

@@ -19,6 +19,8 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
+#include <cjson/cJSON.h>
 #include <unistd.h>
 
 #define MAX_HEADERS 100
@@ -40,6 +42,8 @@ struct server {
 	struct listener listeners[CFG_MAX_LISTEN];
 	int nlisteners;
 	unsigned nconns;
+	FILE *access;	    /* the access log, or NULL */
+	bool access_owned;  /* opened by us (a file), closed at the end */
 	struct conn *conns; /* every open connection, so that shutdown frees them */
 };
 
@@ -87,6 +91,49 @@ const char *http_reason(int status)
 	}
 }
 
+/* One JSON line per client request. */
+static void access_log(struct conn *c, struct creq *r, bool gone)
+{
+	FILE *f = c->srv->access;
+	if (!f || !r->path)
+		return;
+	uint64_t now = now_us();
+	char ts[40];
+	struct timespec wall;
+	struct tm tm;
+	clock_gettime(CLOCK_REALTIME, &wall);
+	gmtime_r(&wall.tv_sec, &tm);
+	strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%S", &tm);
+	cJSON *j = cJSON_CreateObject();
+	char t[64];
+	snprintf(t, sizeof t, "%s.%03dZ", ts, (int)(wall.tv_nsec / 1000000));
+	cJSON_AddStringToObject(j, "time", t);
+	cJSON_AddStringToObject(j, "client", r->peer);
+	cJSON_AddStringToObject(j, "method", r->method);
+	cJSON_AddStringToObject(j, "route", r->path);
+	cJSON_AddNumberToObject(j, "status", gone && !r->finished ? 499 : r->status);
+	if (r->prompts)
+		cJSON_AddNumberToObject(j, "prompts", r->prompts);
+	if (r->batch_id) {
+		cJSON_AddNumberToObject(j, "batch", (double)r->batch_id);
+		cJSON_AddNumberToObject(j, "batch_size", r->batch_size);
+		cJSON_AddNumberToObject(j, "queue_ms", (double)r->queue_us / 1000.0);
+	}
+	if (r->t_first)
+		cJSON_AddNumberToObject(j, "ttft_ms", (double)(r->t_first - r->t_start) / 1000.0);
+	cJSON_AddNumberToObject(j, "duration_ms", (double)(now - r->t_start) / 1000.0);
+	cJSON_AddNumberToObject(j, "bytes", (double)r->bytes);
+	if (r->upstream)
+		cJSON_AddStringToObject(j, "upstream", r->upstream);
+	if (gone && !r->finished)
+		cJSON_AddTrueToObject(j, "client_gone");
+	char *line = cJSON_PrintUnformatted(j);
+	fprintf(f, "%s\n", line);
+	fflush(f);
+	free(line);
+	cJSON_Delete(j);
+}
+
 static void creq_free(struct creq *r)
 {
 	if (!r)
@@ -109,6 +156,8 @@ static void conn_free(struct conn *c)
 		c->req = NULL;
 		if (!r->finished && r->gone_cb)
 			r->gone_cb(r->gone_arg);
+		if (!r->finished && (r->started || c->state == ST_HANDLING))
+			access_log(c, r, true);
 		creq_free(r);
 	}
 	if (c->bev)
@@ -193,6 +242,7 @@ static void write_head(struct creq *r, int status, const char *ctype, const char
 		evbuffer_add(out, extra, strlen(extra));
 	evbuffer_add(out, "\r\n", 2);
 	r->started = true;
+	r->status = status;
 }
 
 /* The response is complete: next request or close. */
@@ -201,6 +251,7 @@ static void finish(struct creq *r)
 	struct conn *c = r->conn;
 	r->finished = true;
 	c->req = NULL;
+	access_log(c, r, false);
 	bool keep = r->keepalive;
 	creq_free(r);
 	if (!keep || c->state == ST_CLOSING) {
@@ -220,6 +271,9 @@ void creq_reply(struct creq *r, int status, const char *ctype, const char *extra
 	write_head(r, status, ctype, extra, (long)len);
 	if (len)
 		evbuffer_add(bufferevent_get_output(r->conn->bev), body, len);
+	r->bytes += len;
+	if (!r->t_first)
+		r->t_first = now_us();
 	finish(r);
 }
 
@@ -248,6 +302,9 @@ int creq_stream_write(struct creq *r, const char *data, size_t len)
 	}
 	if (!len)
 		return CP_OK;
+	r->bytes += len;
+	if (!r->t_first && (len < 1 || data[0] != ':'))
+		r->t_first = now_us();
 	struct evbuffer_iovec v[1];
 	char head[24];
 	int hl = snprintf(head, sizeof head, "%zx\r\n", len);
@@ -697,6 +754,20 @@ struct server *server_new(struct event_base *base, const struct config *cfg, ser
 	s->cfg = cfg;
 	s->handler = h;
 	s->arg = arg;
+	const char *acc = cfg->log.access;
+	if (!strcmp(acc, "stdout")) {
+		s->access = stdout;
+	} else if (!strcmp(acc, "stderr")) {
+		s->access = stderr;
+	} else if (strcmp(acc, "off") && acc[0]) {
+		s->access = fopen(acc, "a");
+		if (!s->access) {
+			log_error("log.access: cannot open %s: %s", acc, strerror(errno));
+			free(s);
+			return NULL;
+		}
+		s->access_owned = true;
+	}
 	for (int i = 0; i < cfg->nlisten; i++) {
 		if (open_listener(s, &cfg->listen[i], &s->listeners[i]) != CP_OK) {
 			s->nlisteners = i + 1;
@@ -732,6 +803,8 @@ void server_free(struct server *s)
 	server_stop_listening(s);
 	while (s->conns)
 		conn_free(s->conns);
+	if (s->access_owned)
+		fclose(s->access);
 	for (int i = 0; i < s->nlisteners; i++)
 		if (s->listeners[i].ssl)
 			SSL_CTX_free(s->listeners[i].ssl);

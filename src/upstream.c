@@ -191,6 +191,8 @@ void upstream_free(struct upstream *up)
 	up->auth = NULL;
 }
 
+bool upstream_healthy(const struct upstream *up) { return up->consecutive_failures < 3; }
+
 bool upstream_has_room(const struct upstream *up) { return up->inflight < (unsigned)up->cfg->max_inflight; }
 
 static void conn_close_cb(struct evhttp_connection *evcon, void *arg)
@@ -297,6 +299,10 @@ static void call_over(struct upcall *c, enum upcall_error err)
 	if (err != UPE_NONE) {
 		c->up->errors++;
 		c->conn->dead = true;
+		if (err == UPE_CONNECT || err == UPE_BROKEN || err == UPE_FIRST_BYTE)
+			c->up->consecutive_failures++;
+	} else {
+		c->up->consecutive_failures = 0;
 	}
 	if (!c->cancelled)
 		c->ops->on_done(c->arg, err);

@@ -74,6 +74,7 @@ struct config {
 		long first_byte_ms;
 		long idle_ms;
 		long client_idle_ms;
+		long sse_keepalive_ms;
 	} timeouts;
 	struct {
 		long level; /* enum log_level */

@@ -32,6 +32,15 @@ struct creq {
 	bool started;  /* response headers sent */
 	bool finished; /* response complete */
 	uint64_t t_start;
+	/* for the access log: set by the server (status, bytes, times) and by the handler (the rest) */
+	int status;
+	size_t bytes;
+	uint64_t t_first;	/* first body byte written */
+	uint64_t queue_us;	/* time in the batch queue */
+	uint64_t batch_id;
+	unsigned batch_size;
+	unsigned prompts;
+	const char *upstream;
 	void (*gone_cb)(void *arg);
 	void *gone_arg;
 	char peer[64];

@@ -46,6 +46,7 @@ struct upstream {
 	struct upconn *idle;
 	unsigned nidle;
 	unsigned long calls, errors;
+	unsigned consecutive_failures; /* calls in a row that could not connect or broke */
 	struct event *room_ev;	/* fires (deferred) when a call slot frees */
 	void (*on_room)(struct upstream *up, void *arg);
 	void *room_arg;
@@ -59,6 +60,8 @@ int upstream_init(struct upstream *up, int index, struct event_base *base, struc
 void upstream_free(struct upstream *up);
 
 bool upstream_has_room(const struct upstream *up);
+/* Healthy: fewer than 3 calls in a row failed to connect or broke. */
+bool upstream_healthy(const struct upstream *up);
 /* Detects the dialect with GET /v1/models when it is configured auto (asynchronous). */
 void upstream_probe(struct upstream *up);
 

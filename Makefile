@@ -41,7 +41,7 @@ build bin:
 	mkdir -p $@
 
 unit: $(UNIT_BIN)
-	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; ./$$t; done
+	@fail=0; for t in $(UNIT_BIN); do echo "== $$t"; ./$$t || fail=1; done; exit $$fail
 
 e2e: all tests/e2e/node_modules
 	bash tests/e2e/run.sh

@@ -18,6 +18,7 @@
 #define MAX_ERROR_BODY 65536
 #define MAX_SSE_EVENT (4u << 20)
 #define RETRY_BACKOFF_MS 100
+#define MAX_ATTEMPTS 3 /* sends of one batch: the first and two retries */
 #define MAX_EMBED_BODY (256u << 20)
 
 struct batch;
@@ -35,6 +36,7 @@ struct member {
 	struct embed_parent *parent; /* embeddings: the client request this part belongs to */
 	unsigned offset;	     /* embeddings: index of this part's first input in the parent */
 	bool part_done;
+	bool wrote;		     /* stream: bytes of the answer reached the client */
 };
 
 /* An embeddings client request; its inputs travel as one or more parts (members), each at most
@@ -55,7 +57,9 @@ struct embed_parent {
 struct batch {
 	uint64_t id;
 	struct batcher *bt;
-	struct upstream *up;
+	struct upstream *up;	/* chosen when the batch is sent */
+	unsigned cands;		/* upstreams that may serve it (bit i: ups[i]) */
+	unsigned tried;		/* upstreams that failed it before any byte reached a client */
 	char *key;
 	struct member **members;
 	unsigned nmembers, cap;
@@ -87,7 +91,7 @@ struct batcher {
 	struct upstream *ups;
 	int nups;
 	struct batch *buckets[NBUCKETS];
-	struct batch *qhead[CFG_MAX_UPSTREAMS], *qtail[CFG_MAX_UPSTREAMS];
+	struct batch *qhead, *qtail; /* batches ready, waiting for an upstream with room */
 	uint64_t next_id;
 	unsigned active;
 	struct batcher_stats st;
@@ -132,17 +136,16 @@ static void queue_remove(struct batch *b)
 {
 	if (!b->in_queue)
 		return;
-	int u = b->up->index;
 	struct batcher *bt = b->bt;
-	struct batch **pp = &bt->qhead[u], *prev = NULL;
+	struct batch **pp = &bt->qhead, *prev = NULL;
 	while (*pp && *pp != b) {
 		prev = *pp;
 		pp = &(*pp)->qnext;
 	}
 	if (*pp) {
 		*pp = b->qnext;
-		if (bt->qtail[u] == b)
-			bt->qtail[u] = prev;
+		if (bt->qtail == b)
+			bt->qtail = prev;
 	}
 	b->qnext = NULL;
 	b->in_queue = false;
@@ -172,6 +175,7 @@ static void member_free(struct member *m)
 static void member_gone_cb(void *arg);
 static void member_left(struct member *m, bool may_free);
 static void annotate(struct batch *b);
+static unsigned requeue_unstarted(struct batch *b);
 
 /* The member's client will hear nothing more from us (answered, or gone). */
 static void member_detach(struct member *m)
@@ -241,12 +245,12 @@ static void member_reply_error(struct member *m, int status, const char *msg, co
 
 /* --- batches ------------------------------------------------------------------------------- */
 
-static struct batch *batch_new(struct batcher *bt, struct upstream *up, const char *key)
+static struct batch *batch_new(struct batcher *bt, unsigned cands, const char *key)
 {
 	struct batch *b = xcalloc(1, sizeof *b);
 	b->id = ++bt->next_id;
 	b->bt = bt;
-	b->up = up;
+	b->cands = cands;
 	b->key = xstrdup(key);
 	return b;
 }
@@ -314,51 +318,85 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 	batch_ready(b);
 }
 
-/* The batch may go: now if the upstream has room (and nobody queued before it), else it waits in
- * the upstream's queue - still open to new members until it is full. */
+/* The least-loaded candidate upstream with room (in-flight calls per unit of weight), preferring
+ * upstreams that have not already failed this batch; NULL if none has room now. */
+static struct upstream *choose(struct batch *b)
+{
+	struct batcher *bt = b->bt;
+	struct upstream *best = NULL;
+	double best_load = 0;
+	bool best_tried = true;
+	for (int i = 0; i < bt->nups; i++) {
+		if (!(b->cands & (1u << i)))
+			continue;
+		struct upstream *up = &bt->ups[i];
+		if (!upstream_has_room(up))
+			continue;
+		bool tried = b->tried & (1u << i);
+		double load = (double)up->inflight / (double)up->cfg->weight;
+		if (!best || (best_tried && !tried) || (tried == best_tried && load < best_load)) {
+			best = up;
+			best_load = load;
+			best_tried = tried;
+		}
+	}
+	return best;
+}
+
+/* The batch may go: now if an upstream has room (and nobody queued before it), else it waits in
+ * the queue - still open to new members until it is full. */
 static void batch_ready(struct batch *b)
 {
 	struct batcher *bt = b->bt;
-	int u = b->up->index;
 	if (b->in_queue || b->sent)
 		return;
-	if (!bt->qhead[u] && upstream_has_room(b->up)) {
+	struct upstream *up = bt->qhead ? NULL : choose(b);
+	if (up) {
+		b->up = up;
 		batch_send(b);
 		return;
 	}
 	b->in_queue = true;
 	b->qnext = NULL;
-	if (bt->qtail[u])
-		bt->qtail[u]->qnext = b;
+	if (bt->qtail)
+		bt->qtail->qnext = b;
 	else
-		bt->qhead[u] = b;
-	bt->qtail[u] = b;
+		bt->qhead = b;
+	bt->qtail = b;
 }
 
-/* Puts b first in its upstream's queue (bisections and retries go before new work). */
+/* Puts b first in the queue (bisections and retries go before new work). */
 static void batch_ready_first(struct batch *b)
 {
 	struct batcher *bt = b->bt;
-	int u = b->up->index;
-	if (!bt->qhead[u] && upstream_has_room(b->up)) {
+	struct upstream *up = choose(b);
+	if (up) {
+		b->up = up;
 		batch_send(b);
 		return;
 	}
 	b->in_queue = true;
-	b->qnext = bt->qhead[u];
-	bt->qhead[u] = b;
-	if (!bt->qtail[u])
-		bt->qtail[u] = b;
+	b->qnext = bt->qhead;
+	bt->qhead = b;
+	if (!bt->qtail)
+		bt->qtail = b;
 }
 
+/* An upstream has room again: send what waits, oldest first, where a candidate has room. */
 static void on_room(struct upstream *up, void *arg)
 {
+	(void)up;
 	struct batcher *bt = arg;
-	int u = up->index;
-	while (bt->qhead[u] && upstream_has_room(up)) {
-		struct batch *b = bt->qhead[u];
-		queue_remove(b);
-		batch_send(b);
+	struct batch *b = bt->qhead;
+	while (b) {
+		struct batch *next = b->qnext;
+		struct upstream *to = choose(b);
+		if (to) {
+			queue_remove(b);
+			b->up = to;
+			batch_send(b);
+		}
+		b = next;
 	}
 }
 
@@ -620,6 +658,8 @@ static int flush_members(struct batch *b)
 				dropped = true;
 				continue;
 			}
+			if (m->sm.out.len)
+				m->wrote = true;
 			sbuf_reset(&m->sm.out);
 			if (m->sm.done) {
 				struct creq *r = m->creq;
@@ -674,7 +714,7 @@ static void bisect(struct batch *b)
 	struct batcher *bt = b->bt;
 	batch_compact(b);
 	unsigned half = b->nmembers / 2;
-	struct batch *parts[2] = {batch_new(bt, b->up, b->key), batch_new(bt, b->up, b->key)};
+	struct batch *parts[2] = {batch_new(bt, b->cands, b->key), batch_new(bt, b->cands, b->key)};
 	parts[0]->embed = parts[1]->embed = b->embed;
 	for (unsigned i = 0; i < b->nmembers; i++) {
 		struct member *m = b->members[i];
@@ -744,6 +784,51 @@ static void forward_error(struct batch *b)
 		}
 	}
 	cJSON_Delete(j);
+}
+
+/* The upstream broke mid-stream: members to whom nothing of the answer was written yet (non-stream
+ * clients, streams still waiting for their first token) move to a new batch on another upstream;
+ * the rest end with an error event. Returns how many moved. */
+static unsigned requeue_unstarted(struct batch *b)
+{
+	struct batcher *bt = b->bt;
+	if (b->attempt + 1 >= MAX_ATTEMPTS)
+		return 0;
+	struct batch *nb = NULL;
+	unsigned j = 0, moved = 0;
+	for (unsigned i = 0; i < b->nmembers; i++) {
+		struct member *m = b->members[i];
+		if (m->parent || !m->creq || m->wrote || m->sm.done) {
+			b->members[j++] = m;
+			continue;
+		}
+		if (!nb) {
+			nb = batch_new(bt, b->cands, b->key);
+			nb->attempt = b->attempt + 1;
+			nb->tried = b->tried | (1u << b->up->index);
+		}
+		split_member_gone(&b->sp, &m->sm); /* the old split writes nothing more for it */
+		m->sm.gone = false;
+		m->sm.owner = nb;
+		batch_add(nb, m);
+		moved++;
+	}
+	b->nmembers = j;
+	if (!nb)
+		return 0;
+	/* the old split still points at the moved members: it must not touch them again */
+	for (unsigned i = 0; i < b->sp.nmembers; i++) {
+		bool kept = false;
+		for (unsigned k = 0; k < b->nmembers; k++)
+			kept = kept || &b->members[k]->sm == b->sp.members[i];
+		if (!kept)
+			b->sp.members[i] = NULL;
+	}
+	bt->st.retries++;
+	log_warn("batch %llu: upstream %s broke mid-stream; %u clients that had no bytes yet move to batch %llu",
+		 (unsigned long long)b->id, b->up->cfg->url, moved, (unsigned long long)nb->id);
+	batch_ready_first(nb);
+	return moved;
 }
 
 /* Largest-remainder shares of total in proportion to weights: they add up to total exactly. */
@@ -889,6 +974,7 @@ static void call_done(void *arg, enum upcall_error err)
 		if (err == UPE_NONE) {
 			split_end(&b->sp, 0, NULL);
 		} else {
+			requeue_unstarted(b);
 			char msg[160];
 			snprintf(msg, sizeof msg, "the upstream failed mid-stream (%s)", upcall_error_name(err));
 			split_end(&b->sp, err == UPE_IDLE ? 504 : 502, msg);
@@ -897,21 +983,34 @@ static void call_done(void *arg, enum upcall_error err)
 			batch_free(b);
 		return;
 	}
+	long retry_after_ms = b->retry_after[0] ? atol(b->retry_after) * 1000 : 0;
+	if (b->status == 429 || b->status == 503)
+		upstream_backoff(b->up, retry_after_ms > 0 ? retry_after_ms : 1000);
+	/* Nothing reached any client yet: safe to retry, on another upstream when there is one
+	 * (contract 11). Connect failures, breaks, timeouts, 429 and 5xx qualify. */
+	bool retryable = (b->status == 0 && err != UPE_NONE) || b->status == 429 || (b->status >= 500 && b->status != 501);
+	if (retryable && b->attempt + 1 < MAX_ATTEMPTS && alive_members(b)) {
+		b->attempt++;
+		b->tried |= 1u << b->up->index;
+		bt->st.retries++;
+		b->up->retries_in++;
+		if (!b->timer)
+			b->timer = evtimer_new(bt->base, retry_cb, b);
+		else
+			event_assign(b->timer, bt->base, -1, 0, retry_cb, b);
+		long ms = RETRY_BACKOFF_MS << (b->attempt - 1);
+		if (b->status == 429 && retry_after_ms > ms && !(b->cands & ~b->tried))
+			ms = retry_after_ms; /* the only upstream asked us to wait */
+		if (ms > 30000)
+			ms = 30000;
+		struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+		evtimer_add(b->timer, &tv);
+		log_warn("batch %llu: upstream %s failed it (%s, status %d) before any byte reached a client; retry %d in %ld ms",
+			 (unsigned long long)b->id, b->up->cfg->url, upcall_error_name(err), b->status, b->attempt, ms);
+		sbuf_reset(&b->errbody);
+		return;
+	}
 	if (b->status == 0) {
-		/* Nothing reached any client: safe to retry once (contract 11). */
-		if ((err == UPE_CONNECT || err == UPE_BROKEN) && b->attempt < 1 && alive_members(b)) {
-			b->attempt++;
-			bt->st.retries++;
-			if (!b->timer)
-				b->timer = evtimer_new(bt->base, retry_cb, b);
-			else
-				event_assign(b->timer, bt->base, -1, 0, retry_cb, b);
-			struct timeval tv = {0, RETRY_BACKOFF_MS * 1000};
-			evtimer_add(b->timer, &tv);
-			log_warn("batch %llu: upstream %s (%s); retrying in %d ms", (unsigned long long)b->id,
-				 b->up->cfg->url, upcall_error_name(err), RETRY_BACKOFF_MS);
-			return;
-		}
 		int status = err == UPE_FIRST_BYTE || err == UPE_IDLE ? 504 : 502;
 		char msg[200];
 		snprintf(msg, sizeof msg, "carpool could not get an answer from the upstream (%s)", upcall_error_name(err));
@@ -965,11 +1064,11 @@ static unsigned *estimate_tokens(const cJSON *prompts, unsigned n)
 }
 
 /* Puts member m into the open batch of its key (or a new one), up to cap prompts per batch. */
-static void place(struct batcher *bt, struct member *m, struct upstream *up, const char *auth, unsigned cap)
+static void place(struct batcher *bt, struct member *m, unsigned cands, const char *auth, unsigned cap)
 {
 	const struct config *cfg = bt->cfg;
 	struct sbuf key = {0};
-	sbuf_printf(&key, "%d|%s|%s", up->index, auth ? auth : "", m->req.key);
+	sbuf_printf(&key, "%x|%s|%s", cands, auth ? auth : "", m->req.key);
 	struct batch *b = map_find(bt, key.data);
 	if (b && b->nprompts + m->req.nprompts > cap) {
 		map_remove(b); /* full: it goes (or waits for room) as it is */
@@ -978,7 +1077,7 @@ static void place(struct batcher *bt, struct member *m, struct upstream *up, con
 	}
 	bool fresh = false;
 	if (!b) {
-		b = batch_new(bt, up, key.data);
+		b = batch_new(bt, cands, key.data);
 		b->embed = m->parent != NULL;
 		long ka = cfg->timeouts.sse_keepalive_ms;
 		if (ka > 0 && !b->embed) {
@@ -1013,8 +1112,7 @@ static void place(struct batcher *bt, struct member *m, struct upstream *up, con
 	evtimer_add(b->timer, &tv);
 }
 
-void batcher_submit(struct batcher *bt, struct creq *creq, struct intake_req *r, struct upstream *up,
-		    const char *auth)
+void batcher_submit(struct batcher *bt, struct creq *creq, struct intake_req *r, unsigned cands, const char *auth)
 {
 	if (over_queue_limit(bt, creq, r))
 		return;
@@ -1033,7 +1131,7 @@ void batcher_submit(struct batcher *bt, struct creq *creq, struct intake_req *r,
 	bt->st.requests++;
 	bt->st.prompts += m->req.nprompts;
 	creq_on_gone(creq, member_gone_cb, m);
-	place(bt, m, up, auth, (unsigned)bt->cfg->batching.max_batch_size);
+	place(bt, m, cands, auth, (unsigned)bt->cfg->batching.max_batch_size);
 }
 
 static void parent_gone_cb(void *arg)
@@ -1044,12 +1142,15 @@ static void parent_gone_cb(void *arg)
 	ep->bt->st.gone++;
 }
 
-void batcher_submit_embed(struct batcher *bt, struct creq *creq, struct intake_req *r, struct upstream *up,
+void batcher_submit_embed(struct batcher *bt, struct creq *creq, struct intake_req *r, unsigned cands,
 			  const char *auth)
 {
 	if (over_queue_limit(bt, creq, r))
 		return;
-	unsigned limit = (unsigned)up->cfg->max_inputs_per_call;
+	unsigned limit = 0; /* the smallest limit among the candidates: any of them may get a part */
+	for (int i = 0; i < bt->nups; i++)
+		if ((cands & (1u << i)) && (!limit || (unsigned)bt->ups[i].cfg->max_inputs_per_call < limit))
+			limit = (unsigned)bt->ups[i].cfg->max_inputs_per_call;
 	unsigned cap = (unsigned)bt->cfg->batching.max_batch_size;
 	if (cap > limit)
 		cap = limit;
@@ -1083,7 +1184,7 @@ void batcher_submit_embed(struct batcher *bt, struct creq *creq, struct intake_r
 		}
 		m->ptok_est = estimate_tokens(m->req.prompts, m->req.nprompts);
 		/* a part larger than the packing cap goes alone, whole */
-		place(bt, m, up, auth, m->req.nprompts > cap ? m->req.nprompts : cap);
+		place(bt, m, cands, auth, m->req.nprompts > cap ? m->req.nprompts : cap);
 	}
 	cJSON_Delete(r->prompts);
 	memset(r, 0, sizeof *r);
@@ -1107,9 +1208,8 @@ void batcher_free(struct batcher *bt)
 {
 	if (!bt)
 		return;
-	for (int u = 0; u < CFG_MAX_UPSTREAMS; u++)
-		while (bt->qhead[u])
-			batch_free(bt->qhead[u]);
+	while (bt->qhead)
+		batch_free(bt->qhead);
 	for (int i = 0; i < NBUCKETS; i++)
 		while (bt->buckets[i])
 			batch_free(bt->buckets[i]);

@@ -2,12 +2,15 @@
 #include "carpool/config.h"
 #include "carpool/common.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <yaml.h>
+#include <event2/util.h>
+#include <sys/socket.h>
 
 enum cfg_type { CT_INT, CT_BOOL, CT_STR, CT_ENUM, CT_STRLIST, CT_SECTION, CT_LIST };
 
@@ -68,6 +71,8 @@ static const struct cfg_key upstream_keys[] = {
 	{"weight", CT_INT, F(U, weight), 0, 1, 1000, "1", 0, 0, 0},
 	{"models", CT_STRLIST, F(U, models), FS(U, models[0]), 0, CFG_MAX_MODELS, "*", 0, 0, F(U, nmodels)},
 	{"max_inputs_per_call", CT_INT, F(U, max_inputs_per_call), 0, 1, 1000000, "2048", 0, 0, 0},
+	{"health_path", CT_STR, F(U, health_path), FS(U, health_path), 0, 0, "", 0, 0, 0},
+	{"health_interval_ms", CT_INT, F(U, health_interval_ms), 0, 100, 3600000, "5000", 0, 0, 0},
 	{"tls", CT_SECTION, F(U, tls), 0, 0, 0, NULL, 0, &tls_client_sec, 0},
 };
 #undef U
@@ -129,6 +134,8 @@ struct loader {
 	yaml_document_t *doc;
 	char *err;
 	size_t errlen;
+	yaml_node_t *listen_nodes[CFG_MAX_LISTEN]; /* each list item's mapping, for messages */
+	yaml_node_t *upstream_nodes[CFG_MAX_UPSTREAMS];
 };
 
 static int fail(struct loader *ld, const yaml_node_t *node, const char *fmt, ...)
@@ -216,7 +223,7 @@ static void apply_defaults(const struct cfg_section *sec, void *base)
 			break;
 		default: {
 			char err[64];
-			struct loader ld = {"default", NULL, err, sizeof err};
+			struct loader ld = {.name = "default", .err = err, .errlen = sizeof err};
 			if (set_scalar(&ld, k, base, k->def, NULL) != CP_OK)
 				abort(); /* a bad default is a programming error */
 		}
@@ -254,6 +261,10 @@ static int load_value(struct loader *ld, const struct cfg_key *k, void *base, ya
 			} else {
 				if (item->type != YAML_MAPPING_NODE)
 					return fail(ld, item, "%s: expected a list of mappings", k->name);
+				if (k->sub == &listen_sec)
+					ld->listen_nodes[*count] = item;
+				else if (k->sub == &upstream_sec)
+					ld->upstream_nodes[*count] = item;
 				void *elem = p + (size_t)*count * k->sub->elem_size;
 				memset(elem, 0, k->sub->elem_size);
 				apply_defaults(k->sub, elem);
@@ -295,30 +306,91 @@ static int load_section(struct loader *ld, const struct cfg_section *sec, void *
 	return CP_OK;
 }
 
+/* The value node of key in map (one level, or "a.b" for a nested mapping); map itself if absent. */
+static yaml_node_t *value_node(struct loader *ld, yaml_node_t *map, const char *key)
+{
+	if (!map || map->type != YAML_MAPPING_NODE)
+		return map;
+	const char *dot = strchr(key, '.');
+	size_t klen = dot ? (size_t)(dot - key) : strlen(key);
+	for (yaml_node_pair_t *pr = map->data.mapping.pairs.start; pr < map->data.mapping.pairs.top; pr++) {
+		yaml_node_t *kn = yaml_document_get_node(ld->doc, pr->key);
+		if (kn->type == YAML_SCALAR_NODE && strlen((const char *)kn->data.scalar.value) == klen &&
+		    !strncmp((const char *)kn->data.scalar.value, key, klen)) {
+			yaml_node_t *v = yaml_document_get_node(ld->doc, pr->value);
+			return dot ? value_node(ld, v, dot + 1) : v;
+		}
+	}
+	return map;
+}
+
+/* A listen address: unix:/path, host:port or [v6]:port (port 0: any). */
+static bool address_ok(const char *a)
+{
+	if (!strncmp(a, "unix:", 5))
+		return a[5] == '/' && strlen(a + 5) < 100;
+	char buf[CFG_STR];
+	snprintf(buf, sizeof buf, "%s", a);
+	size_t n = strlen(buf);
+	if (n > 2 && !strcmp(buf + n - 2, ":0"))
+		buf[n - 2] = 0;
+	else if (!strrchr(buf, ':') || (buf[0] == '[' && !strstr(buf, "]:")))
+		return false; /* a port is required */
+	struct sockaddr_storage ss;
+	int len = sizeof ss;
+	if (evutil_parse_sockaddr_port(buf, (struct sockaddr *)&ss, &len) == 0)
+		return true;
+	/* a host name: resolved when the listener opens */
+	char *colon = strrchr(buf, ':');
+	if (!colon || colon == buf)
+		return false;
+	char *end;
+	long port = strtol(colon + 1, &end, 10);
+	if (*end || port < 0 || port > 65535)
+		return false;
+	for (char *p = buf; p < colon; p++)
+		if (!(isalnum((unsigned char)*p) || *p == '-' || *p == '.'))
+			return false;
+	return true;
+}
+
 static int validate(struct loader *ld, struct config *cfg, yaml_node_t *root)
 {
 	if (cfg->nlisten == 0)
-		return fail(ld, root, "listen: at least one listener is required");
+		return fail(ld, value_node(ld, root, "listen"), "listen: at least one listener is required");
 	if (cfg->nupstreams == 0)
-		return fail(ld, root, "upstreams: at least one upstream is required");
+		return fail(ld, value_node(ld, root, "upstreams"), "upstreams: at least one upstream is required");
 	for (int i = 0; i < cfg->nlisten; i++) {
 		struct cfg_listen *l = &cfg->listen[i];
+		yaml_node_t *n = ld->listen_nodes[i];
 		if (!l->address[0])
-			return fail(ld, root, "listen[%d]: address is required", i);
+			return fail(ld, n, "listen[%d]: address is required", i);
+		if (!address_ok(l->address))
+			return fail(ld, value_node(ld, n, "address"),
+				    "listen[%d]: address \"%s\" is not host:port, [v6]:port or unix:/path", i, l->address);
 		if ((l->tls.cert[0] != 0) != (l->tls.key[0] != 0))
-			return fail(ld, root, "listen[%d]: tls needs both cert and key", i);
+			return fail(ld, value_node(ld, n, "tls"), "listen[%d]: tls needs both cert and key", i);
 		char *end;
 		long mode = strtol(l->mode, &end, 8);
-		if (*end || mode < 0 || mode > 0777)
-			return fail(ld, root, "listen[%d]: mode \"%s\" is not an octal file mode", i, l->mode);
+		if (*end || !l->mode[0] || mode < 0 || mode > 0777)
+			return fail(ld, value_node(ld, n, "mode"), "listen[%d]: mode \"%s\" is not an octal file mode", i,
+				    l->mode);
 	}
 	for (int i = 0; i < cfg->nupstreams; i++) {
 		struct cfg_upstream *u = &cfg->upstreams[i];
+		yaml_node_t *n = ld->upstream_nodes[i];
 		if (strncmp(u->url, "http://", 7) && strncmp(u->url, "https://", 8))
-			return fail(ld, root, "upstreams[%d]: url must start with http:// or https://", i);
+			return fail(ld, value_node(ld, n, "url"), "upstreams[%d]: url must start with http:// or https://", i);
+		const char *host = u->url + (u->url[4] == 's' ? 8 : 7);
+		if (!*host || *host == '/' || *host == ':')
+			return fail(ld, value_node(ld, n, "url"), "upstreams[%d]: url has no host", i);
 		if (u->nmodels == 0)
-			return fail(ld, root, "upstreams[%d]: models must not be empty", i);
+			return fail(ld, value_node(ld, n, "models"), "upstreams[%d]: models must not be empty", i);
+		if (u->health_path[0] && u->health_path[0] != '/')
+			return fail(ld, value_node(ld, n, "health_path"), "upstreams[%d]: health_path must start with /", i);
 	}
+	if (cfg->nupstreams > 32)
+		return fail(ld, root, "at most 32 upstreams");
 	return CP_OK;
 }
 
@@ -333,7 +405,7 @@ int config_load_string(const char *name, const char *yaml, size_t len, struct co
 {
 	yaml_parser_t parser;
 	yaml_document_t doc;
-	struct loader ld = {name, &doc, err, errlen};
+	struct loader ld = {.name = name, .doc = &doc, .err = err, .errlen = errlen};
 	int rc = CP_ERROR;
 
 	config_defaults(cfg);

@@ -81,6 +81,30 @@ static int take_prompts(struct intake_req *r, const char *field, cJSON *prompt, 
 	return CP_OK;
 }
 
+/* A body with a key twice is refused: parsers disagree on which copy wins, and carpool must
+ * see exactly what the upstream will. Returns the duplicated key or NULL. */
+static const char *duplicate_key(const cJSON *obj)
+{
+	for (const cJSON *a = obj->child; a; a = a->next)
+		for (const cJSON *b = a->next; b; b = b->next)
+			if (a->string && b->string && !strcmp(a->string, b->string))
+				return a->string;
+	return NULL;
+}
+
+static int check_object(const cJSON *body, struct intake_error *err)
+{
+	if (!cJSON_IsObject(body))
+		return refuse(err, 400, NULL, "%s", "The request body must be a JSON object.");
+	const char *dup = duplicate_key(body);
+	if (dup) {
+		char msg[160];
+		snprintf(msg, sizeof msg, "The request body has the key '%.100s' more than once.", dup);
+		return refuse(err, 400, NULL, "%s", msg);
+	}
+	return CP_OK;
+}
+
 /* The batch key: every field but `without`, in canonical form, after a kind prefix. */
 static void make_key(struct intake_req *r, char prefix, const char *const *without)
 {
@@ -103,10 +127,8 @@ int intake_parse_embedding(const char *body, size_t len, struct intake_req *r, s
 	r->body = cJSON_ParseWithLength(body, len);
 	if (!r->body)
 		return refuse(err, 400, NULL, "%s", "We could not parse the JSON body of your request.");
-	if (!cJSON_IsObject(r->body)) {
-		refuse(err, 400, NULL, "%s", "The request body must be a JSON object.");
+	if (check_object(r->body, err) != CP_OK)
 		goto fail;
-	}
 	cJSON *input = cJSON_GetObjectItemCaseSensitive(r->body, "input");
 	if (!input) {
 		refuse(err, 400, "input", "%s", "Missing required parameter: 'input'.");
@@ -144,10 +166,8 @@ int intake_parse_completion(const char *body, size_t len, struct intake_req *r, 
 	r->body = cJSON_ParseWithLength(body, len);
 	if (!r->body)
 		return refuse(err, 400, NULL, "We could not parse the JSON body of your request.%s", NULL);
-	if (!cJSON_IsObject(r->body)) {
-		refuse(err, 400, NULL, "The request body must be a JSON object.%s", NULL);
+	if (check_object(r->body, err) != CP_OK)
 		goto fail;
-	}
 	cJSON *prompt = cJSON_GetObjectItemCaseSensitive(r->body, "prompt");
 	if (!prompt) {
 		refuse(err, 400, "prompt", "Missing required parameter: 'prompt'.%s", NULL);

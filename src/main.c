@@ -136,6 +136,7 @@ int main(int argc, char **argv)
 		log_info("upstream %s (dialect %s, max_inflight %ld)", a.cfg.upstreams[i].url,
 			 dialect_name((enum dialect)a.cfg.upstreams[i].dialect), a.cfg.upstreams[i].max_inflight);
 		upstream_probe(&a.ups[i]);
+		upstream_start_health(&a.ups[i]);
 	}
 	log_info("carpool %s ready (policy %s, max_wait_ms %ld, max_batch_size %ld)", CARPOOL_VERSION,
 		 a.cfg.batching.policy == POLICY_FIXED ? "fixed" : "adaptive", a.cfg.batching.max_wait_ms,

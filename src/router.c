@@ -14,15 +14,34 @@
 #include <string.h>
 #include <strings.h>
 
-struct upstream *router_pick(struct router *rt, const char *model)
+unsigned router_candidates(struct router *rt, const char *model)
 {
+	unsigned mask = 0;
 	for (int i = 0; i < rt->nups; i++) {
 		const struct cfg_upstream *u = rt->ups[i].cfg;
 		for (int k = 0; k < u->nmodels; k++)
 			if (!strcmp(u->models[k], "*") || (model && !strcmp(u->models[k], model)))
-				return &rt->ups[i];
+				mask |= 1u << i;
 	}
-	return NULL;
+	return mask;
+}
+
+struct upstream *router_pick(struct router *rt, const char *model)
+{
+	unsigned mask = router_candidates(rt, model);
+	struct upstream *best = NULL;
+	double best_load = 0;
+	for (int i = 0; i < rt->nups; i++) {
+		if (!(mask & (1u << i)))
+			continue;
+		struct upstream *up = &rt->ups[i];
+		double load = (double)up->inflight / (double)up->cfg->weight + (upstream_healthy(up) ? 0 : 1e9);
+		if (!best || load < best_load) {
+			best = up;
+			best_load = load;
+		}
+	}
+	return best;
 }
 
 /* Client keys, compared in constant time; true if the request may go on. */
@@ -163,6 +182,103 @@ static void passthrough(struct router *rt, struct creq *r, struct upstream *up)
 	creq_on_gone(r, pass_gone, p);
 }
 
+/* --- GET /v1/models with several upstreams: the union of their lists ------------------------------ */
+
+struct models_fan {
+	struct creq *r;
+	unsigned pending;
+	cJSON *data;	      /* merged list */
+	struct sbuf body[CFG_MAX_UPSTREAMS];
+	int status[CFG_MAX_UPSTREAMS];
+	struct models_call {
+		struct models_fan *fan;
+		int i;
+	} calls[CFG_MAX_UPSTREAMS];
+};
+
+static void models_gone(void *arg)
+{
+	((struct models_fan *)arg)->r = NULL;
+}
+
+static void models_head(void *arg, int status, const struct evkeyvalq *headers)
+{
+	(void)headers;
+	struct models_call *c = arg;
+	c->fan->status[c->i] = status;
+}
+
+static void models_data(void *arg, const char *data, size_t len)
+{
+	struct models_call *c = arg;
+	if (c->fan->body[c->i].len + len < (4u << 20))
+		sbuf_add(&c->fan->body[c->i], data, len);
+}
+
+static void models_release(struct models_fan *f);
+
+static void models_done(void *arg, enum upcall_error err)
+{
+	struct models_call *c = arg;
+	struct models_fan *f = c->fan;
+	if (err == UPE_NONE && f->status[c->i] == 200) {
+		cJSON *j = cJSON_ParseWithLength(f->body[c->i].data ? f->body[c->i].data : "", f->body[c->i].len);
+		cJSON *d = j ? cJSON_GetObjectItemCaseSensitive(j, "data") : NULL;
+		for (cJSON *m = cJSON_IsArray(d) ? d->child : NULL; m; m = m->next) {
+			cJSON *id = cJSON_GetObjectItemCaseSensitive(m, "id");
+			bool dup = false;
+			for (cJSON *e = f->data->child; e && cJSON_IsString(id); e = e->next) {
+				cJSON *eid = cJSON_GetObjectItemCaseSensitive(e, "id");
+				dup = dup || (cJSON_IsString(eid) && !strcmp(eid->valuestring, id->valuestring));
+			}
+			if (!dup)
+				cJSON_AddItemToArray(f->data, cJSON_Duplicate(m, 1));
+		}
+		cJSON_Delete(j);
+	}
+	sbuf_free(&f->body[c->i]);
+	models_release(f);
+}
+
+/* Drops one hold on the fan-out; the last one answers the client and frees it. */
+static void models_release(struct models_fan *f)
+{
+	if (--f->pending)
+		return;
+	if (f->r) {
+		creq_on_gone(f->r, NULL, NULL);
+		cJSON *out = cJSON_CreateObject();
+		cJSON_AddStringToObject(out, "object", "list");
+		cJSON_AddItemToObject(out, "data", f->data);
+		f->data = NULL;
+		char *body = cJSON_PrintUnformatted(out);
+		cJSON_Delete(out);
+		creq_reply(f->r, 200, "application/json", NULL, body, strlen(body));
+		free(body);
+	}
+	cJSON_Delete(f->data);
+	free(f);
+}
+
+static const struct upcall_ops models_ops = {models_head, models_data, models_done};
+
+static void models_union(struct router *rt, struct creq *r)
+{
+	struct models_fan *f = xcalloc(1, sizeof *f);
+	f->r = r;
+	f->data = cJSON_CreateArray();
+	const char *auth = rt->cfg->auth.nkeys ? NULL : creq_header(r, "Authorization");
+	f->pending = 1; /* held while starting, so that a synchronous finish cannot free f */
+	creq_on_gone(r, models_gone, f);
+	for (int i = 0; i < rt->nups; i++) {
+		f->calls[i] = (struct models_call){f, i};
+		f->pending++;
+		if (!upstream_call(&rt->ups[i], "GET", "/v1/models", NULL, 0, auth, NULL, 0, &models_ops, &f->calls[i]))
+			f->pending--;
+	}
+	models_release(f);
+}
+
 /* --- local endpoints ---------------------------------------------------------------------------- */
 
 static void metrics(struct router *rt, struct creq *r)
@@ -211,20 +327,26 @@ static void completions(struct router *rt, struct creq *r, bool embed)
 		return;
 	}
 	const cJSON *model = cJSON_GetObjectItemCaseSensitive(req.body, "model");
-	struct upstream *up = router_pick(rt, cJSON_IsString(model) ? model->valuestring : NULL);
-	if (!up) {
+	unsigned cands = router_candidates(rt, cJSON_IsString(model) ? model->valuestring : NULL);
+	if (!cands) {
 		intake_free(&req);
 		creq_reply_error(r, 404, "No upstream serves this model.", "invalid_request_error", "model",
 				 "model_not_found");
 		return;
 	}
+	/* A forwarded client credential keys the batch. An upstream with a credential of its own never
+	 * gets the client's; candidates are either all of one kind or each keeps its own rule. */
 	const char *auth = NULL;
-	if (!up->auth && !rt->cfg->auth.nkeys)
-		auth = creq_header(r, "Authorization"); /* forwarded: so it keys the batch */
+	bool forwards = false;
+	for (int i = 0; i < rt->nups; i++)
+		if ((cands & (1u << i)) && !rt->ups[i].auth)
+			forwards = true;
+	if (forwards && !rt->cfg->auth.nkeys)
+		auth = creq_header(r, "Authorization");
 	if (embed)
-		batcher_submit_embed(rt->bt, r, &req, up, auth);
+		batcher_submit_embed(rt->bt, r, &req, cands, auth);
 	else
-		batcher_submit(rt->bt, r, &req, up, auth);
+		batcher_submit(rt->bt, r, &req, cands, auth);
 }
 
 void router_handle(struct creq *r, void *arg)
@@ -263,7 +385,11 @@ void router_handle(struct creq *r, void *arg)
 		completions(rt, r, embed);
 		return;
 	}
-	struct upstream *up = rt->nups ? &rt->ups[0] : NULL;
+	if (rt->nups > 1 && !strcmp(r->path, "/v1/models") && !strcmp(r->method, "GET")) {
+		models_union(rt, r);
+		return;
+	}
+	struct upstream *up = router_pick(rt, NULL);
 	if (r->body.len && !strcmp(r->method, "POST")) {
 		cJSON *j = cJSON_ParseWithLength(r->body.data, r->body.len);
 		cJSON *model = j ? cJSON_GetObjectItemCaseSensitive(j, "model") : NULL;

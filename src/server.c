@@ -722,8 +722,18 @@ static int open_listener(struct server *srv, const struct cfg_listen *lc, struct
 	if (alen > 2 && !strcmp(addr + alen - 2, ":0"))
 		addr[alen - 2] = 0;
 	if (evutil_parse_sockaddr_port(addr, (struct sockaddr *)&ss, &sslen) != 0) {
-		log_error("listen %s: not a valid host:port, [v6]:port or unix:/path", lc->address);
-		return CP_ERROR;
+		/* a host name: resolved once, at start (blocking is fine here) */
+		char host[CFG_STR];
+		snprintf(host, sizeof host, "%s", lc->address);
+		char *colon = strrchr(host, ':');
+		struct evutil_addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = EVUTIL_AI_PASSIVE}, *ai = NULL;
+		if (!colon || (*colon = 0, evutil_getaddrinfo(host, colon + 1, &hints, &ai)) != 0 || !ai) {
+			log_error("listen %s: not a valid host:port, [v6]:port or unix:/path", lc->address);
+			return CP_ERROR;
+		}
+		memcpy(&ss, ai->ai_addr, ai->ai_addrlen);
+		sslen = (int)ai->ai_addrlen;
+		evutil_freeaddrinfo(ai);
 	}
 	l->lev = evconnlistener_new_bind(srv->base, accept_cb, l, flags, 1024, (struct sockaddr *)&ss, sslen);
 	if (!l->lev) {

@@ -107,6 +107,23 @@ static void emit_sse(struct split_member *m, const char *json)
 	m->dirty = true;
 }
 
+/* Writes an event whose data may hold several lines: each line gets its own field prefix. */
+static void emit_raw(struct split_member *m, const char *field, const char *data, size_t len)
+{
+	size_t i = 0;
+	do {
+		const char *nl = memchr(data + i, '\n', len - i);
+		size_t end = nl ? (size_t)(nl - data) : len;
+		sbuf_adds(&m->out, field);
+		sbuf_adds(&m->out, ": ");
+		sbuf_add(&m->out, data + i, end - i);
+		sbuf_add(&m->out, "\n", 1);
+		i = end + 1;
+	} while (i < len);
+	sbuf_add(&m->out, "\n", 1);
+	m->dirty = true;
+}
+
 static void usage_of(const struct split *sp, const struct split_member *m, long *prompt, long *completion)
 {
 	if (sp->nmembers == 1 && sp->usage_total && sp->dialect != DIALECT_LLAMACPP) {
@@ -237,6 +254,10 @@ static void fail_member(struct split *sp, struct split_member *m, int status, co
 {
 	if (m->done)
 		return;
+	if (m->gone) {
+		m->done = true;
+		return;
+	}
 	char *err = openai_error_json(message, status >= 500 ? "server_error" : "invalid_request_error", NULL, NULL);
 	if (m->stream) {
 		emit_sse(m, err);
@@ -312,8 +333,12 @@ static void take_choice(struct split *sp, struct split_member *m, unsigned ci, c
 		if (sp->dialect == DIALECT_LLAMACPP) {
 			cJSON *fr = cJSON_GetObjectItemCaseSensitive(ch, "finish_reason");
 			if (cJSON_IsString(fr)) {
+				/* the event's choices were taken out for routing: put this one back */
 				cJSON_Delete(m->final[p]);
 				m->final[p] = cJSON_Duplicate(ev, 1);
+				cJSON *arr = cJSON_CreateArray();
+				cJSON_AddItemToArray(arr, cJSON_Duplicate(ch, 1));
+				json_set(m->final[p], "choices", arr);
 			}
 		}
 	}
@@ -334,31 +359,47 @@ static void set_proto(struct split *sp, const cJSON *ev)
 	cJSON_DeleteItemFromObjectCaseSensitive(sp->proto, "timings");
 }
 
+/* The upstream's own error event ends every open member. The payload is {"error":{...}} (OpenAI,
+ * vLLM) or, in llama.cpp's `error:` field, the error object itself. Streaming members get it as
+ * an OpenAI-style `data: {"error":...}` event - the form the OpenAI SDKs raise - then [DONE];
+ * non-streaming ones the error status and body. */
 static void upstream_error_event(struct split *sp, const char *data, size_t len, bool is_error_field)
 {
-	/* Forward the upstream's own error event to every member still open, in the upstream's form. */
+	cJSON *ev = cJSON_ParseWithLength(data, len);
+	cJSON *err = NULL;
+	if (ev && cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(ev, "error")))
+		err = cJSON_GetObjectItemCaseSensitive(ev, "error");
+	else if (ev && is_error_field && cJSON_IsObject(ev))
+		err = ev;
+	cJSON *msg = err ? cJSON_GetObjectItemCaseSensitive(err, "message") : NULL;
+	long code = err ? num_field(err, "code") : -1;
+	int status = code >= 400 && code < 600 ? (int)code : 500;
+	char *wrapped = NULL;
+	if (err) {
+		cJSON *w = cJSON_CreateObject();
+		cJSON_AddItemToObject(w, "error", cJSON_Duplicate(err, 1));
+		wrapped = cJSON_PrintUnformatted(w);
+		cJSON_Delete(w);
+	}
 	for (unsigned i = 0; i < sp->nmembers; i++) {
 		struct split_member *m = sp->members[i];
-		if (m->done || m->gone)
+		if (!m || m->done || m->gone)
 			continue;
 		if (m->stream) {
-			sbuf_adds(&m->out, is_error_field ? "error: " : "data: ");
-			sbuf_add(&m->out, data, len);
-			sbuf_add(&m->out, "\n\n", 2);
+			if (wrapped)
+				emit_sse(m, wrapped);
+			else
+				emit_raw(m, "data", data, len);
 			emit_sse(m, "[DONE]");
 			m->done = true;
 			if (sp->remaining)
 				sp->remaining--;
 		} else {
-			cJSON *ev = cJSON_ParseWithLength(data, len);
-			cJSON *err = ev ? cJSON_GetObjectItemCaseSensitive(ev, "error") : NULL;
-			cJSON *msg = err ? cJSON_GetObjectItemCaseSensitive(err, "message") : NULL;
-			long code = err ? num_field(err, "code") : -1;
-			fail_member(sp, m, code >= 400 && code < 600 ? (int)code : 500,
-				    cJSON_IsString(msg) ? msg->valuestring : "the upstream failed mid-stream");
-			cJSON_Delete(ev);
+			fail_member(sp, m, status, cJSON_IsString(msg) ? msg->valuestring : "the upstream failed mid-stream");
 		}
 	}
+	free(wrapped);
+	cJSON_Delete(ev);
 }
 
 int split_event(struct split *sp, const char *data, size_t len, bool is_error_field)
@@ -397,9 +438,8 @@ int split_event(struct split *sp, const char *data, size_t len, bool is_error_fi
 			sp->usage_total = cJSON_Duplicate(usage, 1);
 			if (alone_passthrough(sp)) {
 				struct split_member *m = sp->members[0];
-				if (!m->done && !m->gone && m->stream && m->include_usage) {
-					emit_sse(m, data);
-				}
+				if (m && !m->done && !m->gone && m->stream && m->include_usage)
+					emit_raw(m, "data", data, strlen(data));
 			}
 		}
 		cJSON_Delete(ev);
@@ -425,14 +465,20 @@ int split_event(struct split *sp, const char *data, size_t len, bool is_error_fi
 		} else {
 			owner[k] = sp->slot_owner[slot];
 			struct split_member *m = sp->members[owner[k]];
-			cidx[k] = (slot - m->slot0) * sp->n + (unsigned)idx % sp->n;
+			if (!m) /* moved to another call */
+				owner[k] = UINT32_MAX;
+			else
+				cidx[k] = (slot - m->slot0) * sp->n + (unsigned)idx % sp->n;
 		}
 		k++;
 	}
 	bool strip_usage = sp->dialect == DIALECT_VLLM; /* continuous usage is carpool's request, not the client's */
 	for (unsigned i = 0; i < nch; i++) {
-		if (!items[i] || owner[i] == UINT32_MAX)
+		if (!items[i] || owner[i] == UINT32_MAX) {
+			cJSON_Delete(items[i]);
+			items[i] = NULL;
 			continue;
+		}
 		struct split_member *m = sp->members[owner[i]];
 		cJSON *arr = cJSON_CreateArray();
 		for (unsigned j = i; j < nch; j++) {
@@ -480,7 +526,7 @@ void split_end(struct split *sp, int status, const char *message)
 {
 	for (unsigned i = 0; i < sp->nmembers; i++) {
 		struct split_member *m = sp->members[i];
-		if (m->done)
+		if (!m || m->done)
 			continue;
 		if (message)
 			fail_member(sp, m, status, message);

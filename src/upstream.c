@@ -76,6 +76,9 @@ int upstream_init(struct upstream *up, int index, struct event_base *base, struc
 	up->root = root;
 	up->dialect = (enum dialect)cfg->dialect;
 	up->room_ev = event_new(base, -1, 0, room_cb, up);
+	up->wake_ev = evtimer_new(base, room_cb, up);
+	up->tokens = 1.0;
+	up->tokens_at = now_us();
 
 	const char *u = cfg->url;
 	up->https = !strncmp(u, "https://", 8);
@@ -183,6 +186,11 @@ void upstream_free(struct upstream *up)
 	}
 	if (up->room_ev)
 		event_free(up->room_ev);
+	if (up->wake_ev)
+		event_free(up->wake_ev);
+	if (up->health_ev)
+		event_free(up->health_ev);
+	up->wake_ev = up->health_ev = NULL;
 	if (up->ssl_ctx)
 		SSL_CTX_free(up->ssl_ctx);
 	free(up->auth);
@@ -191,9 +199,74 @@ void upstream_free(struct upstream *up)
 	up->auth = NULL;
 }
 
-bool upstream_healthy(const struct upstream *up) { return up->consecutive_failures < 3; }
+bool upstream_healthy(const struct upstream *up) { return now_us() >= up->backoff_until; }
 
-bool upstream_has_room(const struct upstream *up) { return up->inflight < (unsigned)up->cfg->max_inflight; }
+static void wake_at(struct upstream *up, uint64_t when)
+{
+	uint64_t now = now_us();
+	uint64_t d = when > now ? when - now : 0;
+	struct timeval tv = {(time_t)(d / 1000000), (suseconds_t)(d % 1000000)};
+	evtimer_add(up->wake_ev, &tv);
+}
+
+void upstream_backoff(struct upstream *up, long ms)
+{
+	uint64_t until = now_us() + (uint64_t)ms * 1000u;
+	if (until > up->backoff_until)
+		up->backoff_until = until;
+	wake_at(up, up->backoff_until);
+}
+
+static void refill(struct upstream *up)
+{
+	long rpm = up->cfg->rate_limit_rpm;
+	if (!rpm)
+		return;
+	uint64_t now = now_us();
+	double cap = rpm / 10.0 > 1.0 ? rpm / 10.0 : 1.0; /* up to 6 s of budget at once */
+	up->tokens += (double)(now - up->tokens_at) / 1e6 * (double)rpm / 60.0;
+	if (up->tokens > cap)
+		up->tokens = cap;
+	up->tokens_at = now;
+}
+
+bool upstream_has_room(struct upstream *up)
+{
+	if (up->inflight >= (unsigned)up->cfg->max_inflight)
+		return false;
+	if (!upstream_healthy(up))
+		return false;
+	if (up->cfg->rate_limit_rpm) {
+		refill(up);
+		if (up->tokens < 1.0) {
+			double wait_s = (1.0 - up->tokens) * 60.0 / (double)up->cfg->rate_limit_rpm;
+			wake_at(up, now_us() + (uint64_t)(wait_s * 1e6) + 1000);
+			return false;
+		}
+	}
+	return true;
+}
+
+/* A call that could not connect or broke: three in a row eject the upstream for a while. */
+static void note_failure(struct upstream *up)
+{
+	if (++up->consecutive_failures < 3)
+		return;
+	long ms = 1000L << (up->ejections < 5 ? up->ejections : 5);
+	if (ms > 30000)
+		ms = 30000;
+	up->ejections++;
+	up->ejected_total++;
+	up->consecutive_failures = 0;
+	log_warn("upstream %s: ejected for %ld ms after repeated failures", up->cfg->url, ms);
+	upstream_backoff(up, ms);
+}
+
+static void note_success(struct upstream *up)
+{
+	up->consecutive_failures = 0;
+	up->ejections = 0;
+}
 
 static void conn_close_cb(struct evhttp_connection *evcon, void *arg)
 {
@@ -300,9 +373,9 @@ static void call_over(struct upcall *c, enum upcall_error err)
 		c->up->errors++;
 		c->conn->dead = true;
 		if (err == UPE_CONNECT || err == UPE_BROKEN || err == UPE_FIRST_BYTE)
-			c->up->consecutive_failures++;
+			note_failure(c->up);
 	} else {
-		c->up->consecutive_failures = 0;
+		note_success(c->up);
 	}
 	if (!c->cancelled)
 		c->ops->on_done(c->arg, err);
@@ -475,6 +548,10 @@ struct upcall *upstream_call(struct upstream *up, const char *method, const char
 	snprintf(uri, sizeof uri, "%s%s", up->prefix, path);
 	up->inflight++;
 	up->calls++;
+	if (up->cfg->rate_limit_rpm) {
+		refill(up);
+		up->tokens -= 1.0;
+	}
 	/* A connection that is already open skips the connect phase. */
 	struct bufferevent *bev = evhttp_connection_get_bufferevent(uc->evcon);
 	evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
@@ -564,4 +641,70 @@ void upstream_probe(struct upstream *up)
 	p->up = up;
 	if (!upstream_call(up, "GET", "/v1/models", NULL, 0, NULL, NULL, 0, &probe_ops, p))
 		free(p);
+}
+
+/* --- active health checks -------------------------------------------------------------------- */
+
+struct health {
+	struct upstream *up;
+	int status;
+};
+
+static void health_head(void *arg, int status, const struct evkeyvalq *headers)
+{
+	(void)headers;
+	((struct health *)arg)->status = status;
+}
+
+static void health_data(void *arg, const char *data, size_t len)
+{
+	(void)arg;
+	(void)data;
+	(void)len;
+}
+
+static void health_done(void *arg, enum upcall_error err)
+{
+	struct health *h = arg;
+	struct upstream *up = h->up;
+	if (err == UPE_NONE && h->status >= 200 && h->status < 300) {
+		if (!upstream_healthy(up))
+			log_info("upstream %s: health check passed; back in service", up->cfg->url);
+		note_success(up);
+		up->backoff_until = 0;
+		event_active(up->room_ev, 0, 0);
+	} else {
+		up->health_fail++;
+		log_warn("upstream %s: health check failed (%s, status %d)", up->cfg->url, upcall_error_name(err), h->status);
+		up->consecutive_failures = 2; /* this failure ejects it */
+		if (upstream_healthy(up))
+			note_failure(up);
+	}
+	free(h);
+}
+
+static const struct upcall_ops health_ops = {health_head, health_data, health_done};
+
+static void health_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct upstream *up = arg;
+	struct health *h = xcalloc(1, sizeof *h);
+	h->up = up;
+	/* a health check does not take a call slot from batches: it counts, but is not refused */
+	if (!upstream_call(up, "GET", up->cfg->health_path, NULL, 0, NULL, NULL, 0, &health_ops, h))
+		free(h);
+	long ms = up->cfg->health_interval_ms;
+	struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+	evtimer_add(up->health_ev, &tv);
+}
+
+void upstream_start_health(struct upstream *up)
+{
+	if (!up->cfg->health_path[0])
+		return;
+	up->health_ev = evtimer_new(up->base, health_cb, up);
+	struct timeval tv = {0, 0};
+	evtimer_add(up->health_ev, &tv);
 }

@@ -29,14 +29,14 @@ struct batcher *batcher_new(struct event_base *base, const struct config *cfg, s
 void batcher_free(struct batcher *bt);
 
 /* Takes a validated completion request: r's contents move into the batcher (r is left empty).
- * auth is the client's Authorization header when it is forwarded (part of the batch key), or NULL.
+ * cands: the upstreams that may serve it (bit i: upstream i); the least loaded one with room gets each
+ * call, another one a retry. auth is the client's Authorization header when it is forwarded (part of the batch key), or NULL.
  * The batcher answers creq, now or later. */
-void batcher_submit(struct batcher *bt, struct creq *creq, struct intake_req *r, struct upstream *up,
-		    const char *auth);
+void batcher_submit(struct batcher *bt, struct creq *creq, struct intake_req *r, unsigned cands, const char *auth);
 
 /* The same for a validated /v1/embeddings request: its inputs are split into parts of at most the
  * upstream's max_inputs_per_call, batched with other clients' inputs, and reassembled in order. */
-void batcher_submit_embed(struct batcher *bt, struct creq *creq, struct intake_req *r, struct upstream *up,
+void batcher_submit_embed(struct batcher *bt, struct creq *creq, struct intake_req *r, unsigned cands,
 			  const char *auth);
 
 const struct batcher_stats *batcher_stats(const struct batcher *bt);

@@ -21,7 +21,9 @@ struct router {
 /* The server's request handler; arg is a struct router. */
 void router_handle(struct creq *r, void *arg);
 
-/* The upstream serving model (NULL: the first one); NULL if none does. */
+/* The upstreams serving model (bit i: upstream i); a "*" upstream serves every model. */
+unsigned router_candidates(struct router *rt, const char *model);
+/* The least-loaded healthy upstream serving model; NULL if none does. */
 struct upstream *router_pick(struct router *rt, const char *model);
 
 #endif

@@ -47,6 +47,13 @@ struct upstream {
 	unsigned nidle;
 	unsigned long calls, errors;
 	unsigned consecutive_failures; /* calls in a row that could not connect or broke */
+	unsigned ejections;		/* ejections in a row: the backoff doubles */
+	uint64_t backoff_until;		/* now_us() before which no call is sent (ejected, or told 429) */
+	double tokens;			/* rate_limit_rpm budget: calls that may start now */
+	uint64_t tokens_at;
+	struct event *wake_ev;		/* re-offers room when a backoff or the budget allows again */
+	struct event *health_ev;
+	unsigned long retries_in, ejected_total, health_fail;
 	struct event *room_ev;	/* fires (deferred) when a call slot frees */
 	void (*on_room)(struct upstream *up, void *arg);
 	void *room_arg;
@@ -59,9 +66,15 @@ int upstream_init(struct upstream *up, int index, struct event_base *base, struc
 		  const struct config *root, const struct cfg_upstream *cfg);
 void upstream_free(struct upstream *up);
 
-bool upstream_has_room(const struct upstream *up);
-/* Healthy: fewer than 3 calls in a row failed to connect or broke. */
+/* May a call start now: not backed off, under max_inflight, and within the request budget. */
+bool upstream_has_room(struct upstream *up);
+/* Healthy: not ejected (3 calls in a row that failed to connect or broke eject it, with a
+ * doubling backoff from 1 s to 30 s; a success or a good health check restores it). */
 bool upstream_healthy(const struct upstream *up);
+/* Stops sending to up for ms (an upstream 429 / 503 with Retry-After). */
+void upstream_backoff(struct upstream *up, long ms);
+/* Starts the periodic active health check, when health_path is set. */
+void upstream_start_health(struct upstream *up);
 /* Detects the dialect with GET /v1/models when it is configured auto (asynchronous). */
 void upstream_probe(struct upstream *up);
 

@@ -59,6 +59,7 @@ struct batch {
 	struct batcher *bt;
 	struct upstream *up;	/* chosen when the batch is sent */
 	unsigned cands;		/* upstreams that may serve it (bit i: ups[i]) */
+	char *auth;		/* the client credential forwarded upstream (part of the key), or NULL */
 	unsigned tried;		/* upstreams that failed it before any byte reached a client */
 	char *key;
 	struct member **members;
@@ -296,6 +297,7 @@ static void batch_free(struct batch *b)
 	free(b->sms);
 	free(b->members);
 	free(b->key);
+	free(b->auth);
 	free(b);
 }
 
@@ -485,10 +487,8 @@ static void batch_send(struct batch *b)
 	enum dialect d = batch_dialect(b);
 	char *body = b->embed ? build_embed_body(b) : build_body(b, d);
 	const char *hdrs[] = {"Content-Type", "application/json", "Accept", b->embed ? "application/json" : "text/event-stream"};
-	struct creq *first = b->members[0]->parent ? b->members[0]->parent->creq : b->members[0]->creq;
-	const char *auth = first ? creq_header(first, "Authorization") : NULL;
-	if (b->up->auth || bt->cfg->auth.nkeys)
-		auth = NULL; /* carpool's own credential, or none: a client key is never forwarded */
+	/* carpool's own credential when the upstream has one; a client key is never forwarded */
+	const char *auth = b->up->auth ? NULL : b->auth;
 	b->t_sent = now_us();
 	b->status = 0;
 	annotate(b);
@@ -716,6 +716,8 @@ static void bisect(struct batch *b)
 	unsigned half = b->nmembers / 2;
 	struct batch *parts[2] = {batch_new(bt, b->cands, b->key), batch_new(bt, b->cands, b->key)};
 	parts[0]->embed = parts[1]->embed = b->embed;
+	parts[0]->auth = b->auth ? xstrdup(b->auth) : NULL;
+	parts[1]->auth = b->auth ? xstrdup(b->auth) : NULL;
 	for (unsigned i = 0; i < b->nmembers; i++) {
 		struct member *m = b->members[i];
 		m->sm.owner = parts[i < half ? 0 : 1];
@@ -804,6 +806,7 @@ static unsigned requeue_unstarted(struct batch *b)
 		}
 		if (!nb) {
 			nb = batch_new(bt, b->cands, b->key);
+			nb->auth = b->auth ? xstrdup(b->auth) : NULL;
 			nb->attempt = b->attempt + 1;
 			nb->tried = b->tried | (1u << b->up->index);
 		}
@@ -1078,6 +1081,7 @@ static void place(struct batcher *bt, struct member *m, unsigned cands, const ch
 	bool fresh = false;
 	if (!b) {
 		b = batch_new(bt, cands, key.data);
+		b->auth = auth ? xstrdup(auth) : NULL;
 		b->embed = m->parent != NULL;
 		long ka = cfg->timeouts.sse_keepalive_ms;
 		if (ka > 0 && !b->embed) {

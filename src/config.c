@@ -86,10 +86,19 @@ static const struct cfg_key batching_keys[] = {
 };
 static const struct cfg_section batching_sec = {batching_keys, NKEYS(batching_keys), 0};
 
+static const struct cfg_key client_keys[] = {
+	{"key", CT_STR, F(struct cfg_client, key), FS(struct cfg_client, key), 0, 0, "", 0, 0, 0},
+	{"max_concurrent", CT_INT, F(struct cfg_client, max_concurrent), 0, 0, 1000000, "0", 0, 0, 0},
+	{"rate_limit_rpm", CT_INT, F(struct cfg_client, rate_limit_rpm), 0, 0, 100000000, "0", 0, 0, 0},
+};
+static const struct cfg_section client_sec = {client_keys, NKEYS(client_keys), sizeof(struct cfg_client)};
+
 static const struct cfg_key auth_keys[] = {
 	{"keys", CT_STRLIST, F(C, auth.keys) - F(C, auth), FS(C, auth.keys[0]), 0, CFG_MAX_KEYS, NULL, 0, 0,
 	 F(C, auth.nkeys) - F(C, auth)},
 	{"keys_file", CT_STR, F(C, auth.keys_file) - F(C, auth), FS(C, auth.keys_file), 0, 0, "", 0, 0, 0},
+	{"clients", CT_LIST, F(C, auth.clients) - F(C, auth), 0, 0, CFG_MAX_KEYS, NULL, 0, &client_sec,
+	 F(C, auth.nclients) - F(C, auth)},
 };
 static const struct cfg_section auth_sec = {auth_keys, NKEYS(auth_keys), 0};
 
@@ -389,6 +398,9 @@ static int validate(struct loader *ld, struct config *cfg, yaml_node_t *root)
 		if (u->health_path[0] && u->health_path[0] != '/')
 			return fail(ld, value_node(ld, n, "health_path"), "upstreams[%d]: health_path must start with /", i);
 	}
+	for (int i = 0; i < cfg->auth.nclients; i++)
+		if (!cfg->auth.clients[i].key[0])
+			return fail(ld, value_node(ld, root, "auth"), "auth.clients[%d]: key is required", i);
 	if (cfg->nupstreams > 32)
 		return fail(ld, root, "at most 32 upstreams");
 	return CP_OK;

@@ -1,4 +1,5 @@
 /* carpool: command line, signals, start and stop. */
+#include "carpool/auth.h"
 #include "carpool/batcher.h"
 #include "carpool/common.h"
 #include "carpool/config.h"
@@ -57,6 +58,38 @@ static void drain_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	struct timeval tv = {0, 50000};
 	evtimer_add(a->drain_ev, &tv);
+}
+
+/* SIGHUP: the new file is validated first; a bad one leaves the running config in place. Batching,
+ * auth, limits, timeouts and log level apply to new requests; listeners and upstreams need a
+ * restart (a warning says so). */
+static void reload_cb(evutil_socket_t sig, short what, void *arg)
+{
+	(void)sig;
+	(void)what;
+	struct app *a = arg;
+	static struct config n; /* large */
+	char err[1024];
+	struct auth_table *auth = NULL;
+	if (config_load(a->cfg.path, &n, err, sizeof err) != CP_OK ||
+	    auth_load(&n, &auth, err, sizeof err) != CP_OK) {
+		a->rt.reload_failures++;
+		log_error("reload failed, keeping the running config: %s", err);
+		return;
+	}
+	if (memcmp(n.listen, a->cfg.listen, sizeof n.listen) || n.nlisten != a->cfg.nlisten ||
+	    memcmp(n.upstreams, a->cfg.upstreams, sizeof n.upstreams) || n.nupstreams != a->cfg.nupstreams)
+		log_warn("reload: listen and upstreams changes take effect at the next restart");
+	a->cfg.batching = n.batching;
+	memcpy(&a->cfg.auth, &n.auth, sizeof n.auth);
+	a->cfg.limits = n.limits;
+	a->cfg.timeouts = n.timeouts;
+	a->cfg.log.level = n.log.level;
+	log_set_level((enum log_level)n.log.level);
+	auth_free(a->rt.auth);
+	a->rt.auth = auth;
+	a->rt.reloads++;
+	log_info("reloaded %s (%d client keys)", a->cfg.path, auth->n);
 }
 
 static void signal_cb(evutil_socket_t sig, short what, void *arg)
@@ -118,8 +151,10 @@ int main(int argc, char **argv)
 	struct evdns_base *dns = evdns_base_new(a.base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
 	struct event *sigint = evsignal_new(a.base, SIGINT, signal_cb, &a);
 	struct event *sigterm = evsignal_new(a.base, SIGTERM, signal_cb, &a);
+	struct event *sighup = evsignal_new(a.base, SIGHUP, reload_cb, &a);
 	evsignal_add(sigint, NULL);
 	evsignal_add(sigterm, NULL);
+	evsignal_add(sighup, NULL);
 	for (int i = 0; i < a.cfg.nupstreams; i++) {
 		if (upstream_init(&a.ups[i], i, a.base, dns, &a.cfg, &a.cfg.upstreams[i]) != CP_OK) {
 			a.nups = i + 1;
@@ -129,6 +164,10 @@ int main(int argc, char **argv)
 	}
 	a.bt = batcher_new(a.base, &a.cfg, a.ups, a.nups);
 	a.rt = (struct router){.cfg = &a.cfg, .ups = a.ups, .nups = a.nups, .bt = a.bt};
+	if (auth_load(&a.cfg, &a.rt.auth, err, sizeof err) != CP_OK) {
+		log_error("auth: %s", err);
+		goto out;
+	}
 	a.srv = server_new(a.base, &a.cfg, router_handle, &a.rt);
 	if (!a.srv)
 		goto out;
@@ -147,12 +186,14 @@ int main(int argc, char **argv)
 out:
 	server_free(a.srv);
 	batcher_free(a.bt);
+	auth_free(a.rt.auth);
 	for (int i = 0; i < a.nups; i++)
 		upstream_free(&a.ups[i]);
 	if (a.drain_ev)
 		event_free(a.drain_ev);
 	event_free(sigint);
 	event_free(sigterm);
+	event_free(sighup);
 	evdns_base_free(dns, 0);
 	event_base_free(a.base);
 	return rc;

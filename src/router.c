@@ -1,5 +1,6 @@
 /* router: routes client requests; pass-through proxying for everything carpool does not batch. */
 #include "carpool/router.h"
+#include "carpool/auth.h"
 #include "carpool/batcher.h"
 #include "carpool/intake.h"
 #include "carpool/server.h"
@@ -44,29 +45,35 @@ struct upstream *router_pick(struct router *rt, const char *model)
 	return best;
 }
 
-/* Client keys, compared in constant time; true if the request may go on. */
+static void key_end(void *arg) { auth_release(arg); }
+
+/* Client keys (constant-time compare) and their limits; true if the request may go on. */
 static bool check_key(struct router *rt, struct creq *r)
 {
-	if (rt->cfg->auth.nkeys == 0)
+	if (!rt->auth || rt->auth->n == 0)
 		return true;
 	const char *h = creq_header(r, "Authorization");
-	if (h && !strncasecmp(h, "Bearer ", 7)) {
-		const char *key = h + 7;
-		size_t klen = strlen(key);
-		bool ok = false;
-		for (int i = 0; i < rt->cfg->auth.nkeys; i++) {
-			const char *want = rt->cfg->auth.keys[i];
-			size_t wlen = strlen(want);
-			/* no early exit: every key is compared */
-			if (wlen == klen && CRYPTO_memcmp(want, key, klen) == 0)
-				ok = true;
-		}
-		if (ok)
-			return true;
+	struct auth_key *k = auth_lookup(rt->auth, h);
+	if (!k) {
+		creq_reply_error(r, 401, h ? "Incorrect API key provided." : "You didn't provide an API key.",
+				 "invalid_request_error", NULL, "invalid_api_key");
+		return false;
 	}
-	creq_reply_error(r, 401, h ? "Incorrect API key provided." : "You didn't provide an API key.",
-			 "invalid_request_error", NULL, "invalid_api_key");
-	return false;
+	long retry = 1;
+	enum auth_verdict v = auth_admit(k, now_us(), &retry);
+	if (v != AUTH_OK) {
+		char extra[48];
+		snprintf(extra, sizeof extra, "Retry-After: %ld\r\n", retry);
+		char *body = openai_error_json(v == AUTH_RATE ? "Rate limit reached for requests per minute on this key."
+							      : "Too many concurrent requests on this key.",
+					       "requests", NULL, "rate_limit_exceeded");
+		rt->limited++;
+		creq_reply(r, 429, "application/json", extra, body, strlen(body));
+		free(body);
+		return false;
+	}
+	creq_on_end(r, key_end, k);
+	return true;
 }
 
 /* --- pass-through --------------------------------------------------------------------------- */
@@ -168,7 +175,7 @@ static void passthrough(struct router *rt, struct creq *r, struct upstream *up)
 		hdrs[2 * n + 1] = r->headers[i].value;
 		n++;
 	}
-	const char *auth = rt->cfg->auth.nkeys ? NULL : creq_header(r, "Authorization");
+	const char *auth = (rt->auth && rt->auth->n) ? NULL : creq_header(r, "Authorization");
 	struct pass *p = xcalloc(1, sizeof *p);
 	p->r = r;
 	rt->passthrough++;
@@ -267,7 +274,7 @@ static void models_union(struct router *rt, struct creq *r)
 	struct models_fan *f = xcalloc(1, sizeof *f);
 	f->r = r;
 	f->data = cJSON_CreateArray();
-	const char *auth = rt->cfg->auth.nkeys ? NULL : creq_header(r, "Authorization");
+	const char *auth = (rt->auth && rt->auth->n) ? NULL : creq_header(r, "Authorization");
 	f->pending = 1; /* held while starting, so that a synchronous finish cannot free f */
 	creq_on_gone(r, models_gone, f);
 	for (int i = 0; i < rt->nups; i++) {
@@ -307,10 +314,34 @@ static void metrics(struct router *rt, struct creq *r)
 			"# TYPE carpool_requests_active gauge\ncarpool_requests_active %lu\n", st->queued);
 	sbuf_printf(&b, "# HELP carpool_passthrough_total Requests forwarded unchanged.\n"
 			"# TYPE carpool_passthrough_total counter\ncarpool_passthrough_total %lu\n", rt->passthrough);
+	sbuf_printf(&b, "# HELP carpool_key_limited_total Requests refused with 429 by a client key's limits.\n"
+			"# TYPE carpool_key_limited_total counter\ncarpool_key_limited_total %lu\n", rt->limited);
+	sbuf_printf(&b, "# HELP carpool_config_reloads_total Successful config reloads (SIGHUP).\n"
+			"# TYPE carpool_config_reloads_total counter\ncarpool_config_reloads_total %lu\n", rt->reloads);
+	sbuf_printf(&b, "# HELP carpool_config_reload_failures_total Reloads refused because the new file was bad.\n"
+			"# TYPE carpool_config_reload_failures_total counter\ncarpool_config_reload_failures_total %lu\n",
+		    rt->reload_failures);
 	sbuf_printf(&b, "# HELP carpool_upstream_inflight Upstream calls open now.\n"
 			"# TYPE carpool_upstream_inflight gauge\n");
 	for (int i = 0; i < rt->nups; i++)
-		sbuf_printf(&b, "carpool_upstream_inflight{upstream=\"%d\"} %u\n", i, rt->ups[i].inflight);
+		sbuf_printf(&b, "carpool_upstream_inflight{upstream=\"%s\"} %u\n", rt->ups[i].cfg->url, rt->ups[i].inflight);
+	static const char *const per[][2] = {
+		{"carpool_upstream_http_calls_total", "HTTP calls made to the upstream (batches, pass-through, probes)."},
+		{"carpool_upstream_failures_total", "Upstream calls that failed (connect, timeout, broken)."},
+		{"carpool_upstream_retries_total", "Batches retried after this upstream failed them."},
+		{"carpool_upstream_ejections_total", "Times the upstream was ejected after repeated failures."},
+		{"carpool_upstream_healthy", "1 if the upstream is in service."},
+	};
+	for (size_t k = 0; k < sizeof per / sizeof per[0]; k++) {
+		sbuf_printf(&b, "# HELP %s %s\n# TYPE %s %s\n", per[k][0], per[k][1], per[k][0],
+			    k == 4 ? "gauge" : "counter");
+		for (int i = 0; i < rt->nups; i++) {
+			struct upstream *u = &rt->ups[i];
+			unsigned long v = k == 0 ? u->calls : k == 1 ? u->errors : k == 2 ? u->retries_in
+					: k == 3 ? u->ejected_total : (unsigned long)upstream_healthy(u);
+			sbuf_printf(&b, "%s{upstream=\"%s\"} %lu\n", per[k][0], u->cfg->url, v);
+		}
+	}
 	creq_reply(r, 200, "text/plain; version=0.0.4", NULL, b.data, b.len);
 	sbuf_free(&b);
 }
@@ -341,7 +372,7 @@ static void completions(struct router *rt, struct creq *r, bool embed)
 	for (int i = 0; i < rt->nups; i++)
 		if ((cands & (1u << i)) && !rt->ups[i].auth)
 			forwards = true;
-	if (forwards && !rt->cfg->auth.nkeys)
+	if (forwards && !(rt->auth && rt->auth->n))
 		auth = creq_header(r, "Authorization");
 	if (embed)
 		batcher_submit_embed(rt->bt, r, &req, cands, auth);

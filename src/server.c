@@ -138,6 +138,8 @@ static void creq_free(struct creq *r)
 {
 	if (!r)
 		return;
+	if (r->end_cb)
+		r->end_cb(r->end_arg);
 	free(r->target);
 	free(r->path);
 	for (size_t i = 0; i < r->nheaders; i++) {
@@ -219,6 +221,12 @@ const char *creq_header(const struct creq *r, const char *name)
 		if (!strcasecmp(r->headers[i].name, name))
 			return r->headers[i].value;
 	return NULL;
+}
+
+void creq_on_end(struct creq *r, void (*cb)(void *arg), void *arg)
+{
+	r->end_cb = cb;
+	r->end_arg = arg;
 }
 
 void creq_on_gone(struct creq *r, void (*cb)(void *arg), void *arg)

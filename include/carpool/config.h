@@ -48,6 +48,12 @@ struct cfg_upstream {
 	struct cfg_tls_client tls;
 };
 
+struct cfg_client {
+	char key[128];
+	long max_concurrent;
+	long rate_limit_rpm;
+};
+
 struct config {
 	char path[CFG_STR];
 	struct cfg_listen listen[CFG_MAX_LISTEN];
@@ -63,6 +69,8 @@ struct config {
 		char keys[CFG_MAX_KEYS][128];
 		int nkeys;
 		char keys_file[CFG_STR];
+		struct cfg_client clients[CFG_MAX_KEYS];
+		int nclients;
 	} auth;
 	struct {
 		long max_body_bytes;

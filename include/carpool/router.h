@@ -14,8 +14,11 @@ struct router {
 	struct upstream *ups;
 	int nups;
 	struct batcher *bt;
+	struct auth_table *auth; /* client keys; NULL or empty: no check */
 	unsigned long passthrough;
 	unsigned long refused;
+	unsigned long limited;
+	unsigned long reloads, reload_failures;
 };
 
 /* The server's request handler; arg is a struct router. */

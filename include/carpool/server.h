@@ -43,6 +43,8 @@ struct creq {
 	const char *upstream;
 	void (*gone_cb)(void *arg);
 	void *gone_arg;
+	void (*end_cb)(void *arg); /* once, when the request ends for any reason */
+	void *end_arg;
 	char peer[64];
 };
 
@@ -60,6 +62,9 @@ void server_free(struct server *s);
 const char *creq_header(const struct creq *r, const char *name);
 /* The owner's callback when the client leaves before the response ends; afterwards r is gone. */
 void creq_on_gone(struct creq *r, void (*cb)(void *arg), void *arg);
+
+/* cb runs once when r ends: answered, or the client left. */
+void creq_on_end(struct creq *r, void (*cb)(void *arg), void *arg);
 
 /* A whole response with Content-Length. extra: further header lines, each ending in "\r\n", or NULL. */
 void creq_reply(struct creq *r, int status, const char *ctype, const char *extra, const char *body, size_t len);

@@ -2,7 +2,7 @@
 CC      ?= cc
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=gnu17 -Wall -Wextra -Werror -Iinclude -Ibench -D_GNU_SOURCE
-LDLIBS  = -levent -levent_openssl -lssl -lcrypto -lcjson -lyaml -lm
+LDLIBS  = -levent -levent_openssl -levent_pthreads -lpthread -lssl -lcrypto -lcjson -lyaml -lm
 SAN     ?=
 ifeq ($(SAN),1)
 CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
@@ -55,7 +55,11 @@ test: all unit e2e
 demo: all
 	bash bench/demo.sh
 
+# The benchmark beside nginx (installs nginx and gnuplot when missing); writes bench/RESULTS.md.
+bench: all
+	bash bench/run-bench.sh
+
 clean:
 	rm -rf build bin
 
-.PHONY: all unit e2e test demo clean
+.PHONY: all unit e2e test demo bench clean

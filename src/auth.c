@@ -2,12 +2,16 @@
 #include "carpool/auth.h"
 
 #include <ctype.h>
+#include <pthread.h>
 #include <errno.h>
 #include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+
+/* One lock for every worker's use of the keys: admission is a few instructions, so it is cheap. */
+static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
 
 static void add_key(struct auth_table *t, const char *key, long max_concurrent, long rpm)
 {
@@ -137,6 +141,37 @@ enum auth_verdict auth_admit(struct auth_key *k, uint64_t now, long *retry_after
 
 void auth_release(struct auth_key *k)
 {
+	pthread_mutex_lock(&g_mu);
 	k->active--;
 	key_unref(k);
+	pthread_mutex_unlock(&g_mu);
+}
+
+bool auth_enabled(struct auth_table *const *slot)
+{
+	pthread_mutex_lock(&g_mu);
+	bool on = *slot && (*slot)->n > 0;
+	pthread_mutex_unlock(&g_mu);
+	return on;
+}
+
+enum auth_verdict auth_check(struct auth_table *const *slot, const char *h, uint64_t now, struct auth_key **k,
+			     long *retry_after_s)
+{
+	pthread_mutex_lock(&g_mu);
+	enum auth_verdict v = AUTH_UNKNOWN;
+	*k = *slot ? auth_lookup(*slot, h) : NULL;
+	if (*k)
+		v = auth_admit(*k, now, retry_after_s);
+	pthread_mutex_unlock(&g_mu);
+	return v;
+}
+
+void auth_swap(struct auth_table **slot, struct auth_table *t)
+{
+	pthread_mutex_lock(&g_mu);
+	struct auth_table *old = *slot;
+	*slot = t;
+	auth_free(old);
+	pthread_mutex_unlock(&g_mu);
 }

@@ -19,6 +19,7 @@
 #define MAX_SSE_EVENT (4u << 20)
 #define RETRY_BACKOFF_MS 100
 #define MAX_ATTEMPTS 3 /* sends of one batch: the first and two retries */
+#define MAX_HOLD_MS 2000 /* longest carpool holds a batch for an upstream to come back (backoff) */
 #define MAX_EMBED_BODY (256u << 20)
 
 struct batch;
@@ -345,6 +346,40 @@ static struct upstream *choose(struct batch *b)
 	return best;
 }
 
+/* How long until some candidate is out of backoff (0: one is in service now). */
+static long soonest_ms(struct batch *b)
+{
+	struct batcher *bt = b->bt;
+	uint64_t now = now_us();
+	long best = -1;
+	for (int i = 0; i < bt->nups; i++) {
+		if (!(b->cands & (1u << i)))
+			continue;
+		uint64_t until = bt->ups[i].backoff_until;
+		long ms = until > now ? (long)((until - now) / 1000) : 0;
+		if (best < 0 || ms < best)
+			best = ms;
+	}
+	return best < 0 ? 0 : best;
+}
+
+/* No candidate will be in service soon: answer now rather than hold the clients (like nginx's
+ * "no live upstreams"). Returns true if b was failed and freed. */
+static bool fail_if_none_live(struct batch *b)
+{
+	long ms = soonest_ms(b);
+	if (ms <= MAX_HOLD_MS)
+		return false;
+	char extra[48];
+	snprintf(extra, sizeof extra, "Retry-After: %ld\r\n", (ms + 999) / 1000);
+	log_warn("batch %llu: no upstream in service for %ld ms; answering 503", (unsigned long long)b->id, ms);
+	for (unsigned i = 0; i < b->nmembers; i++)
+		member_reply_error(b->members[i], 503, "No upstream is available right now; retry later.", "server_error",
+				   extra);
+	batch_free(b);
+	return true;
+}
+
 /* The batch may go: now if an upstream has room (and nobody queued before it), else it waits in
  * the queue - still open to new members until it is full. */
 static void batch_ready(struct batch *b)
@@ -358,6 +393,8 @@ static void batch_ready(struct batch *b)
 		batch_send(b);
 		return;
 	}
+	if (fail_if_none_live(b))
+		return;
 	b->in_queue = true;
 	b->qnext = NULL;
 	if (bt->qtail)
@@ -377,6 +414,8 @@ static void batch_ready_first(struct batch *b)
 		batch_send(b);
 		return;
 	}
+	if (fail_if_none_live(b))
+		return;
 	b->in_queue = true;
 	b->qnext = bt->qhead;
 	bt->qhead = b;
@@ -397,6 +436,9 @@ static void on_room(struct upstream *up, void *arg)
 			queue_remove(b);
 			b->up = to;
 			batch_send(b);
+		} else if (soonest_ms(b) > MAX_HOLD_MS) {
+			queue_remove(b);
+			fail_if_none_live(b);
 		}
 		b = next;
 	}
@@ -991,7 +1033,19 @@ static void call_done(void *arg, enum upcall_error err)
 		upstream_backoff(b->up, retry_after_ms > 0 ? retry_after_ms : 1000);
 	/* Nothing reached any client yet: safe to retry, on another upstream when there is one
 	 * (contract 11). Connect failures, breaks, timeouts, 429 and 5xx qualify. */
-	bool retryable = (b->status == 0 && err != UPE_NONE) || b->status == 429 || (b->status >= 500 && b->status != 501);
+	bool other = false; /* another candidate that has not failed this batch */
+	for (int i = 0; i < bt->nups; i++)
+		if ((b->cands & (1u << i)) && i != b->up->index && !(b->tried & (1u << i)))
+			other = true;
+	bool retryable;
+	if (b->status == 0)
+		/* a refused or broken connection may be a stale keep-alive: once more, anywhere; a
+		 * timeout only elsewhere */
+		retryable = err == UPE_FIRST_BYTE ? other : err != UPE_NONE;
+	else if (b->status == 429 || b->status == 503)
+		retryable = other || (retry_after_ms <= MAX_HOLD_MS);
+	else
+		retryable = b->status >= 500 && b->status != 501;
 	if (retryable && b->attempt + 1 < MAX_ATTEMPTS && alive_members(b)) {
 		b->attempt++;
 		b->tried |= 1u << b->up->index;
@@ -1002,8 +1056,8 @@ static void call_done(void *arg, enum upcall_error err)
 		else
 			event_assign(b->timer, bt->base, -1, 0, retry_cb, b);
 		long ms = RETRY_BACKOFF_MS << (b->attempt - 1);
-		if (b->status == 429 && retry_after_ms > ms && !(b->cands & ~b->tried))
-			ms = retry_after_ms; /* the only upstream asked us to wait */
+		if (other)
+			ms = 0; /* another upstream can take it at once */
 		if (ms > 30000)
 			ms = 30000;
 		struct timeval tv = {ms / 1000, (ms % 1000) * 1000};

@@ -127,6 +127,7 @@ static const struct cfg_key log_keys[] = {
 static const struct cfg_section log_sec = {log_keys, NKEYS(log_keys), 0};
 
 static const struct cfg_key root_keys[] = {
+	{"workers", CT_INT, F(C, workers), 0, 0, 64, "0", 0, 0, 0},
 	{"listen", CT_LIST, F(C, listen), 0, 0, CFG_MAX_LISTEN, NULL, 0, &listen_sec, F(C, nlisten)},
 	{"upstreams", CT_LIST, F(C, upstreams), 0, 0, CFG_MAX_UPSTREAMS, NULL, 0, &upstream_sec, F(C, nupstreams)},
 	{"batching", CT_SECTION, F(C, batching), 0, 0, 0, NULL, 0, &batching_sec, 0},

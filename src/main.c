@@ -1,4 +1,4 @@
-/* carpool: command line, signals, start and stop. */
+/* carpool: command line, workers (one event loop per thread), signals, start and stop. */
 #include "carpool/auth.h"
 #include "carpool/batcher.h"
 #include "carpool/common.h"
@@ -9,26 +9,42 @@
 
 #include <event2/dns.h>
 #include <event2/event.h>
+#include <event2/thread.h>
 #include <getopt.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define DRAIN_DEADLINE_MS 10000
+#define MAX_WORKERS 64
 
-struct app {
+/* One event loop and everything it drives: its own upstream pools, batcher and client
+ * connections. Batches form per worker; only the client keys are shared (under a lock). */
+struct worker {
+	int id;
+	pthread_t thread;
 	struct event_base *base;
-	struct config cfg;
+	struct evdns_base *dns;
+	struct config cfg; /* this worker's copy: a reload updates it from the worker's own thread */
 	struct upstream ups[CFG_MAX_UPSTREAMS];
 	int nups;
 	struct batcher *bt;
 	struct router rt;
 	struct server *srv;
-	struct event *drain_ev;
+	struct event *stop_ev, *reload_ev, *drain_ev;
 	uint64_t drain_start;
 	bool stopping;
+	pthread_mutex_t mu;	 /* guards pending */
+	struct config *pending;	 /* a reloaded config handed over by the main thread */
 };
+
+static struct worker *g_workers[MAX_WORKERS];
+static struct router *g_routers[MAX_WORKERS];
+static int g_nworkers;
+static struct auth_table *g_auth;
 
 static void usage(FILE *f)
 {
@@ -37,9 +53,10 @@ static void usage(FILE *f)
 	      "       carpool --help | --version\n"
 	      "\n"
 	      "carpool is a request-batching reverse proxy for OpenAI-compatible LLM servers: it holds\n"
-	      "compatible /v1/completions requests for a short window, sends them upstream as one call\n"
-	      "with an array prompt, and splits the streamed answer back to each client.\n"
-	      "Every config key is documented in configs/carpool.yaml.\n",
+	      "compatible /v1/completions and /v1/embeddings requests for a short window, sends them\n"
+	      "upstream as one call with an array prompt, and splits the answer back to each client.\n"
+	      "Every config key is documented in configs/carpool.yaml; see also carpool(1).\n"
+	      "Signals: SIGTERM/SIGINT drain and stop (10 s deadline), SIGHUP reloads the config.\n",
 	      f);
 }
 
@@ -47,67 +64,163 @@ static void drain_cb(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd;
 	(void)what;
-	struct app *a = arg;
-	unsigned active = batcher_active(a->bt);
-	uint64_t waited = (now_us() - a->drain_start) / 1000;
+	struct worker *w = arg;
+	unsigned active = batcher_active(w->bt);
+	uint64_t waited = (now_us() - w->drain_start) / 1000;
 	if (active == 0 || waited >= DRAIN_DEADLINE_MS) {
 		if (active)
-			log_warn("drain deadline passed with %u requests still open; closing them", active);
-		event_base_loopexit(a->base, NULL);
+			log_warn("worker %d: drain deadline passed with %u requests open; closing them", w->id, active);
+		event_base_loopexit(w->base, NULL);
 		return;
 	}
 	struct timeval tv = {0, 50000};
-	evtimer_add(a->drain_ev, &tv);
+	evtimer_add(w->drain_ev, &tv);
 }
 
-/* SIGHUP: the new file is validated first; a bad one leaves the running config in place. Batching,
- * auth, limits, timeouts and log level apply to new requests; listeners and upstreams need a
- * restart (a warning says so). */
-static void reload_cb(evutil_socket_t sig, short what, void *arg)
+/* Runs in the worker's thread: stop accepting, let open requests finish, then leave the loop. */
+static void stop_cb(evutil_socket_t fd, short what, void *arg)
 {
-	(void)sig;
+	(void)fd;
 	(void)what;
-	struct app *a = arg;
+	struct worker *w = arg;
+	if (w->stopping) {
+		event_base_loopexit(w->base, NULL);
+		return;
+	}
+	w->stopping = true;
+	server_stop_listening(w->srv);
+	w->drain_start = now_us();
+	struct timeval tv = {0, 0};
+	evtimer_add(w->drain_ev, &tv);
+}
+
+/* Runs in the worker's thread: takes the config the main thread validated. */
+static void worker_reload_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct worker *w = arg;
+	pthread_mutex_lock(&w->mu);
+	struct config *n = w->pending;
+	w->pending = NULL;
+	pthread_mutex_unlock(&w->mu);
+	if (!n)
+		return;
+	w->cfg.batching = n->batching;
+	memcpy(&w->cfg.auth, &n->auth, sizeof n->auth);
+	w->cfg.limits = n->limits;
+	w->cfg.timeouts = n->timeouts;
+	w->cfg.log.level = n->log.level;
+	free(n);
+	w->rt.reloads += w->id == 0;
+}
+
+/* SIGHUP (main thread): the new file is validated first; a bad one leaves the running config in
+ * place. Batching, auth, limits, timeouts and log level apply to new requests; listeners and
+ * upstreams need a restart (a warning says so). Requests in flight finish as they started. */
+static void reload(struct worker *w0)
+{
 	static struct config n; /* large */
 	char err[1024];
 	struct auth_table *auth = NULL;
-	if (config_load(a->cfg.path, &n, err, sizeof err) != CP_OK ||
-	    auth_load(&n, &auth, err, sizeof err) != CP_OK) {
-		a->rt.reload_failures++;
+	if (config_load(w0->cfg.path, &n, err, sizeof err) != CP_OK || auth_load(&n, &auth, err, sizeof err) != CP_OK) {
+		w0->rt.reload_failures++;
 		log_error("reload failed, keeping the running config: %s", err);
 		return;
 	}
-	if (memcmp(n.listen, a->cfg.listen, sizeof n.listen) || n.nlisten != a->cfg.nlisten ||
-	    memcmp(n.upstreams, a->cfg.upstreams, sizeof n.upstreams) || n.nupstreams != a->cfg.nupstreams)
-		log_warn("reload: listen and upstreams changes take effect at the next restart");
-	a->cfg.batching = n.batching;
-	memcpy(&a->cfg.auth, &n.auth, sizeof n.auth);
-	a->cfg.limits = n.limits;
-	a->cfg.timeouts = n.timeouts;
-	a->cfg.log.level = n.log.level;
+	if (memcmp(n.listen, w0->cfg.listen, sizeof n.listen) || n.nlisten != w0->cfg.nlisten ||
+	    memcmp(n.upstreams, w0->cfg.upstreams, sizeof n.upstreams) || n.nupstreams != w0->cfg.nupstreams ||
+	    n.workers != w0->cfg.workers)
+		log_warn("reload: listen, upstreams and workers changes take effect at the next restart");
 	log_set_level((enum log_level)n.log.level);
-	auth_free(a->rt.auth);
-	a->rt.auth = auth;
-	a->rt.reloads++;
-	log_info("reloaded %s (%d client keys)", a->cfg.path, auth->n);
+	auth_swap(&g_auth, auth);
+	for (int i = 0; i < g_nworkers; i++) {
+		struct worker *w = g_workers[i];
+		struct config *copy = xmalloc(sizeof *copy);
+		*copy = n;
+		pthread_mutex_lock(&w->mu);
+		free(w->pending);
+		w->pending = copy;
+		pthread_mutex_unlock(&w->mu);
+		event_active(w->reload_ev, 0, 0);
+	}
+	log_info("reloaded %s (%d client keys)", n.path, auth->n);
 }
 
 static void signal_cb(evutil_socket_t sig, short what, void *arg)
 {
 	(void)what;
-	struct app *a = arg;
-	if (a->stopping) {
-		log_info("second signal: stopping now");
-		event_base_loopexit(a->base, NULL);
+	struct worker *w0 = arg;
+	if (sig == SIGHUP) {
+		reload(w0);
 		return;
 	}
-	a->stopping = true;
-	log_info("signal %d: no longer accepting; draining %u open requests", (int)sig, batcher_active(a->bt));
-	server_stop_listening(a->srv);
-	a->drain_start = now_us();
-	a->drain_ev = evtimer_new(a->base, drain_cb, a);
-	struct timeval tv = {0, 0};
-	evtimer_add(a->drain_ev, &tv);
+	log_info("signal %d: no longer accepting; draining open requests", (int)sig);
+	for (int i = 0; i < g_nworkers; i++)
+		event_active(g_workers[i]->stop_ev, 0, 0);
+}
+
+/* Builds worker id's loop; the primary (id 0) opens the listeners, the others share them. */
+static int worker_init(struct worker *w, int id, const struct config *cfg, struct server *primary)
+{
+	w->id = id;
+	w->cfg = *cfg;
+	pthread_mutex_init(&w->mu, NULL);
+	w->base = event_base_new();
+	if (!w->base)
+		return CP_ERROR;
+	w->dns = evdns_base_new(w->base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
+	w->stop_ev = event_new(w->base, -1, 0, stop_cb, w);
+	w->reload_ev = event_new(w->base, -1, 0, worker_reload_cb, w);
+	w->drain_ev = evtimer_new(w->base, drain_cb, w);
+	for (int i = 0; i < w->cfg.nupstreams; i++) {
+		if (upstream_init(&w->ups[i], i, w->base, w->dns, &w->cfg, &w->cfg.upstreams[i]) != CP_OK) {
+			w->nups = i + 1;
+			return CP_ERROR;
+		}
+		w->nups = i + 1;
+	}
+	w->bt = batcher_new(w->base, &w->cfg, w->ups, w->nups);
+	w->rt = (struct router){.cfg = &w->cfg, .ups = w->ups, .nups = w->nups, .bt = w->bt, .auth = &g_auth,
+				.peers = g_routers, .npeers = 0};
+	w->srv = primary ? server_new_shared(w->base, &w->cfg, router_handle, &w->rt, primary)
+			 : server_new(w->base, &w->cfg, router_handle, &w->rt);
+	if (!w->srv)
+		return CP_ERROR;
+	for (int i = 0; i < w->nups; i++) {
+		upstream_probe(&w->ups[i]);
+		if (id == 0)
+			upstream_start_health(&w->ups[i]);
+	}
+	return CP_OK;
+}
+
+static void worker_free(struct worker *w)
+{
+	server_free(w->srv);
+	batcher_free(w->bt);
+	for (int i = 0; i < w->nups; i++)
+		upstream_free(&w->ups[i]);
+	if (w->stop_ev)
+		event_free(w->stop_ev);
+	if (w->reload_ev)
+		event_free(w->reload_ev);
+	if (w->drain_ev)
+		event_free(w->drain_ev);
+	if (w->dns)
+		evdns_base_free(w->dns, 0);
+	if (w->base)
+		event_base_free(w->base);
+	free(w->pending);
+	pthread_mutex_destroy(&w->mu);
+	free(w);
+}
+
+static void *worker_main(void *arg)
+{
+	struct worker *w = arg;
+	event_base_dispatch(w->base);
+	return NULL;
 }
 
 int main(int argc, char **argv)
@@ -133,68 +246,67 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
-	static struct app a; /* large: keep it off the stack */
+	static struct config cfg; /* large: keep it off the stack */
 	char err[1024];
-	if (config_load(file, &a.cfg, err, sizeof err) != CP_OK) {
+	if (config_load(file, &cfg, err, sizeof err) != CP_OK) {
+		fprintf(stderr, "%s\n", err);
+		return 1;
+	}
+	if (auth_load(&cfg, &g_auth, err, sizeof err) != CP_OK) {
 		fprintf(stderr, "%s\n", err);
 		return 1;
 	}
 	if (check) {
 		printf("%s: ok\n", file);
+		auth_free(g_auth);
 		return 0;
 	}
-	log_set_level((enum log_level)a.cfg.log.level);
+	log_set_level((enum log_level)cfg.log.level);
 	signal(SIGPIPE, SIG_IGN);
+	evthread_use_pthreads();
 
+	long n = cfg.workers ? cfg.workers : sysconf(_SC_NPROCESSORS_ONLN);
+	if (n < 1)
+		n = 1;
+	if (n > MAX_WORKERS)
+		n = MAX_WORKERS;
 	int rc = 1;
-	a.base = event_base_new();
-	struct evdns_base *dns = evdns_base_new(a.base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
-	struct event *sigint = evsignal_new(a.base, SIGINT, signal_cb, &a);
-	struct event *sigterm = evsignal_new(a.base, SIGTERM, signal_cb, &a);
-	struct event *sighup = evsignal_new(a.base, SIGHUP, reload_cb, &a);
-	evsignal_add(sigint, NULL);
-	evsignal_add(sigterm, NULL);
-	evsignal_add(sighup, NULL);
-	for (int i = 0; i < a.cfg.nupstreams; i++) {
-		if (upstream_init(&a.ups[i], i, a.base, dns, &a.cfg, &a.cfg.upstreams[i]) != CP_OK) {
-			a.nups = i + 1;
+	struct event *sigs[3] = {NULL, NULL, NULL};
+	for (int i = 0; i < n; i++) {
+		struct worker *w = xcalloc(1, sizeof *w);
+		g_workers[i] = w;
+		g_nworkers = i + 1;
+		if (worker_init(w, i, &cfg, i ? g_workers[0]->srv : NULL) != CP_OK)
 			goto out;
-		}
-		a.nups = i + 1;
+		g_routers[i] = &w->rt;
 	}
-	a.bt = batcher_new(a.base, &a.cfg, a.ups, a.nups);
-	a.rt = (struct router){.cfg = &a.cfg, .ups = a.ups, .nups = a.nups, .bt = a.bt};
-	if (auth_load(&a.cfg, &a.rt.auth, err, sizeof err) != CP_OK) {
-		log_error("auth: %s", err);
-		goto out;
+	for (int i = 0; i < g_nworkers; i++)
+		g_workers[i]->rt.npeers = g_nworkers;
+	/* Signals are handled by worker 0's loop, in the main thread. */
+	int signos[3] = {SIGINT, SIGTERM, SIGHUP};
+	for (int i = 0; i < 3; i++) {
+		sigs[i] = evsignal_new(g_workers[0]->base, signos[i], signal_cb, g_workers[0]);
+		evsignal_add(sigs[i], NULL);
 	}
-	a.srv = server_new(a.base, &a.cfg, router_handle, &a.rt);
-	if (!a.srv)
-		goto out;
-	for (int i = 0; i < a.nups; i++) {
-		log_info("upstream %s (dialect %s, max_inflight %ld)", a.cfg.upstreams[i].url,
-			 dialect_name((enum dialect)a.cfg.upstreams[i].dialect), a.cfg.upstreams[i].max_inflight);
-		upstream_probe(&a.ups[i]);
-		upstream_start_health(&a.ups[i]);
-	}
-	log_info("carpool %s ready (policy %s, max_wait_ms %ld, max_batch_size %ld)", CARPOOL_VERSION,
-		 a.cfg.batching.policy == POLICY_FIXED ? "fixed" : "adaptive", a.cfg.batching.max_wait_ms,
-		 a.cfg.batching.max_batch_size);
-	event_base_dispatch(a.base);
+	for (int i = 0; i < cfg.nupstreams; i++)
+		log_info("upstream %s (dialect %s, max_inflight %ld per worker)", cfg.upstreams[i].url,
+			 dialect_name((enum dialect)cfg.upstreams[i].dialect), cfg.upstreams[i].max_inflight);
+	log_info("carpool %s ready (%d workers, policy %s, max_wait_ms %ld, max_batch_size %ld)", CARPOOL_VERSION,
+		 g_nworkers, cfg.batching.policy == POLICY_FIXED ? "fixed" : "adaptive", cfg.batching.max_wait_ms,
+		 cfg.batching.max_batch_size);
+	for (int i = 1; i < g_nworkers; i++)
+		pthread_create(&g_workers[i]->thread, NULL, worker_main, g_workers[i]);
+	event_base_dispatch(g_workers[0]->base);
+	for (int i = 1; i < g_nworkers; i++)
+		pthread_join(g_workers[i]->thread, NULL);
 	rc = 0;
 	log_info("stopped");
 out:
-	server_free(a.srv);
-	batcher_free(a.bt);
-	auth_free(a.rt.auth);
-	for (int i = 0; i < a.nups; i++)
-		upstream_free(&a.ups[i]);
-	if (a.drain_ev)
-		event_free(a.drain_ev);
-	event_free(sigint);
-	event_free(sigterm);
-	event_free(sighup);
-	evdns_base_free(dns, 0);
-	event_base_free(a.base);
+	for (int i = 0; i < 3; i++)
+		if (sigs[i])
+			event_free(sigs[i]);
+	for (int i = g_nworkers - 1; i >= 0; i--)
+		worker_free(g_workers[i]);
+	auth_free(g_auth);
 	return rc;
 }

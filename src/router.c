@@ -47,20 +47,22 @@ struct upstream *router_pick(struct router *rt, const char *model)
 
 static void key_end(void *arg) { auth_release(arg); }
 
+static bool keys_mode(struct router *rt) { return rt->auth && auth_enabled(rt->auth); }
+
 /* Client keys (constant-time compare) and their limits; true if the request may go on. */
 static bool check_key(struct router *rt, struct creq *r)
 {
-	if (!rt->auth || rt->auth->n == 0)
+	if (!keys_mode(rt))
 		return true;
 	const char *h = creq_header(r, "Authorization");
-	struct auth_key *k = auth_lookup(rt->auth, h);
-	if (!k) {
+	struct auth_key *k = NULL;
+	long retry = 1;
+	enum auth_verdict v = auth_check(rt->auth, h, now_us(), &k, &retry);
+	if (v == AUTH_UNKNOWN) {
 		creq_reply_error(r, 401, h ? "Incorrect API key provided." : "You didn't provide an API key.",
 				 "invalid_request_error", NULL, "invalid_api_key");
 		return false;
 	}
-	long retry = 1;
-	enum auth_verdict v = auth_admit(k, now_us(), &retry);
 	if (v != AUTH_OK) {
 		char extra[48];
 		snprintf(extra, sizeof extra, "Retry-After: %ld\r\n", retry);
@@ -175,7 +177,7 @@ static void passthrough(struct router *rt, struct creq *r, struct upstream *up)
 		hdrs[2 * n + 1] = r->headers[i].value;
 		n++;
 	}
-	const char *auth = (rt->auth && rt->auth->n) ? NULL : creq_header(r, "Authorization");
+	const char *auth = keys_mode(rt) ? NULL : creq_header(r, "Authorization");
 	struct pass *p = xcalloc(1, sizeof *p);
 	p->r = r;
 	rt->passthrough++;
@@ -274,7 +276,7 @@ static void models_union(struct router *rt, struct creq *r)
 	struct models_fan *f = xcalloc(1, sizeof *f);
 	f->r = r;
 	f->data = cJSON_CreateArray();
-	const char *auth = (rt->auth && rt->auth->n) ? NULL : creq_header(r, "Authorization");
+	const char *auth = keys_mode(rt) ? NULL : creq_header(r, "Authorization");
 	f->pending = 1; /* held while starting, so that a synchronous finish cannot free f */
 	creq_on_gone(r, models_gone, f);
 	for (int i = 0; i < rt->nups; i++) {
@@ -288,9 +290,32 @@ static void models_union(struct router *rt, struct creq *r)
 
 /* --- local endpoints ---------------------------------------------------------------------------- */
 
+/* Prometheus text. With several workers the figures are totals over all of them, read without
+ * locks (each counter is one aligned word, written by its own worker only). */
 static void metrics(struct router *rt, struct creq *r)
 {
-	const struct batcher_stats *st = batcher_stats(rt->bt);
+	struct router *self[1] = {rt};
+	struct router **peers = rt->peers ? rt->peers : self;
+	int npeers = rt->peers ? rt->npeers : 1;
+	struct batcher_stats tot = {0};
+	unsigned long passthrough = 0, limited = 0, reloads = 0, reload_failures = 0;
+	for (int p = 0; p < npeers; p++) {
+		const struct batcher_stats *x = batcher_stats(peers[p]->bt);
+		tot.requests += x->requests;
+		tot.prompts += x->prompts;
+		tot.calls += x->calls;
+		tot.call_prompts += x->call_prompts;
+		tot.bisections += x->bisections;
+		tot.retries += x->retries;
+		tot.upstream_errors += x->upstream_errors;
+		tot.gone += x->gone;
+		tot.queued += x->queued;
+		passthrough += peers[p]->passthrough;
+		limited += peers[p]->limited;
+		reloads += peers[p]->reloads;
+		reload_failures += peers[p]->reload_failures;
+	}
+	const struct batcher_stats *st = &tot;
 	struct sbuf b = {0};
 	sbuf_printf(&b, "# HELP carpool_requests_total Client completion requests accepted for batching.\n"
 			"# TYPE carpool_requests_total counter\ncarpool_requests_total %lu\n", st->requests);
@@ -313,18 +338,22 @@ static void metrics(struct router *rt, struct creq *r)
 	sbuf_printf(&b, "# HELP carpool_requests_active Requests queued or streaming now.\n"
 			"# TYPE carpool_requests_active gauge\ncarpool_requests_active %lu\n", st->queued);
 	sbuf_printf(&b, "# HELP carpool_passthrough_total Requests forwarded unchanged.\n"
-			"# TYPE carpool_passthrough_total counter\ncarpool_passthrough_total %lu\n", rt->passthrough);
+			"# TYPE carpool_passthrough_total counter\ncarpool_passthrough_total %lu\n", passthrough);
 	sbuf_printf(&b, "# HELP carpool_key_limited_total Requests refused with 429 by a client key's limits.\n"
-			"# TYPE carpool_key_limited_total counter\ncarpool_key_limited_total %lu\n", rt->limited);
+			"# TYPE carpool_key_limited_total counter\ncarpool_key_limited_total %lu\n", limited);
 	sbuf_printf(&b, "# HELP carpool_config_reloads_total Successful config reloads (SIGHUP).\n"
-			"# TYPE carpool_config_reloads_total counter\ncarpool_config_reloads_total %lu\n", rt->reloads);
+			"# TYPE carpool_config_reloads_total counter\ncarpool_config_reloads_total %lu\n", reloads);
 	sbuf_printf(&b, "# HELP carpool_config_reload_failures_total Reloads refused because the new file was bad.\n"
 			"# TYPE carpool_config_reload_failures_total counter\ncarpool_config_reload_failures_total %lu\n",
-		    rt->reload_failures);
+		    reload_failures);
 	sbuf_printf(&b, "# HELP carpool_upstream_inflight Upstream calls open now.\n"
 			"# TYPE carpool_upstream_inflight gauge\n");
-	for (int i = 0; i < rt->nups; i++)
-		sbuf_printf(&b, "carpool_upstream_inflight{upstream=\"%s\"} %u\n", rt->ups[i].cfg->url, rt->ups[i].inflight);
+	for (int i = 0; i < rt->nups; i++) {
+		unsigned inflight = 0;
+		for (int p = 0; p < npeers; p++)
+			inflight += peers[p]->ups[i].inflight;
+		sbuf_printf(&b, "carpool_upstream_inflight{upstream=\"%s\"} %u\n", rt->ups[i].cfg->url, inflight);
+	}
 	static const char *const per[][2] = {
 		{"carpool_upstream_http_calls_total", "HTTP calls made to the upstream (batches, pass-through, probes)."},
 		{"carpool_upstream_failures_total", "Upstream calls that failed (connect, timeout, broken)."},
@@ -337,8 +366,13 @@ static void metrics(struct router *rt, struct creq *r)
 			    k == 4 ? "gauge" : "counter");
 		for (int i = 0; i < rt->nups; i++) {
 			struct upstream *u = &rt->ups[i];
-			unsigned long v = k == 0 ? u->calls : k == 1 ? u->errors : k == 2 ? u->retries_in
-					: k == 3 ? u->ejected_total : (unsigned long)upstream_healthy(u);
+			unsigned long v = 0;
+			for (int p = 0; p < npeers; p++) {
+				struct upstream *q = &peers[p]->ups[i];
+				v += k == 0 ? q->calls : k == 1 ? q->errors : k == 2 ? q->retries_in : k == 3 ? q->ejected_total : 0;
+			}
+			if (k == 4)
+				v = upstream_healthy(u);
 			sbuf_printf(&b, "%s{upstream=\"%s\"} %lu\n", per[k][0], u->cfg->url, v);
 		}
 	}
@@ -372,7 +406,7 @@ static void completions(struct router *rt, struct creq *r, bool embed)
 	for (int i = 0; i < rt->nups; i++)
 		if ((cands & (1u << i)) && !rt->ups[i].auth)
 			forwards = true;
-	if (forwards && !(rt->auth && rt->auth->n))
+	if (forwards && !keys_mode(rt))
 		auth = creq_header(r, "Authorization");
 	if (embed)
 		batcher_submit_embed(rt->bt, r, &req, cands, auth);

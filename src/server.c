@@ -595,7 +595,8 @@ static void conn_write_cb(struct bufferevent *bev, void *arg)
 {
 	(void)bev;
 	struct conn *c = arg;
-	if (c->state == ST_CLOSING)
+	/* a deferred write callback may run after a new answer was queued: only an empty buffer is done */
+	if (c->state == ST_CLOSING && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
 		conn_linger(c);
 }
 
@@ -793,6 +794,43 @@ struct server *server_new(struct event_base *base, const struct config *cfg, ser
 			return NULL;
 		}
 		s->nlisteners = i + 1;
+	}
+	return s;
+}
+
+struct server *server_new_shared(struct event_base *base, const struct config *cfg, server_handler h, void *arg,
+				 const struct server *primary)
+{
+	struct server *s = xcalloc(1, sizeof *s);
+	s->base = base;
+	s->cfg = cfg;
+	s->handler = h;
+	s->arg = arg;
+	s->access = primary->access_owned ? fopen(cfg->log.access, "a") : primary->access;
+	s->access_owned = primary->access_owned && s->access;
+	for (int i = 0; i < primary->nlisteners; i++) {
+		const struct listener *pl = &primary->listeners[i];
+		struct listener *l = &s->listeners[i];
+		l->srv = s;
+		s->nlisteners = i + 1;
+		if (!pl->lev)
+			continue;
+		evutil_socket_t fd = dup(evconnlistener_get_fd(pl->lev));
+		if (fd < 0) {
+			server_free(s);
+			return NULL;
+		}
+		evutil_make_socket_nonblocking(fd);
+		if (pl->ssl) {
+			SSL_CTX_up_ref(pl->ssl);
+			l->ssl = pl->ssl;
+		}
+		l->lev = evconnlistener_new(base, accept_cb, l, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, -1, fd);
+		if (!l->lev) {
+			evutil_closesocket(fd);
+			server_free(s);
+			return NULL;
+		}
 	}
 	return s;
 }

@@ -61,6 +61,7 @@ static void room_cb(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	struct upstream *up = arg;
+	log_debug("upstream %s: room (inflight %u)", up->cfg->url, up->inflight);
 	if (up->on_room)
 		up->on_room(up, up->room_arg);
 }
@@ -204,13 +205,15 @@ bool upstream_healthy(const struct upstream *up) { return now_us() >= up->backof
 static void wake_at(struct upstream *up, uint64_t when)
 {
 	uint64_t now = now_us();
-	uint64_t d = when > now ? when - now : 0;
+	/* +2 ms: the loop's timers may fire a little before our own clock says the time has come */
+	uint64_t d = (when > now ? when - now : 0) + 2000;
 	struct timeval tv = {(time_t)(d / 1000000), (suseconds_t)(d % 1000000)};
 	evtimer_add(up->wake_ev, &tv);
 }
 
 void upstream_backoff(struct upstream *up, long ms)
 {
+	log_debug("upstream %s: backing off for %ld ms", up->cfg->url, ms);
 	uint64_t until = now_us() + (uint64_t)ms * 1000u;
 	if (until > up->backoff_until)
 		up->backoff_until = until;
@@ -234,8 +237,10 @@ bool upstream_has_room(struct upstream *up)
 {
 	if (up->inflight >= (unsigned)up->cfg->max_inflight)
 		return false;
-	if (!upstream_healthy(up))
+	if (!upstream_healthy(up)) {
+		wake_at(up, up->backoff_until); /* whoever asked is asked again when it ends */
 		return false;
+	}
 	if (up->cfg->rate_limit_rpm) {
 		refill(up);
 		if (up->tokens < 1.0) {
@@ -260,6 +265,7 @@ static void note_failure(struct upstream *up)
 	up->consecutive_failures = 0;
 	log_warn("upstream %s: ejected for %ld ms after repeated failures", up->cfg->url, ms);
 	upstream_backoff(up, ms);
+	event_active(up->room_ev, 0, 0); /* the batcher re-examines what waits for it */
 }
 
 static void note_success(struct upstream *up)
@@ -339,6 +345,8 @@ static void conn_put(struct upstream *up, struct upconn *uc)
 	up->nidle++;
 }
 
+static void call_arm_next(struct upcall *c);
+
 static void call_arm(struct upcall *c, long ms)
 {
 	struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
@@ -381,6 +389,23 @@ static void call_over(struct upcall *c, enum upcall_error err)
 		c->ops->on_done(c->arg, err);
 }
 
+/* Logs why a TLS connection failed (OpenSSL's error queue, the certificate verdict). */
+static void log_tls_failure(struct upcall *c)
+{
+	if (!c->up->https)
+		return;
+	struct bufferevent *bev = evhttp_connection_get_bufferevent(c->conn->evcon);
+	if (!bev)
+		return;
+	unsigned long e;
+	while ((e = bufferevent_get_openssl_error(bev)))
+		log_warn("upstream %s: TLS: %s", c->up->cfg->url, ERR_error_string(e, NULL));
+	SSL *ssl = bufferevent_openssl_get_ssl(bev);
+	long v = ssl ? SSL_get_verify_result(ssl) : X509_V_OK;
+	if (v != X509_V_OK)
+		log_warn("upstream %s: TLS certificate rejected: %s", c->up->cfg->url, X509_verify_cert_error_string(v));
+}
+
 static void req_done_cb(struct evhttp_request *req, void *arg)
 {
 	struct upcall *c = arg;
@@ -389,6 +414,8 @@ static void req_done_cb(struct evhttp_request *req, void *arg)
 	enum upcall_error err = c->err;
 	if ((!req || evhttp_request_get_response_code(req) == 0) && err == UPE_NONE)
 		err = c->phase == PH_CONNECT ? UPE_CONNECT : UPE_BROKEN;
+	if (err == UPE_CONNECT)
+		log_tls_failure(c);
 	call_over(c, err);
 	conn_put(c->up, c->conn);
 	call_free(c);
@@ -415,7 +442,7 @@ static int head_cb(struct evhttp_request *req, void *arg)
 	c->phase = PH_BODY;
 	c->t_last = now_us();
 	evtimer_del(c->timer);
-	call_arm(c, c->up->root->timeouts.idle_ms);
+	call_arm_next(c);
 	c->ops->on_head(c->arg, evhttp_request_get_response_code(req), evhttp_request_get_input_headers(req));
 	return 0;
 }
@@ -465,39 +492,57 @@ static void call_abort(struct upcall *c, enum upcall_error err)
 	call_abandon(c);
 }
 
+static bool call_connected(struct upcall *c)
+{
+	struct bufferevent *bev = evhttp_connection_get_bufferevent(c->conn->evcon);
+	evutil_socket_t s = bev ? bufferevent_getfd(bev) : -1;
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof ss;
+	return s >= 0 && getpeername(s, (struct sockaddr *)&ss, &sl) == 0;
+}
+
+/* Arms the call's timer for the nearest of its deadlines. */
+static void call_arm_next(struct upcall *c)
+{
+	const struct config *root = c->up->root;
+	uint64_t el = (now_us() - c->t_start) / 1000;
+	long next;
+	if (c->phase == PH_BODY) {
+		next = root->timeouts.idle_ms - (long)((now_us() - c->t_last) / 1000);
+	} else {
+		next = root->timeouts.first_byte_ms - (long)el;
+		if (c->phase == PH_CONNECT && root->timeouts.connect_ms - (long)el < next)
+			next = root->timeouts.connect_ms - (long)el;
+	}
+	call_arm(c, next > 0 ? next : 1);
+}
+
+/* The connect, first-byte and idle deadlines, each measured from its own start. */
 static void timer_cb(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd;
 	(void)what;
 	struct upcall *c = arg;
 	const struct config *root = c->up->root;
-	if (c->phase == PH_CONNECT) {
-		struct bufferevent *bev = evhttp_connection_get_bufferevent(c->conn->evcon);
-		evutil_socket_t s = bev ? bufferevent_getfd(bev) : -1;
-		struct sockaddr_storage ss;
-		socklen_t sl = sizeof ss;
-		if (s < 0 || getpeername(s, (struct sockaddr *)&ss, &sl) != 0) {
-			log_warn("upstream %s: connect timed out after %ld ms", c->up->cfg->url, root->timeouts.connect_ms);
-			call_abort(c, UPE_CONNECT);
-			return;
-		}
+	long el = (long)((now_us() - c->t_start) / 1000);
+	if (c->phase == PH_CONNECT && call_connected(c))
 		c->phase = PH_FIRST_BYTE;
-		long left = root->timeouts.first_byte_ms - root->timeouts.connect_ms;
-		call_arm(c, left > 0 ? left : 1);
+	if (c->phase == PH_CONNECT && el >= root->timeouts.connect_ms) {
+		log_warn("upstream %s: connect timed out after %ld ms", c->up->cfg->url, root->timeouts.connect_ms);
+		call_abort(c, UPE_CONNECT);
 		return;
 	}
-	if (c->phase == PH_FIRST_BYTE) {
+	if (c->phase != PH_BODY && el >= root->timeouts.first_byte_ms) {
 		log_warn("upstream %s: no response within first_byte_ms (%ld)", c->up->cfg->url, root->timeouts.first_byte_ms);
 		call_abort(c, UPE_FIRST_BYTE);
 		return;
 	}
-	uint64_t idle = (now_us() - c->t_last) / 1000;
-	if ((long)idle >= root->timeouts.idle_ms) {
+	if (c->phase == PH_BODY && (long)((now_us() - c->t_last) / 1000) >= root->timeouts.idle_ms) {
 		log_warn("upstream %s: stream idle for %ld ms", c->up->cfg->url, root->timeouts.idle_ms);
 		call_abort(c, UPE_IDLE);
 		return;
 	}
-	call_arm(c, root->timeouts.idle_ms - (long)idle);
+	call_arm_next(c);
 }
 
 static enum evhttp_cmd_type method_of(const char *m)
@@ -565,7 +610,7 @@ struct upcall *upstream_call(struct upstream *up, const char *method, const char
 		call_free(c);
 		return NULL;
 	}
-	call_arm(c, c->phase == PH_CONNECT ? up->root->timeouts.connect_ms : up->root->timeouts.first_byte_ms);
+	call_arm_next(c);
 	return c;
 }
 

@@ -22,7 +22,7 @@ struct auth_table {
 	int n;
 };
 
-enum auth_verdict { AUTH_OK, AUTH_CONCURRENCY, AUTH_RATE };
+enum auth_verdict { AUTH_OK, AUTH_UNKNOWN, AUTH_CONCURRENCY, AUTH_RATE };
 
 /* Builds the table from cfg (reading keys_file: one key a line, optionally followed by
  * max_concurrent=N and rpm=N; # comments). CP_ERROR with err set if the file is unreadable or bad. */
@@ -34,7 +34,15 @@ struct auth_key *auth_lookup(const struct auth_table *t, const char *h);
 /* Admits one request (taking a reference) or says which limit refused it, with the seconds
  * after which to retry. */
 enum auth_verdict auth_admit(struct auth_key *k, uint64_t now, long *retry_after_s);
-/* The admitted request ended. */
+/* The admitted request ended. Thread-safe. */
 void auth_release(struct auth_key *k);
+
+/* The worker-facing entry points: the table in *slot is shared by every worker, under one lock. */
+bool auth_enabled(struct auth_table *const *slot);
+/* Looks up header h and admits the request: AUTH_OK sets *k (release it with auth_release). */
+enum auth_verdict auth_check(struct auth_table *const *slot, const char *h, uint64_t now, struct auth_key **k,
+			     long *retry_after_s);
+/* Replaces the table (a reload); the old one is dropped. */
+void auth_swap(struct auth_table **slot, struct auth_table *t);
 
 #endif

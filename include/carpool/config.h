@@ -56,6 +56,7 @@ struct cfg_client {
 
 struct config {
 	char path[CFG_STR];
+	long workers; /* event loops (threads); 0: one per core */
 	struct cfg_listen listen[CFG_MAX_LISTEN];
 	int nlisten;
 	struct cfg_upstream upstreams[CFG_MAX_UPSTREAMS];

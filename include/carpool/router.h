@@ -14,7 +14,9 @@ struct router {
 	struct upstream *ups;
 	int nups;
 	struct batcher *bt;
-	struct auth_table *auth; /* client keys; NULL or empty: no check */
+	struct auth_table **auth; /* client keys, shared by the workers; NULL or empty: no check */
+	struct router **peers;	  /* every worker's router, for /metrics totals (this one included) */
+	int npeers;
 	unsigned long passthrough;
 	unsigned long refused;
 	unsigned long limited;

@@ -54,6 +54,10 @@ struct server;
 
 /* Opens every listener of cfg on base. Returns NULL (and logs why) on failure. */
 struct server *server_new(struct event_base *base, const struct config *cfg, server_handler h, void *arg);
+/* Another worker's server on base, accepting from the same listening sockets as primary (a shared
+ * accept queue: whichever worker is free takes the next connection). */
+struct server *server_new_shared(struct event_base *base, const struct config *cfg, server_handler h, void *arg,
+				 const struct server *primary);
 /* Stops accepting (listeners closed, unix sockets unlinked); open connections continue. */
 void server_stop_listening(struct server *s);
 unsigned server_connections(const struct server *s);

@@ -135,6 +135,7 @@ test('body over max_body_bytes with Transfer-Encoding: chunked (curl) -> 413', a
   const lines = res.out.trimEnd().split('\n');
   const status = Number(lines.pop());
   const body = lines.join('\n');
+  assert.equal(status, 413, `curl exit ${res.code} (${res.err.trim()}), status ${status}, body ${body}`);
   assertError({ status, headers: { 'content-type': 'application/json' }, body }, 413);
   await stillServes();
 });
@@ -153,6 +154,18 @@ test('GET /v1/completions -> 405 with an Allow header', async () => {
   assertError(r, 405);
   assert.ok(r.headers.allow, 'no Allow header');
   assert.match(r.headers.allow, /\bPOST\b/);
+  await stillServes();
+});
+
+test('GET /v1/completions with Connection: close on a fresh connection (curl) -> 405, answer not lost', async () => {
+  for (let i = 0; i < 5; i++) {
+    const res = await curl(['-sS', '-m', '5', '-o', '-', '-w', '\n%{http_code}\n', '-H', 'Connection: close',
+      `${cp.url}/v1/completions`]);
+    assert.equal(res.code, 0, `curl exit ${res.code}: ${res.err}`);
+    const lines = res.out.trimEnd().split('\n');
+    const status = Number(lines.pop());
+    assertError({ status, headers: { 'content-type': 'application/json' }, body: lines.join('\n') }, 405);
+  }
   await stillServes();
 });
 

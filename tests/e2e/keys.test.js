@@ -11,6 +11,7 @@ const SECRET = 'upstream-secret-9f3a';
 
 function keysConfig(sim, auth, extra = {}) {
   return {
+    workers: 1,
     listen: [{ address: '127.0.0.1:0' }],
     upstreams: [{ url: sim.url, dialect: 'vllm', api_key_env: 'CARPOOL_TEST_UPSTREAM_KEY' }],
     batching: { policy: 'fixed', max_wait_ms: 30 },

@@ -134,6 +134,7 @@ function assertCleanLog(log) {
 
 function baseConfig(sim, extra = {}) {
   const cfg = {
+    workers: extra.workers || 1, // batches form per worker: one worker keeps batch counts exact in tests
     listen: [{ address: '127.0.0.1:0' }],
     upstreams: [{ url: sim.url, dialect: 'auto', ...(extra.upstream || {}) }],
     batching: { policy: 'fixed', max_wait_ms: 30, max_batch_size: 64, ...(extra.batching || {}) },

@@ -87,7 +87,7 @@ test('/healthz, /readyz follow the upstream, /metrics counts the traffic sent', 
   assert.equal(m.carpool_upstream_call_prompts_total, 8);
   await sim.kill('SIGKILL');
   for (let i = 0; i < 3; i++) {
-    const r = await request(cp.port, 'POST', '/v1/completions', { model: 'm', prompt: `after ${i}`, max_tokens: 3 });
+    const r = await request(cp.port, 'POST', '/v1/completions', { model: 'm', prompt: `after ${i}`, max_tokens: 3 }, {}, { timeoutMs: 8000 });
     assert.equal(r.status, 502);
   }
   assert.equal((await request(cp.port, 'GET', '/readyz')).status, 503);

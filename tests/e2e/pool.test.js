@@ -8,6 +8,7 @@ const { expected } = require('./simgen');
 
 function poolConfig(urls, extra = {}) {
   return {
+    workers: 1,
     listen: [{ address: '127.0.0.1:0' }],
     upstreams: urls.map((url) => ({ url, dialect: 'vllm', max_inflight: 2, ...(extra.upstream || {}) })),
     batching: { policy: 'fixed', max_wait_ms: 20, max_batch_size: 8 },

@@ -13,6 +13,7 @@
 #include <getopt.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -263,6 +264,12 @@ int main(int argc, char **argv)
 	}
 	log_set_level((enum log_level)cfg.log.level);
 	signal(SIGPIPE, SIG_IGN);
+	/* Every client and upstream connection is a descriptor: take all the kernel allows. */
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
 	evthread_use_pthreads();
 
 	long n = cfg.workers ? cfg.workers : sysconf(_SC_NPROCESSORS_ONLN);

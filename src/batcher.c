@@ -1,5 +1,6 @@
 /* batcher: batch keys, windows, dispatch, and the life of one batched upstream call. */
 #include "carpool/batcher.h"
+#include "carpool/metrics.h"
 #include "carpool/server.h"
 #include "carpool/splitter.h"
 #include "carpool/sse.h"
@@ -97,7 +98,10 @@ struct batcher {
 	uint64_t next_id;
 	unsigned active;
 	struct batcher_stats st;
+	struct metrics *metrics;
 };
+
+void batcher_set_metrics(struct batcher *bt, struct metrics *m) { bt->metrics = m; }
 
 static void batch_send(struct batch *b);
 static void batch_ready(struct batch *b);
@@ -534,6 +538,8 @@ static void batch_send(struct batch *b)
 	b->t_sent = now_us();
 	b->status = 0;
 	annotate(b);
+	if (bt->metrics)
+		metrics_observe_count(&bt->metrics->prompts_per_call, b->nprompts);
 	bt->st.calls++;
 	bt->st.call_prompts += b->nprompts;
 	if (b->nprompts > bt->st.max_call_prompts)
@@ -568,6 +574,8 @@ static void annotate(struct batch *b)
 		r->batch_id = b->id;
 		r->batch_size = b->nprompts;
 		r->queue_us = b->t_sent - m->t_arrival;
+		if (b->bt->metrics && b->attempt == 0)
+			metrics_observe_ms(&b->bt->metrics->queue_seconds, (double)r->queue_us / 1000.0);
 		r->upstream = b->up->cfg->url;
 		r->prompts = m->parent ? m->parent->ninputs : m->req.nprompts;
 	}
@@ -705,6 +713,9 @@ static int flush_members(struct batch *b)
 			sbuf_reset(&m->sm.out);
 			if (m->sm.done) {
 				struct creq *r = m->creq;
+				if (b->bt->metrics)
+					for (unsigned c = 0; c < m->sm.nchoices; c++)
+						b->bt->metrics->tokens_streamed_total += m->sm.ntokens[c];
 				member_detach(m);
 				creq_stream_end(r);
 			}

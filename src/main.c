@@ -3,6 +3,7 @@
 #include "carpool/batcher.h"
 #include "carpool/common.h"
 #include "carpool/config.h"
+#include "carpool/metrics.h"
 #include "carpool/router.h"
 #include "carpool/server.h"
 #include "carpool/upstream.h"
@@ -35,6 +36,7 @@ struct worker {
 	struct batcher *bt;
 	struct router rt;
 	struct server *srv;
+	struct metrics metrics;
 	struct event *stop_ev, *reload_ev, *drain_ev;
 	uint64_t drain_start;
 	bool stopping;
@@ -182,12 +184,14 @@ static int worker_init(struct worker *w, int id, const struct config *cfg, struc
 		w->nups = i + 1;
 	}
 	w->bt = batcher_new(w->base, &w->cfg, w->ups, w->nups);
+	batcher_set_metrics(w->bt, &w->metrics);
 	w->rt = (struct router){.cfg = &w->cfg, .ups = w->ups, .nups = w->nups, .bt = w->bt, .auth = &g_auth,
-				.peers = g_routers, .npeers = 0};
+				.metrics = &w->metrics, .peers = g_routers, .npeers = 0};
 	w->srv = primary ? server_new_shared(w->base, &w->cfg, router_handle, &w->rt, primary)
 			 : server_new(w->base, &w->cfg, router_handle, &w->rt);
 	if (!w->srv)
 		return CP_ERROR;
+	server_set_metrics(w->srv, &w->metrics);
 	for (int i = 0; i < w->nups; i++) {
 		upstream_probe(&w->ups[i]);
 		if (id == 0)

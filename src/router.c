@@ -3,6 +3,7 @@
 #include "carpool/auth.h"
 #include "carpool/batcher.h"
 #include "carpool/intake.h"
+#include "carpool/metrics.h"
 #include "carpool/server.h"
 #include "carpool/upstream.h"
 
@@ -376,6 +377,12 @@ static void metrics(struct router *rt, struct creq *r)
 			sbuf_printf(&b, "%s{upstream=\"%s\"} %lu\n", per[k][0], u->cfg->url, v);
 		}
 	}
+	struct metrics *all[64];
+	int nm = 0;
+	for (int p = 0; p < npeers && nm < 64; p++)
+		if (peers[p]->metrics)
+			all[nm++] = peers[p]->metrics;
+	metrics_render(&b, all, nm);
 	creq_reply(r, 200, "text/plain; version=0.0.4", NULL, b.data, b.len);
 	sbuf_free(&b);
 }

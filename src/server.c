@@ -1,5 +1,6 @@
 /* server: listeners, client connections and a bounded HTTP/1.1 request parser. */
 #include "carpool/server.h"
+#include "carpool/metrics.h"
 
 #include <errno.h>
 #include <event2/buffer.h>
@@ -43,6 +44,7 @@ struct server {
 	int nlisteners;
 	unsigned nconns;
 	FILE *access;	    /* the access log, or NULL */
+	struct metrics *metrics;
 	bool access_owned;  /* opened by us (a file), closed at the end */
 	struct conn *conns; /* every open connection, so that shutdown frees them */
 };
@@ -91,9 +93,29 @@ const char *http_reason(int status)
 	}
 }
 
-/* One JSON line per client request. */
+/* Counts the request in the metrics: route and status, times, streams. */
+static void observe_end(struct conn *c, struct creq *r, bool gone)
+{
+	struct metrics *m = c->srv->metrics;
+	if (!m || !r->path)
+		return;
+	int status = gone && !r->finished ? 499 : r->status;
+	if (status >= 100 && status < 600)
+		m->requests[metrics_route_of(r->path)][status]++;
+	uint64_t now = now_us();
+	metrics_observe_ms(&m->duration_seconds, (double)(now - r->t_start) / 1000.0);
+	if (r->t_first)
+		metrics_observe_ms(&m->ttft_seconds, (double)(r->t_first - r->t_start) / 1000.0);
+	if (r->chunked)
+		m->streams_ended_total++;
+}
+
+void server_set_metrics(struct server *s, struct metrics *m) { s->metrics = m; }
+
+/* One JSON line per client request (and its count in the metrics). */
 static void access_log(struct conn *c, struct creq *r, bool gone)
 {
+	observe_end(c, r, gone);
 	FILE *f = c->srv->access;
 	if (!f || !r->path)
 		return;
@@ -296,6 +318,9 @@ void creq_reply_error(struct creq *r, int status, const char *message, const cha
 void creq_stream_start(struct creq *r, int status, const char *ctype, const char *extra)
 {
 	write_head(r, status, ctype, extra, -1);
+	r->chunked = true;
+	if (r->conn->srv->metrics)
+		r->conn->srv->metrics->streams_started_total++;
 }
 
 int creq_stream_write(struct creq *r, const char *data, size_t len)
@@ -304,6 +329,8 @@ int creq_stream_write(struct creq *r, const char *data, size_t len)
 	struct evbuffer *out = bufferevent_get_output(c->bev);
 	if (evbuffer_get_length(out) > (size_t)c->srv->cfg->limits.max_client_buffer) {
 		log_warn("client %s reads too slowly: %zu bytes unread, dropping it", c->peer, evbuffer_get_length(out));
+		if (c->srv->metrics)
+			c->srv->metrics->slow_clients_dropped_total++;
 		r->gone_cb = NULL;
 		conn_free(c);
 		return CP_ERROR;

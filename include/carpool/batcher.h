@@ -39,6 +39,10 @@ void batcher_submit(struct batcher *bt, struct creq *creq, struct intake_req *r,
 void batcher_submit_embed(struct batcher *bt, struct creq *creq, struct intake_req *r, unsigned cands,
 			  const char *auth);
 
+struct metrics;
+/* Where the batcher records queue times, prompts per call and tokens streamed. */
+void batcher_set_metrics(struct batcher *bt, struct metrics *m);
+
 const struct batcher_stats *batcher_stats(const struct batcher *bt);
 /* Requests not yet answered (queued or streaming). */
 unsigned batcher_active(const struct batcher *bt);

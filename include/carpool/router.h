@@ -15,6 +15,7 @@ struct router {
 	int nups;
 	struct batcher *bt;
 	struct auth_table **auth; /* client keys, shared by the workers; NULL or empty: no check */
+	struct metrics *metrics;  /* this worker's */
 	struct router **peers;	  /* every worker's router, for /metrics totals (this one included) */
 	int npeers;
 	unsigned long passthrough;

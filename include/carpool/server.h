@@ -30,6 +30,7 @@ struct creq {
 	struct sbuf body;
 	bool keepalive;
 	bool started;  /* response headers sent */
+	bool chunked;  /* a streamed (chunked) response */
 	bool finished; /* response complete */
 	uint64_t t_start;
 	/* for the access log: set by the server (status, bytes, times) and by the handler (the rest) */
@@ -62,6 +63,10 @@ struct server *server_new_shared(struct event_base *base, const struct config *c
 void server_stop_listening(struct server *s);
 unsigned server_connections(const struct server *s);
 void server_free(struct server *s);
+
+struct metrics;
+/* Where the server counts requests, streams and slow clients (the worker's metrics). */
+void server_set_metrics(struct server *s, struct metrics *m);
 
 const char *creq_header(const struct creq *r, const char *name);
 /* The owner's callback when the client leaves before the response ends; afterwards r is gone. */

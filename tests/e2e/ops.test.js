@@ -85,6 +85,20 @@ test('/healthz, /readyz follow the upstream, /metrics counts the traffic sent', 
   assert.equal(m.carpool_prompts_total, 8);
   assert.equal(m.carpool_upstream_calls_total, 1);
   assert.equal(m.carpool_upstream_call_prompts_total, 8);
+  assert.equal(m['carpool_http_requests_total{route="/v1/completions",status="200"}'], 4);
+  assert.equal(m['carpool_prompts_per_call_bucket{le="8"}'], 1);
+  assert.equal(m['carpool_prompts_per_call_bucket{le="4"}'], 0);
+  assert.equal(m.carpool_prompts_per_call_sum, 8);
+  assert.equal(m.carpool_queue_seconds_count, 4);
+  assert.equal(m.carpool_duration_seconds_count, 4);
+  const s = await request(cp.port, 'POST', '/v1/completions', { model: 'm', prompt: 'counted', max_tokens: 5, stream: true });
+  assert.equal(s.status, 200);
+  await request(cp.port, 'POST', '/v1/completions', '{broken');
+  const m2 = await cp.metrics();
+  assert.equal(m2.carpool_tokens_streamed_total, expected('counted', { maxTokens: 5 }).tokens.length);
+  assert.equal(m2.carpool_streams_started_total, 1);
+  assert.equal(m2.carpool_open_streams, 0);
+  assert.equal(m2['carpool_http_requests_total{route="/v1/completions",status="400"}'], 1);
   await sim.kill('SIGKILL');
   for (let i = 0; i < 3; i++) {
     const r = await request(cp.port, 'POST', '/v1/completions', { model: 'm', prompt: `after ${i}`, max_tokens: 3 }, {}, { timeoutMs: 8000 });

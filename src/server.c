@@ -342,7 +342,15 @@ int creq_stream_write(struct creq *r, const char *data, size_t len)
 		r->t_first = now_us();
 	struct evbuffer_iovec v[1];
 	char head[24];
-	int hl = snprintf(head, sizeof head, "%zx\r\n", len);
+	int hl = 0;
+	char hex[16];
+	int nh = 0;
+	for (size_t x = len; x; x >>= 4)
+		hex[nh++] = "0123456789abcdef"[x & 15];
+	while (nh)
+		head[hl++] = hex[--nh];
+	head[hl++] = '\r';
+	head[hl++] = '\n';
 	/* One contiguous append per chunk: size line, data and CRLF. */
 	if (evbuffer_reserve_space(out, (ev_ssize_t)(hl + len + 2), v, 1) == 1) {
 		char *p = v[0].iov_base;

@@ -1,5 +1,6 @@
 /* splitter: one batched upstream stream -> each client's own stream or body. */
 #include "carpool/splitter.h"
+#include "carpool/jscan.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -402,6 +403,119 @@ static void upstream_error_event(struct split *sp, const char *data, size_t len,
 	cJSON_Delete(ev);
 }
 
+/* The fast path: a single-choice event for a streaming member is rewritten at the byte level (its
+ * `index`, and vLLM's per-chunk usage removed) instead of parsed and printed; everything else
+ * keeps its bytes. Anything unusual returns CP_DECLINED and takes the full parse. The two must
+ * agree (tests/unit/test_splitter.c compares them on generated events). */
+static int fast_event(struct split *sp, const char *data, size_t len)
+{
+	static const char *const top_keys[] = {"choices", "usage", "error"};
+	static const char *const choice_keys[] = {"index", "text", "finish_reason"};
+	const char *end = data + len;
+	struct jscan_hit top[3], chk[3];
+	const char *obj = jscan_ws(data, end);
+	if (obj >= end || *obj != '{' || !jscan_members(obj, end, top_keys, 3, top) || top[2].vstart)
+		return CP_DECLINED;
+	const char *cs = top[0].vstart, *ce = top[0].vend;
+	if (!cs || *cs != '[')
+		return CP_DECLINED;
+	const char *ch = jscan_ws(cs + 1, ce);
+	if (ch >= ce || *ch != '{')
+		return CP_DECLINED; /* no choice: a usage chunk */
+	const char *chend = jscan_value_end(ch, ce);
+	const char *after = chend ? jscan_ws(chend, ce) : NULL;
+	if (!after || *after != ']')
+		return CP_DECLINED; /* several choices */
+	if (!jscan_members(ch, chend, choice_keys, 3, chk))
+		return CP_DECLINED;
+	const char *is = chk[0].vstart, *ie = chk[0].vend;
+	unsigned long idx;
+	if (!is || !jscan_uint(is, ie, &idx))
+		return CP_DECLINED;
+	unsigned slot = (unsigned)(idx / sp->n);
+	if (slot >= sp->nslots)
+		return CP_DECLINED;
+	struct split_member *m = sp->members[sp->slot_owner[slot]];
+	if (!m || m->gone || m->done)
+		return CP_OK; /* nobody to tell */
+	if (!m->stream)
+		return CP_DECLINED; /* a body to assemble: the full parse keeps every field */
+	unsigned ci = (slot - m->slot0) * sp->n + (unsigned)(idx % sp->n);
+	bool content = false, finished = false;
+	if (chk[1].vstart) {
+		if (*chk[1].vstart != '"')
+			return CP_DECLINED;
+		content = chk[1].vend - chk[1].vstart > 2;
+	}
+	if (chk[2].vstart)
+		finished = *chk[2].vstart == '"';
+	/* vLLM's continuous usage: recorded, and removed from what the client sees */
+	const char *cut_s = NULL, *cut_e = NULL, *us = top[1].kstart, *uvs = top[1].vstart, *uve = top[1].vend;
+	if (uvs && *uvs == '{') {
+		const char *a, *b, *c;
+		unsigned long n;
+		if (jscan_member(uvs, uve, "prompt_tokens", &a, &b, &c) && jscan_uint(b, c, &n))
+			m->cu_prompt[ci / sp->n] = (long)n;
+		if (jscan_member(uvs, uve, "completion_tokens", &a, &b, &c) && jscan_uint(b, c, &n))
+			m->cu_completion[ci] = (long)n;
+		if (sp->dialect == DIALECT_VLLM) {
+			const char *q = us - 1;
+			while (q > obj && (*q == ' ' || *q == '\n' || *q == '\r' || *q == '\t'))
+				q--;
+			if (*q == ',') {
+				cut_s = q;
+				cut_e = uve;
+			} else { /* the first member: take the comma after it */
+				const char *r = jscan_ws(uve, end);
+				if (r >= end || *r != ',')
+					return CP_DECLINED;
+				cut_s = us;
+				cut_e = r + 1;
+			}
+			if (!(cut_e <= is || cut_s >= ie))
+				return CP_DECLINED;
+		}
+	} else if (uvs && sp->dialect == DIALECT_VLLM && strncmp(uvs, "null", 4)) {
+		return CP_DECLINED;
+	}
+	char digits[16], *dp = digits + sizeof digits;
+	unsigned v = ci;
+	do
+		*--dp = (char)('0' + v % 10);
+	while ((v /= 10));
+	int dl = (int)(digits + sizeof digits - dp);
+	memmove(digits, dp, (size_t)dl);
+	sbuf_reserve(&m->out, len + 32);
+	sbuf_add(&m->out, "data: ", 6);
+	if (cut_s && cut_e <= is) {
+		sbuf_add(&m->out, data, (size_t)(cut_s - data));
+		sbuf_add(&m->out, cut_e, (size_t)(is - cut_e));
+		sbuf_add(&m->out, digits, (size_t)dl);
+		sbuf_add(&m->out, ie, (size_t)(end - ie));
+	} else if (cut_s) {
+		sbuf_add(&m->out, data, (size_t)(is - data));
+		sbuf_add(&m->out, digits, (size_t)dl);
+		sbuf_add(&m->out, ie, (size_t)(cut_s - ie));
+		sbuf_add(&m->out, cut_e, (size_t)(end - cut_e));
+	} else {
+		sbuf_add(&m->out, data, (size_t)(is - data));
+		sbuf_add(&m->out, digits, (size_t)dl);
+		sbuf_add(&m->out, ie, (size_t)(end - ie));
+	}
+	sbuf_add(&m->out, "\n\n", 2);
+	m->dirty = true;
+	sp->fast_events++;
+	if (content)
+		m->ntokens[ci]++;
+	if (finished && !m->fin[ci]) {
+		m->fin[ci] = 1;
+		m->finished++;
+	}
+	if (m->finished == m->nchoices && !alone_passthrough(sp))
+		complete(sp, m);
+	return CP_OK;
+}
+
 int split_event(struct split *sp, const char *data, size_t len, bool is_error_field)
 {
 	sp->events++;
@@ -413,6 +527,11 @@ int split_event(struct split *sp, const char *data, size_t len, bool is_error_fi
 	if (is_error_field) {
 		upstream_error_event(sp, data, len, true);
 		return CP_OK;
+	}
+	if (sp->proto && !sp->no_fast) {
+		int rc = fast_event(sp, data, len);
+		if (rc != CP_DECLINED)
+			return rc;
 	}
 	cJSON *ev = cJSON_ParseWithLength(data, len);
 	if (!ev || !cJSON_IsObject(ev)) {

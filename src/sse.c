@@ -76,10 +76,11 @@ int sse_feed(struct sse_parser *p, const char *buf, size_t len, sse_event_cb cb,
 				continue;
 			}
 		}
-		/* find the next line end */
-		size_t j = i;
-		while (j < len && buf[j] != '\n' && buf[j] != '\r')
-			j++;
+		/* find the next line end: LF with memchr, then a CR before it, if any */
+		const char *lf = memchr(buf + i, '\n', len - i);
+		size_t lim = lf ? (size_t)(lf - buf) : len;
+		const char *cr = memchr(buf + i, '\r', lim - i);
+		size_t j = cr ? (size_t)(cr - buf) : lim;
 		if (j == len) {
 			sbuf_add(&p->line, buf + i, len - i);
 			if (p->line.len > p->max_event)

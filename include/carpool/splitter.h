@@ -52,6 +52,8 @@ struct split {
 	bool upstream_done;	/* [DONE] seen */
 	unsigned remaining;	/* members not done */
 	unsigned long events;
+	unsigned long fast_events; /* events handled by the byte-level fast path */
+	bool no_fast;		/* tests: always take the full-parse path */
 };
 
 /* Lays out slots in member order. members[] stays owned by the caller; dialect must be resolved. */

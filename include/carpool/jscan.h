@@ -1,0 +1,27 @@
+/* jscan: byte-level scanning of JSON text, for the splitter's fast path: find a member's value in
+ * an object without building a tree, so that a single-choice event's `index` can be rewritten in
+ * place. Pure. Every function returns NULL / false on text it does not understand; callers then
+ * fall back to a full parse. */
+#ifndef CARPOOL_JSCAN_H
+#define CARPOOL_JSCAN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+const char *jscan_ws(const char *p, const char *end);
+/* The end of the JSON value starting at p (after whitespace is skipped by the caller). */
+const char *jscan_value_end(const char *p, const char *end);
+/* In the object starting at obj ('{'), the top-level member named key (no escapes in key):
+ * *kstart at its opening quote, [*vstart, *vend) its value. */
+bool jscan_member(const char *obj, const char *end, const char *key, const char **kstart, const char **vstart,
+		  const char **vend);
+struct jscan_hit {
+	const char *kstart, *vstart, *vend; /* vstart NULL: absent */
+};
+/* One pass over the object at obj: fills hits[i] for keys[i] (the first of duplicates). */
+bool jscan_members(const char *obj, const char *end, const char *const *keys, int nkeys, struct jscan_hit *hits);
+
+/* A non-negative integer value in [v, vend); false if it is not plain digits (or too large). */
+bool jscan_uint(const char *v, const char *vend, unsigned long *out);
+
+#endif

@@ -1,0 +1,162 @@
+/* jscan: byte-level JSON scanning. */
+#include "carpool/jscan.h"
+
+#include <string.h>
+
+#define MAX_DEPTH 64
+
+const char *jscan_ws(const char *p, const char *end)
+{
+	while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+		p++;
+	return p;
+}
+
+static const char *string_end(const char *p, const char *end)
+{
+	/* p at the opening quote */
+	for (p++; p < end; p++) {
+		if (*p == '\\') {
+			p++;
+			continue;
+		}
+		if (*p == '"')
+			return p + 1;
+		if ((unsigned char)*p < 0x20)
+			return NULL;
+	}
+	return NULL;
+}
+
+const char *jscan_value_end(const char *p, const char *end)
+{
+	if (p >= end)
+		return NULL;
+	char c = *p;
+	if (c == '"')
+		return string_end(p, end);
+	if (c == '{' || c == '[') {
+		/* nested containers: track depth, skipping strings */
+		char stack[MAX_DEPTH];
+		int depth = 0;
+		for (; p < end; p++) {
+			c = *p;
+			if (c == '"') {
+				p = string_end(p, end);
+				if (!p)
+					return NULL;
+				p--;
+			} else if (c == '{' || c == '[') {
+				if (depth == MAX_DEPTH)
+					return NULL;
+				stack[depth++] = c == '{' ? '}' : ']';
+			} else if (c == '}' || c == ']') {
+				if (!depth || stack[depth - 1] != c)
+					return NULL;
+				if (--depth == 0)
+					return p + 1;
+			}
+		}
+		return NULL;
+	}
+	/* number or literal: up to a delimiter */
+	const char *q = p;
+	while (q < end && *q != ',' && *q != '}' && *q != ']' && *q != ' ' && *q != '\n' && *q != '\r' && *q != '\t')
+		q++;
+	return q > p ? q : NULL;
+}
+
+bool jscan_member(const char *obj, const char *end, const char *key, const char **kstart, const char **vstart,
+		  const char **vend)
+{
+	size_t klen = strlen(key);
+	const char *p = jscan_ws(obj, end);
+	if (p >= end || *p != '{')
+		return false;
+	p = jscan_ws(p + 1, end);
+	if (p < end && *p == '}')
+		return false;
+	while (p < end) {
+		if (*p != '"')
+			return false;
+		const char *ks = p;
+		const char *ke = string_end(p, end);
+		if (!ke)
+			return false;
+		p = jscan_ws(ke, end);
+		if (p >= end || *p != ':')
+			return false;
+		const char *vs = jscan_ws(p + 1, end);
+		const char *ve = jscan_value_end(vs, end);
+		if (!ve)
+			return false;
+		if ((size_t)(ke - ks) == klen + 2 && !memcmp(ks + 1, key, klen)) {
+			*kstart = ks;
+			*vstart = vs;
+			*vend = ve;
+			return true;
+		}
+		p = jscan_ws(ve, end);
+		if (p < end && *p == ',') {
+			p = jscan_ws(p + 1, end);
+			continue;
+		}
+		return false; /* '}' (not found) or malformed */
+	}
+	return false;
+}
+
+bool jscan_uint(const char *v, const char *vend, unsigned long *out)
+{
+	if (v >= vend || vend - v > 15)
+		return false;
+	unsigned long n = 0;
+	for (const char *p = v; p < vend; p++) {
+		if (*p < '0' || *p > '9')
+			return false;
+		n = n * 10 + (unsigned long)(*p - '0');
+	}
+	*out = n;
+	return true;
+}
+
+bool jscan_members(const char *obj, const char *end, const char *const *keys, int nkeys, struct jscan_hit *hits)
+{
+	for (int i = 0; i < nkeys; i++)
+		hits[i].kstart = hits[i].vstart = hits[i].vend = NULL;
+	const char *p = jscan_ws(obj, end);
+	if (p >= end || *p != '{')
+		return false;
+	p = jscan_ws(p + 1, end);
+	if (p < end && *p == '}')
+		return true;
+	while (p < end) {
+		if (*p != '"')
+			return false;
+		const char *ks = p;
+		const char *ke = string_end(p, end);
+		if (!ke)
+			return false;
+		p = jscan_ws(ke, end);
+		if (p >= end || *p != ':')
+			return false;
+		const char *vs = jscan_ws(p + 1, end);
+		const char *ve = jscan_value_end(vs, end);
+		if (!ve)
+			return false;
+		size_t kl = (size_t)(ke - ks) - 2;
+		for (int i = 0; i < nkeys; i++)
+			if (!hits[i].vstart && strlen(keys[i]) == kl && !memcmp(ks + 1, keys[i], kl)) {
+				hits[i].kstart = ks;
+				hits[i].vstart = vs;
+				hits[i].vend = ve;
+			}
+		p = jscan_ws(ve, end);
+		if (p < end && *p == ',') {
+			p = jscan_ws(p + 1, end);
+			continue;
+		}
+		return p < end && *p == '}';
+	}
+	return false;
+}

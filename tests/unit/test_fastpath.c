@@ -1,0 +1,247 @@
+/* The splitter's byte-level fast path against its full parse: the same generated upstream events
+ * (random shapes, field orders, escapes, whitespace, usage placement) through both must give every
+ * member the same events, as JSON values, and the same bookkeeping. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <cjson/cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "carpool/jscan.h"
+#include "carpool/splitter.h"
+
+static uint32_t rng = 12345;
+static uint32_t next(void)
+{
+	rng ^= rng << 13;
+	rng ^= rng >> 17;
+	rng ^= rng << 5;
+	return rng;
+}
+
+static const char *const texts[] = {" hello", "", " \\\"quoted\\\"", " line\\nbreak", " caf\\u00e9", " \xc3\xa9t\xc3\xa9",
+				    " {braces} [and] ,commas,", " back\\\\slash"};
+
+/* One event for upstream index idx, in a random but valid shape. */
+static void make_event(char *buf, size_t cap, enum dialect d, unsigned idx, bool finish, int tokens_so_far)
+{
+	const char *ws = next() % 4 == 0 ? " " : "";
+	const char *text = texts[next() % (sizeof texts / sizeof texts[0])];
+	char choice[512];
+	const char *fr = finish ? (next() % 2 ? "\"stop\"" : "\"length\"") : "null";
+	switch (next() % 3) {
+	case 0:
+		snprintf(choice, sizeof choice, "{\"index\":%s%u,\"text\":%s\"%s\",\"logprobs\":null,\"finish_reason\":%s%s}", ws,
+			 idx, ws, text, fr, d == DIALECT_VLLM ? ",\"stop_reason\":null" : "");
+		break;
+	case 1:
+		snprintf(choice, sizeof choice, "{\"text\":\"%s\",%s\"finish_reason\":%s,\"index\":%u,\"extra\":{\"a\":[1,{\"b\":\"]}\"}]}}",
+			 text, ws, fr, idx);
+		break;
+	default:
+		snprintf(choice, sizeof choice, "{ \"finish_reason\" : %s , \"index\" : %u , \"text\" : \"%s\" }", fr, idx, text);
+	}
+	char usage[128] = "";
+	if (d == DIALECT_VLLM && next() % 4)
+		snprintf(usage, sizeof usage, "\"usage\":{\"prompt_tokens\":%u,\"completion_tokens\":%d,\"total_tokens\":%d}",
+			 3 + idx, tokens_so_far, 3 + (int)idx + tokens_so_far);
+	else if (d == DIALECT_LLAMACPP && finish)
+		snprintf(usage, sizeof usage, "\"usage\":{\"completion_tokens\":%d,\"prompt_tokens\":4,\"total_tokens\":%d}",
+			 tokens_so_far, tokens_so_far + 4);
+	switch (usage[0] ? next() % 3 : 3) {
+	case 0: /* usage first */
+		snprintf(buf, cap, "{%s,\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"created\":1,\"model\":\"m\",\"choices\":[%s]}",
+			 usage, choice);
+		break;
+	case 1: /* usage last */
+		snprintf(buf, cap, "{\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"created\":1,\"model\":\"m\",\"choices\":[%s],%s%s}",
+			 choice, ws, usage);
+		break;
+	case 2: /* usage in the middle */
+		snprintf(buf, cap, "{\"id\":\"cmpl-1\",%s,\"choices\":[%s],\"model\":\"m\",\"system_fingerprint\":\"fp\"}", usage,
+			 choice);
+		break;
+	default:
+		snprintf(buf, cap, "{\"choices\":[%s],\"created\":1,\"model\":\"m\",\"object\":\"text_completion\",\"id\":\"x\"}",
+			 choice);
+	}
+}
+
+struct side {
+	struct split sp;
+	struct split_member m[4];
+	struct split_member *pm[4];
+	unsigned est[4][4];
+	struct sbuf log[4]; /* everything each member received */
+};
+
+static void side_init(struct side *s, enum dialect d, unsigned n, bool fast)
+{
+	memset(s, 0, sizeof *s);
+	unsigned np[4] = {1, 2, 1, 3};
+	for (int i = 0; i < 4; i++) {
+		s->m[i].nprompts = np[i];
+		s->m[i].stream = true;
+		s->m[i].include_usage = i % 2 == 0;
+		for (int k = 0; k < 4; k++)
+			s->est[i][k] = 2;
+		s->m[i].prompt_tokens_est = s->est[i];
+		s->pm[i] = &s->m[i];
+	}
+	split_init(&s->sp, d, n, s->pm, 4);
+	s->sp.no_fast = !fast;
+}
+
+static void side_take(struct side *s)
+{
+	for (int i = 0; i < 4; i++) {
+		sbuf_add(&s->log[i], s->m[i].out.data ? s->m[i].out.data : "", s->m[i].out.len);
+		sbuf_reset(&s->m[i].out);
+		s->m[i].dirty = false;
+	}
+}
+
+static void side_free(struct side *s)
+{
+	for (int i = 0; i < 4; i++) {
+		split_member_free(&s->m[i]);
+		sbuf_free(&s->log[i]);
+	}
+	split_free(&s->sp);
+}
+
+/* Compares two SSE logs event by event, as JSON values. */
+static void same_events(const char *a, const char *b)
+{
+	char *x = strdup(a ? a : ""), *y = strdup(b ? b : "");
+	char *sx = NULL, *sy = NULL;
+	char *ex = strtok_r(x, "\n", &sx), *ey = strtok_r(y, "\n", &sy);
+	while (ex || ey) {
+		assert_non_null(ex);
+		assert_non_null(ey);
+		assert_true(!strncmp(ex, "data: ", 6) && !strncmp(ey, "data: ", 6));
+		if (!strcmp(ex + 6, "[DONE]") || !strcmp(ey + 6, "[DONE]")) {
+			assert_string_equal(ex, ey);
+		} else {
+			cJSON *jx = cJSON_Parse(ex + 6), *jy = cJSON_Parse(ey + 6);
+			if (!jx || !jy || !cJSON_Compare(jx, jy, 1))
+				fail_msg("events differ:\n fast: %s\n full: %s", ex, ey);
+			cJSON_Delete(jx);
+			cJSON_Delete(jy);
+		}
+		ex = strtok_r(NULL, "\n", &sx);
+		ey = strtok_r(NULL, "\n", &sy);
+	}
+	free(x);
+	free(y);
+}
+
+static void run(enum dialect d, unsigned n, unsigned rounds)
+{
+	for (unsigned r = 0; r < rounds; r++) {
+		struct side f, s;
+		side_init(&f, d, n, true);
+		side_init(&s, d, n, false);
+		unsigned nchoices = f.sp.nslots * n;
+		int *left = calloc(nchoices, sizeof *left), *done = calloc(nchoices, sizeof *done);
+		for (unsigned c = 0; c < nchoices; c++)
+			left[c] = 1 + (int)(next() % 5);
+		char ev[2048];
+		/* the first event sets the prototype on both (full parse) */
+		unsigned remaining = nchoices;
+		while (remaining) {
+			unsigned c = next() % nchoices;
+			if (!left[c])
+				continue;
+			left[c]--;
+			done[c]++;
+			bool fin = left[c] == 0;
+			make_event(ev, sizeof ev, d, c, fin, done[c]);
+			assert_int_equal(split_event(&f.sp, ev, strlen(ev), false), split_event(&s.sp, ev, strlen(ev), false));
+			side_take(&f);
+			side_take(&s);
+			if (fin)
+				remaining--;
+		}
+		split_event(&f.sp, "[DONE]", 6, false);
+		split_event(&s.sp, "[DONE]", 6, false);
+		side_take(&f);
+		side_take(&s);
+		assert_true(f.sp.fast_events > 0 || nchoices == 1);
+		for (int i = 0; i < 4; i++) {
+			same_events(f.log[i].data, s.log[i].data);
+			assert_int_equal(f.m[i].done, s.m[i].done);
+			assert_int_equal(f.m[i].finished, s.m[i].finished);
+			for (unsigned c = 0; c < f.m[i].nchoices; c++) {
+				assert_int_equal(f.m[i].ntokens[c], s.m[i].ntokens[c]);
+				assert_int_equal(f.m[i].cu_completion[c], s.m[i].cu_completion[c]);
+			}
+		}
+		free(left);
+		free(done);
+		side_free(&f);
+		side_free(&s);
+	}
+}
+
+static void test_vllm(void **state)
+{
+	(void)state;
+	run(DIALECT_VLLM, 1, 300);
+	run(DIALECT_VLLM, 2, 200);
+}
+
+static void test_openai(void **state)
+{
+	(void)state;
+	run(DIALECT_OPENAI, 1, 300);
+	run(DIALECT_OPENAI, 3, 100);
+}
+
+static void test_llamacpp(void **state)
+{
+	(void)state;
+	run(DIALECT_LLAMACPP, 1, 300);
+}
+
+static void test_jscan(void **state)
+{
+	(void)state;
+	const char *j = "{ \"a\" : [1, {\"b\": \"x]}\\\"\"}], \"usage\":{\"p\":3}, \"c\":\"d\" }";
+	const char *ks, *vs, *ve;
+	assert_true(jscan_member(j, j + strlen(j), "usage", &ks, &vs, &ve));
+	assert_int_equal(ve - vs, 7);
+	assert_true(jscan_member(j, j + strlen(j), "c", &ks, &vs, &ve));
+	assert_int_equal(*vs, '"');
+	assert_false(jscan_member(j, j + strlen(j), "b", &ks, &vs, &ve)); /* not top level */
+	const char *bad = "{\"a\":[1,2}";
+	assert_false(jscan_member(bad, bad + strlen(bad), "z", &ks, &vs, &ve));
+	unsigned long n;
+	assert_true(jscan_uint("42", "42" + 2, &n));
+	assert_int_equal(n, 42);
+	assert_false(jscan_uint("-1", "-1" + 2, &n));
+	assert_false(jscan_uint("1.5", "1.5" + 3, &n));
+	/* truncated events at every length never crash and never match past the end */
+	const char *ev = "{\"choices\":[{\"index\":3,\"text\":\"a\\\"b\",\"finish_reason\":null}],\"usage\":{\"prompt_tokens\":1}}";
+	for (size_t l = 0; l < strlen(ev); l++) {
+		char *cut = strndup(ev, l);
+		jscan_member(cut, cut + l, "usage", &ks, &vs, &ve);
+		free(cut);
+	}
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_jscan),
+		cmocka_unit_test(test_vllm),
+		cmocka_unit_test(test_openai),
+		cmocka_unit_test(test_llamacpp),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

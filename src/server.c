@@ -20,6 +20,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <cjson/cJSON.h>
 #include <unistd.h>
@@ -323,6 +324,29 @@ void creq_stream_start(struct creq *r, int status, const char *ctype, const char
 		r->conn->srv->metrics->streams_started_total++;
 }
 
+/* Sends bytes to the client: straight to the socket with one writev when nothing is queued before
+ * them (no event re-arming per chunk on the hot path), else - and for what the socket does not take
+ * now, and on TLS - through the bufferevent's output buffer, which the loop drains. */
+static void conn_send(struct conn *c, const struct iovec *iov, int n)
+{
+	struct evbuffer *out = bufferevent_get_output(c->bev);
+	size_t done = 0;
+	if (!c->tls && evbuffer_get_length(out) == 0) {
+		ssize_t w = writev(bufferevent_getfd(c->bev), iov, n);
+		if (w > 0)
+			done = (size_t)w;
+		/* an error other than EAGAIN surfaces on the bufferevent's own next write or read */
+	}
+	for (int i = 0; i < n; i++) {
+		if (done >= iov[i].iov_len) {
+			done -= iov[i].iov_len;
+			continue;
+		}
+		evbuffer_add(out, (const char *)iov[i].iov_base + done, iov[i].iov_len - done);
+		done = 0;
+	}
+}
+
 int creq_stream_write(struct creq *r, const char *data, size_t len)
 {
 	struct conn *c = r->conn;
@@ -340,7 +364,6 @@ int creq_stream_write(struct creq *r, const char *data, size_t len)
 	r->bytes += len;
 	if (!r->t_first && (len < 1 || data[0] != ':'))
 		r->t_first = now_us();
-	struct evbuffer_iovec v[1];
 	char head[24];
 	int hl = 0;
 	char hex[16];
@@ -351,25 +374,15 @@ int creq_stream_write(struct creq *r, const char *data, size_t len)
 		head[hl++] = hex[--nh];
 	head[hl++] = '\r';
 	head[hl++] = '\n';
-	/* One contiguous append per chunk: size line, data and CRLF. */
-	if (evbuffer_reserve_space(out, (ev_ssize_t)(hl + len + 2), v, 1) == 1) {
-		char *p = v[0].iov_base;
-		memcpy(p, head, (size_t)hl);
-		memcpy(p + hl, data, len);
-		memcpy(p + hl + len, "\r\n", 2);
-		v[0].iov_len = (size_t)hl + len + 2;
-		evbuffer_commit_space(out, v, 1);
-	} else {
-		evbuffer_add(out, head, (size_t)hl);
-		evbuffer_add(out, data, len);
-		evbuffer_add(out, "\r\n", 2);
-	}
+	struct iovec iov[3] = {{head, (size_t)hl}, {(void *)data, len}, {"\r\n", 2}};
+	conn_send(c, iov, 3);
 	return CP_OK;
 }
 
 void creq_stream_end(struct creq *r)
 {
-	evbuffer_add(bufferevent_get_output(r->conn->bev), "0\r\n\r\n", 5);
+	struct iovec iov[1] = {{"0\r\n\r\n", 5}};
+	conn_send(r->conn, iov, 1);
 	finish(r);
 }
 
@@ -676,6 +689,10 @@ static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct soc
 	if (sa->sa_family == AF_INET || sa->sa_family == AF_INET6) {
 		int one = 1;
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+		/* The kernel's send buffer is bounded like carpool's own (max_client_buffer): a client that
+		 * does not read is found out at that bound, not after megabytes of autotuned buffer. */
+		int sndbuf = srv->cfg->limits.max_client_buffer < (4 << 20) ? (int)srv->cfg->limits.max_client_buffer : (4 << 20);
+		setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
 		char host[INET6_ADDRSTRLEN] = "?";
 		int port = 0;
 		if (sa->sa_family == AF_INET) {

@@ -12,18 +12,22 @@ const char *jscan_ws(const char *p, const char *end)
 	return p;
 }
 
+/* Byte classes for the container scan: 0 ordinary, else the byte itself matters. */
+static const unsigned char cls[256] = {['"'] = '"', ['{'] = '{', ['['] = '[', ['}'] = '}', [']'] = ']'};
+
 static const char *string_end(const char *p, const char *end)
 {
-	/* p at the opening quote */
-	for (p++; p < end; p++) {
-		if (*p == '\\') {
-			p++;
-			continue;
-		}
-		if (*p == '"')
-			return p + 1;
-		if ((unsigned char)*p < 0x20)
+	/* p at the opening quote: find the next quote not escaped by an odd run of backslashes */
+	for (const char *q = p + 1; q < end;) {
+		const char *quote = memchr(q, '"', (size_t)(end - q));
+		if (!quote)
 			return NULL;
+		size_t bs = 0;
+		for (const char *b = quote - 1; b > p && *b == '\\'; b--)
+			bs++;
+		if (!(bs & 1))
+			return quote + 1;
+		q = quote + 1;
 	}
 	return NULL;
 }
@@ -40,7 +44,9 @@ const char *jscan_value_end(const char *p, const char *end)
 		char stack[MAX_DEPTH];
 		int depth = 0;
 		for (; p < end; p++) {
-			c = *p;
+			c = (char)cls[(unsigned char)*p];
+			if (!c)
+				continue;
 			if (c == '"') {
 				p = string_end(p, end);
 				if (!p)

@@ -10,6 +10,17 @@
 static enum log_level g_level = LOG_INFO;
 static const char *g_action;
 
+void utc_now(char *buf, size_t len)
+{
+	struct timespec now;
+	struct tm tm;
+	char ts[32];
+	clock_gettime(CLOCK_REALTIME, &now);
+	gmtime_r(&now.tv_sec, &tm);
+	strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%S", &tm);
+	snprintf(buf, len, "%s.%03dZ", ts, (int)(now.tv_nsec / 1000000));
+}
+
 void log_set_level(enum log_level lvl) { g_level = lvl; }
 enum log_level log_get_level(void) { return g_level; }
 void log_set_action(const char *action) { g_action = action; }
@@ -19,21 +30,17 @@ void log_msg(enum log_level lvl, const char *fmt, ...)
 	static const char *names[] = {"debug", "info", "warn", "error", "crit"};
 	if (lvl < g_level)
 		return;
-	char ts[32];
-	struct timespec now;
-	struct tm tm;
-	clock_gettime(CLOCK_REALTIME, &now);
-	gmtime_r(&now.tv_sec, &tm);
-	strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%S", &tm);
+	char ts[40];
+	utc_now(ts, sizeof ts);
 	char msg[2048];
 	va_list ap;
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof msg, fmt, ap);
 	va_end(ap);
 	if (g_action)
-		fprintf(stderr, "%s.%03ldZ %s [%s] %s\n", ts, now.tv_nsec / 1000000, names[lvl], g_action, msg);
+		fprintf(stderr, "%s %s [%s] %s\n", ts, names[lvl], g_action, msg);
 	else
-		fprintf(stderr, "%s.%03ldZ %s %s\n", ts, now.tv_nsec / 1000000, names[lvl], msg);
+		fprintf(stderr, "%s %s %s\n", ts, names[lvl], msg);
 }
 
 void *xmalloc(size_t n)

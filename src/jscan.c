@@ -75,41 +75,13 @@ const char *jscan_value_end(const char *p, const char *end)
 bool jscan_member(const char *obj, const char *end, const char *key, const char **kstart, const char **vstart,
 		  const char **vend)
 {
-	size_t klen = strlen(key);
-	const char *p = jscan_ws(obj, end);
-	if (p >= end || *p != '{')
+	struct jscan_hit hit;
+	if (!jscan_members(obj, end, &key, 1, &hit) || !hit.vstart)
 		return false;
-	p = jscan_ws(p + 1, end);
-	if (p < end && *p == '}')
-		return false;
-	while (p < end) {
-		if (*p != '"')
-			return false;
-		const char *ks = p;
-		const char *ke = string_end(p, end);
-		if (!ke)
-			return false;
-		p = jscan_ws(ke, end);
-		if (p >= end || *p != ':')
-			return false;
-		const char *vs = jscan_ws(p + 1, end);
-		const char *ve = jscan_value_end(vs, end);
-		if (!ve)
-			return false;
-		if ((size_t)(ke - ks) == klen + 2 && !memcmp(ks + 1, key, klen)) {
-			*kstart = ks;
-			*vstart = vs;
-			*vend = ve;
-			return true;
-		}
-		p = jscan_ws(ve, end);
-		if (p < end && *p == ',') {
-			p = jscan_ws(p + 1, end);
-			continue;
-		}
-		return false; /* '}' (not found) or malformed */
-	}
-	return false;
+	*kstart = hit.kstart;
+	*vstart = hit.vstart;
+	*vend = hit.vend;
+	return true;
 }
 
 bool jscan_uint(const char *v, const char *vend, unsigned long *out)

@@ -121,15 +121,9 @@ static void access_log(struct conn *c, struct creq *r, bool gone)
 	if (!f || !r->path)
 		return;
 	uint64_t now = now_us();
-	char ts[40];
-	struct timespec wall;
-	struct tm tm;
-	clock_gettime(CLOCK_REALTIME, &wall);
-	gmtime_r(&wall.tv_sec, &tm);
-	strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%S", &tm);
 	cJSON *j = cJSON_CreateObject();
-	char t[64];
-	snprintf(t, sizeof t, "%s.%03dZ", ts, (int)(wall.tv_nsec / 1000000));
+	char t[48];
+	utc_now(t, sizeof t);
 	cJSON_AddStringToObject(j, "time", t);
 	cJSON_AddStringToObject(j, "client", r->peer);
 	cJSON_AddStringToObject(j, "method", r->method);

@@ -45,6 +45,8 @@ char *xstrdup(const char *s);
 char *xstrndup(const char *s, size_t n);
 
 uint64_t now_us(void);
+/* The wall-clock time as 2026-01-31T12:34:56.789Z. */
+void utc_now(char *buf, size_t len);
 
 struct cJSON;
 /* Sets obj[key] = item, replacing in place (keeping its position) or appending; obj owns item. */

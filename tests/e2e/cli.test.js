@@ -7,7 +7,7 @@ const fs = require('node:fs');
 const path = require('node:path');
 const http = require('node:http');
 const { spawn, execFileSync } = require('node:child_process');
-const { BIN, startSim, startCarpool, baseConfig, request, parseSse, collect, curl, tmpdir } = require('./lib');
+const { BIN, startSim, startCarpool, baseConfig, request, parseSse, collect, curl, tmpdir, makeCerts } = require('./lib');
 const { expected } = require('./simgen');
 
 const CARPOOL = path.join(BIN, 'carpool');
@@ -173,19 +173,6 @@ for (const b of BAD) {
 
 // --- TLS upstream --------------------------------------------------------------------------------
 
-function makeCerts(dir) {
-  const o = (args) => execFileSync('openssl', args, { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
-  o(['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '2',
-    '-subj', '/CN=carpool e2e test CA', '-addext', 'basicConstraints=critical,CA:TRUE',
-    '-addext', 'keyUsage=critical,keyCertSign,cRLSign']);
-  o(['req', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'server.key', '-out', 'server.csr', '-subj', '/CN=carpool-sim']);
-  fs.writeFileSync(path.join(dir, 'ext.cnf'),
-    'basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n' +
-    'subjectAltName=IP:127.0.0.1,DNS:localhost\n');
-  o(['x509', '-req', '-in', 'server.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial',
-    '-out', 'server.pem', '-days', '2', '-extfile', 'ext.cnf']);
-  return { ca: path.join(dir, 'ca.pem'), cert: path.join(dir, 'server.pem'), key: path.join(dir, 'server.key') };
-}
 
 async function completion(cp, tag) {
   const p = prompt(tag);

@@ -201,6 +201,22 @@ function collect(events) {
   return out;
 }
 
+// A test CA and a server certificate for 127.0.0.1 and localhost, made with the openssl command.
+function makeCerts(dir) {
+  const { execFileSync } = require('node:child_process');
+  const o = (args) => execFileSync('openssl', args, { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
+  o(['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '2',
+    '-subj', '/CN=carpool e2e test CA', '-addext', 'basicConstraints=critical,CA:TRUE',
+    '-addext', 'keyUsage=critical,keyCertSign,cRLSign']);
+  o(['req', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'server.key', '-out', 'server.csr', '-subj', '/CN=carpool-test']);
+  fs.writeFileSync(path.join(dir, 'ext.cnf'),
+    'basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n' +
+    'subjectAltName=IP:127.0.0.1,DNS:localhost\n');
+  o(['x509', '-req', '-in', 'server.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial',
+    '-out', 'server.pem', '-days', '2', '-extfile', 'ext.cnf']);
+  return { ca: path.join(dir, 'ca.pem'), cert: path.join(dir, 'server.pem'), key: path.join(dir, 'server.key') };
+}
+
 function curl(args, input) {
   return new Promise((resolve) => {
     const p = spawn('curl', args, { stdio: ['pipe', 'pipe', 'pipe'] });
@@ -215,5 +231,5 @@ function curl(args, input) {
 
 module.exports = {
   ROOT, BIN, startSim, startCarpool, baseConfig, request, parseSse, collect, curl, toYaml, tmpdir,
-  assertCleanLog, agent,
+  assertCleanLog, agent, makeCerts,
 };

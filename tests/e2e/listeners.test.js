@@ -6,22 +6,9 @@ const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const net = require('node:net');
 const path = require('node:path');
-const { execFileSync } = require('node:child_process');
-const { startSim, startCarpool, baseConfig, request, curl, tmpdir, parseSse, collect } = require('./lib');
+const { startSim, startCarpool, baseConfig, request, curl, tmpdir, parseSse, collect, makeCerts } = require('./lib');
 const { expected } = require('./simgen');
 
-function makeCerts(dir) {
-  const o = (args) => execFileSync('openssl', args, { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
-  o(['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '2',
-    '-subj', '/CN=carpool listener test CA', '-addext', 'basicConstraints=critical,CA:TRUE',
-    '-addext', 'keyUsage=critical,keyCertSign,cRLSign']);
-  o(['req', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'server.key', '-out', 'server.csr', '-subj', '/CN=carpool']);
-  fs.writeFileSync(path.join(dir, 'ext.cnf'), 'basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' +
-    'subjectAltName=IP:127.0.0.1,DNS:localhost\n');
-  o(['x509', '-req', '-in', 'server.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial',
-    '-out', 'server.pem', '-days', '2', '-extfile', 'ext.cnf']);
-  return { ca: path.join(dir, 'ca.pem'), cert: path.join(dir, 'server.pem'), key: path.join(dir, 'server.key') };
-}
 
 test('TLS termination, IPv6 and plain listeners at once', async (t) => {
   const dir = tmpdir();

@@ -1373,7 +1373,12 @@ static void on_request(struct evhttp_request *req, void *arg)
 		handle_models(req);
 	else if (get && !strcmp(path, "/health"))
 		send_body(req, 200, json_ctype(), "{\"status\":\"ok\"}");
-	else if (get && !strcmp(path, "/stats"))
+	else if (get && !strcmp(path, "/info") && cfg.max_inputs > 0) {
+		/* like text-embeddings-inference's /info, which tells its client batch limit */
+		char info[160];
+		snprintf(info, sizeof info, "{\"model_id\":\"sim-model\",\"max_client_batch_size\":%ld}", cfg.max_inputs);
+		send_body(req, 200, json_ctype(), info);
+	} else if (get && !strcmp(path, "/stats"))
 		handle_stats(req);
 	else if (post && !strcmp(path, "/stats/reset"))
 		handle_stats_reset(req);

@@ -62,6 +62,7 @@ struct batch {
 	struct upstream *up;	/* chosen when the batch is sent */
 	unsigned cands;		/* upstreams that may serve it (bit i: ups[i]) */
 	char *auth;		/* the client credential forwarded upstream (part of the key), or NULL */
+	unsigned long est_tokens; /* estimated input tokens (embeddings' per-call token limit) */
 	unsigned tried;		/* upstreams that failed it before any byte reached a client */
 	char *key;
 	struct member **members;
@@ -1132,13 +1133,24 @@ static unsigned *estimate_tokens(const cJSON *prompts, unsigned n)
 }
 
 /* Puts member m into the open batch of its key (or a new one), up to cap prompts per batch. */
-static void place(struct batcher *bt, struct member *m, unsigned cands, const char *auth, unsigned cap)
+static unsigned long member_tokens(const struct member *m)
+{
+	unsigned long t = 0;
+	for (unsigned k = 0; k < m->req.nprompts; k++)
+		t += m->ptok_est[k];
+	return t;
+}
+
+/* tok_cap: a limit on the batch's estimated input tokens (0: none). */
+static void place(struct batcher *bt, struct member *m, unsigned cands, const char *auth, unsigned cap,
+		  unsigned long tok_cap)
 {
 	const struct config *cfg = bt->cfg;
 	struct sbuf key = {0};
 	sbuf_printf(&key, "%x|%s|%s", cands, auth ? auth : "", m->req.key);
 	struct batch *b = map_find(bt, key.data);
-	if (b && b->nprompts + m->req.nprompts > cap) {
+	unsigned long mt = tok_cap ? member_tokens(m) : 0;
+	if (b && (b->nprompts + m->req.nprompts > cap || (tok_cap && b->nmembers && b->est_tokens + mt > tok_cap))) {
 		map_remove(b); /* full: it goes (or waits for room) as it is */
 		batch_ready(b);
 		b = NULL;
@@ -1163,7 +1175,8 @@ static void place(struct batcher *bt, struct member *m, unsigned cands, const ch
 	sbuf_free(&key);
 	m->sm.owner = b;
 	batch_add(b, m);
-	if (b->nprompts >= cap) {
+	b->est_tokens += mt;
+	if (b->nprompts >= cap || (tok_cap && b->est_tokens >= tok_cap)) {
 		map_remove(b);
 		if (!b->in_queue) /* full while waiting for room: it goes first when room opens */
 			batch_ready(b);
@@ -1200,7 +1213,7 @@ void batcher_submit(struct batcher *bt, struct creq *creq, struct intake_req *r,
 	bt->st.requests++;
 	bt->st.prompts += m->req.nprompts;
 	creq_on_gone(creq, member_gone_cb, m);
-	place(bt, m, cands, auth, (unsigned)bt->cfg->batching.max_batch_size);
+	place(bt, m, cands, auth, (unsigned)bt->cfg->batching.max_batch_size, 0);
 }
 
 static void parent_gone_cb(void *arg)
@@ -1216,45 +1229,70 @@ void batcher_submit_embed(struct batcher *bt, struct creq *creq, struct intake_r
 {
 	if (over_queue_limit(bt, creq, r))
 		return;
-	unsigned limit = 0; /* the smallest limit among the candidates: any of them may get a part */
-	for (int i = 0; i < bt->nups; i++)
-		if ((cands & (1u << i)) && (!limit || (unsigned)bt->ups[i].cfg->max_inputs_per_call < limit))
-			limit = (unsigned)bt->ups[i].cfg->max_inputs_per_call;
+	/* the smallest limits among the candidates: any of them may get a part */
+	unsigned limit = 0;
+	unsigned long tok_limit = 0;
+	for (int i = 0; i < bt->nups; i++) {
+		if (!(cands & (1u << i)))
+			continue;
+		if (!limit || bt->ups[i].max_inputs < limit)
+			limit = bt->ups[i].max_inputs;
+		if (!tok_limit || (unsigned long)bt->ups[i].cfg->max_tokens_per_call < tok_limit)
+			tok_limit = (unsigned long)bt->ups[i].cfg->max_tokens_per_call;
+	}
 	unsigned cap = (unsigned)bt->cfg->batching.max_batch_size;
 	if (cap > limit)
 		cap = limit;
+	unsigned *est = estimate_tokens(r->prompts, r->nprompts);
+	/* parts: at most `limit` inputs and (estimated) `tok_limit` tokens each, in order; an input
+	 * larger than the token limit goes alone and the upstream decides */
+	unsigned *starts = xcalloc(r->nprompts + 1, sizeof *starts);
+	unsigned nparts = 0, count = 0;
+	unsigned long toks = 0;
+	for (unsigned k = 0; k < r->nprompts; k++) {
+		if (count && (count + 1 > limit || toks + est[k] > tok_limit)) {
+			count = 0;
+			toks = 0;
+		}
+		if (!count)
+			starts[nparts++] = k;
+		count++;
+		toks += est[k];
+	}
+	starts[nparts] = r->nprompts;
+	free(est);
 	struct embed_parent *ep = xcalloc(1, sizeof *ep);
 	ep->bt = bt;
 	ep->creq = creq;
 	ep->ninputs = r->nprompts;
 	ep->items = xcalloc(r->nprompts, sizeof *ep->items);
 	ep->exact = true;
-	ep->parts_left = ep->refs = (r->nprompts + limit - 1) / limit;
+	ep->parts_left = ep->refs = nparts;
 	bt->active++;
 	bt->st.requests++;
 	bt->st.prompts += r->nprompts;
 	creq_on_gone(creq, parent_gone_cb, ep);
-	unsigned nparts = ep->parts_left;
 	cJSON *inputs = r->prompts;
 	for (unsigned pi = 0; pi < nparts; pi++) {
 		struct member *m = xcalloc(1, sizeof *m);
 		m->bt = bt;
 		m->parent = ep;
-		m->offset = pi * limit;
+		m->offset = starts[pi];
 		m->t_arrival = now_us();
 		m->req.body = pi + 1 == nparts ? r->body : cJSON_Duplicate(r->body, 1);
 		m->req.key = pi + 1 == nparts ? r->key : xstrdup(r->key);
 		m->req.kind = r->kind;
 		m->req.n = 1;
 		m->req.prompts = cJSON_CreateArray();
-		for (unsigned k = 0; k < limit && inputs->child; k++) {
+		for (unsigned k = starts[pi]; k < starts[pi + 1] && inputs->child; k++) {
 			cJSON_AddItemToArray(m->req.prompts, cJSON_DetachItemViaPointer(inputs, inputs->child));
 			m->req.nprompts++;
 		}
 		m->ptok_est = estimate_tokens(m->req.prompts, m->req.nprompts);
 		/* a part larger than the packing cap goes alone, whole */
-		place(bt, m, cands, auth, m->req.nprompts > cap ? m->req.nprompts : cap);
+		place(bt, m, cands, auth, m->req.nprompts > cap ? m->req.nprompts : cap, tok_limit);
 	}
+	free(starts);
 	cJSON_Delete(r->prompts);
 	memset(r, 0, sizeof *r);
 }

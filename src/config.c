@@ -71,6 +71,7 @@ static const struct cfg_key upstream_keys[] = {
 	{"weight", CT_INT, F(U, weight), 0, 1, 1000, "1", 0, 0, 0},
 	{"models", CT_STRLIST, F(U, models), FS(U, models[0]), 0, CFG_MAX_MODELS, "*", 0, 0, F(U, nmodels)},
 	{"max_inputs_per_call", CT_INT, F(U, max_inputs_per_call), 0, 1, 1000000, "2048", 0, 0, 0},
+	{"max_tokens_per_call", CT_INT, F(U, max_tokens_per_call), 0, 1, 100000000, "300000", 0, 0, 0},
 	{"health_path", CT_STR, F(U, health_path), FS(U, health_path), 0, 0, "", 0, 0, 0},
 	{"health_interval_ms", CT_INT, F(U, health_interval_ms), 0, 100, 3600000, "5000", 0, 0, 0},
 	{"tls", CT_SECTION, F(U, tls), 0, 0, 0, NULL, 0, &tls_client_sec, 0},

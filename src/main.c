@@ -194,6 +194,7 @@ static int worker_init(struct worker *w, int id, const struct config *cfg, struc
 	server_set_metrics(w->srv, &w->metrics);
 	for (int i = 0; i < w->nups; i++) {
 		upstream_probe(&w->ups[i]);
+		upstream_probe_info(&w->ups[i]);
 		if (id == 0)
 			upstream_start_health(&w->ups[i]);
 	}

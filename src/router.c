@@ -377,6 +377,16 @@ static void metrics(struct router *rt, struct creq *r)
 			sbuf_printf(&b, "%s{upstream=\"%s\"} %lu\n", per[k][0], u->cfg->url, v);
 		}
 	}
+	sbuf_printf(&b, "# HELP carpool_upstream_failures_by_cause_total Failed upstream calls by cause.\n"
+			"# TYPE carpool_upstream_failures_by_cause_total counter\n");
+	for (int i = 0; i < rt->nups; i++)
+		for (int e = UPE_CONNECT; e <= UPE_BROKEN; e++) {
+			unsigned long v = 0;
+			for (int p = 0; p < npeers; p++)
+				v += peers[p]->ups[i].errors_by[e];
+			sbuf_printf(&b, "carpool_upstream_failures_by_cause_total{upstream=\"%s\",cause=\"%s\"} %lu\n",
+				    rt->ups[i].cfg->url, upcall_error_name((enum upcall_error)e), v);
+		}
 	struct metrics *all[64];
 	int nm = 0;
 	for (int p = 0; p < npeers && nm < 64; p++)

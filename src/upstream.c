@@ -76,6 +76,7 @@ int upstream_init(struct upstream *up, int index, struct event_base *base, struc
 	up->cfg = cfg;
 	up->root = root;
 	up->dialect = (enum dialect)cfg->dialect;
+	up->max_inputs = (unsigned)cfg->max_inputs_per_call;
 	up->room_ev = event_new(base, -1, 0, room_cb, up);
 	up->wake_ev = evtimer_new(base, room_cb, up);
 	up->tokens = 1.0;
@@ -379,6 +380,7 @@ static void call_over(struct upcall *c, enum upcall_error err)
 	c->over = true;
 	if (err != UPE_NONE) {
 		c->up->errors++;
+		c->up->errors_by[err]++;
 		c->conn->dead = true;
 		if (err == UPE_CONNECT || err == UPE_BROKEN || err == UPE_FIRST_BYTE)
 			note_failure(c->up);
@@ -676,7 +678,35 @@ static void probe_done(void *arg, enum upcall_error err)
 	free(p);
 }
 
+/* text-embeddings-inference says how many inputs one call may carry in GET /info
+ * (max_client_batch_size); carpool keeps to the smaller of that and max_inputs_per_call. */
+static void info_done(void *arg, enum upcall_error err)
+{
+	struct probe *p = arg;
+	struct upstream *up = p->up;
+	if (err == UPE_NONE && p->status == 200) {
+		cJSON *j = cJSON_ParseWithLength(p->body.data ? p->body.data : "", p->body.len);
+		cJSON *m = j ? cJSON_GetObjectItemCaseSensitive(j, "max_client_batch_size") : NULL;
+		if (cJSON_IsNumber(m) && m->valuedouble >= 1 && m->valuedouble < (double)up->max_inputs) {
+			up->max_inputs = (unsigned)m->valuedouble;
+			log_info("upstream %s: /info says at most %u inputs per call", up->cfg->url, up->max_inputs);
+		}
+		cJSON_Delete(j);
+	}
+	sbuf_free(&p->body);
+	free(p);
+}
+
 static const struct upcall_ops probe_ops = {probe_head, probe_data, probe_done};
+static const struct upcall_ops info_ops = {probe_head, probe_data, info_done};
+
+void upstream_probe_info(struct upstream *up)
+{
+	struct probe *p = xcalloc(1, sizeof *p);
+	p->up = up;
+	if (!upstream_call(up, "GET", "/info", NULL, 0, NULL, NULL, 0, &info_ops, p))
+		free(p);
+}
 
 void upstream_probe(struct upstream *up)
 {

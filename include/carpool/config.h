@@ -43,6 +43,7 @@ struct cfg_upstream {
 	char models[CFG_MAX_MODELS][128];
 	int nmodels;
 	long max_inputs_per_call;
+	long max_tokens_per_call;
 	char health_path[256];
 	long health_interval_ms;
 	struct cfg_tls_client tls;

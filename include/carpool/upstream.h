@@ -42,6 +42,7 @@ struct upstream {
 	char *auth;		/* "Bearer <key>" from api_key_env, or NULL: pass-through */
 	enum dialect dialect;	/* as configured, or detected when configured auto */
 	bool detected;
+	unsigned max_inputs;		/* embeddings inputs per call: the config's, or less if /info says so */
 	unsigned inflight;
 	struct upconn *idle;
 	unsigned nidle;
@@ -54,6 +55,7 @@ struct upstream {
 	struct event *wake_ev;		/* re-offers room when a backoff or the budget allows again */
 	struct event *health_ev;
 	unsigned long retries_in, ejected_total, health_fail;
+	unsigned long errors_by[5];	/* failed calls by enum upcall_error */
 	struct event *room_ev;	/* fires (deferred) when a call slot frees */
 	void (*on_room)(struct upstream *up, void *arg);
 	void *room_arg;
@@ -73,6 +75,8 @@ bool upstream_has_room(struct upstream *up);
 bool upstream_healthy(const struct upstream *up);
 /* Stops sending to up for ms (an upstream 429 / 503 with Retry-After). */
 void upstream_backoff(struct upstream *up, long ms);
+/* Asks GET /info for text-embeddings-inference's max_client_batch_size (asynchronous). */
+void upstream_probe_info(struct upstream *up);
 /* Starts the periodic active health check, when health_path is set. */
 void upstream_start_health(struct upstream *up);
 /* Detects the dialect with GET /v1/models when it is configured auto (asynchronous). */

@@ -41,30 +41,47 @@ test('embeddings through the openai SDK: batched, renumbered, float and base64, 
   assert.ok(close(JSON.parse(tok.body).data[0].embedding, embedding([5, 6, 7])));
 });
 
-test('a request over the upstream input limit is split across calls and reassembled in order', async (t) => {
+test('a request over the upstream input limit (learnt from its /info) is split across calls and reassembled in order', async (t) => {
+  // the sim, like text-embeddings-inference, says its limit (4) in GET /info; the config says nothing
   const sim = await startSim(['--step-ms', '5', '--max-inputs', '4']);
-  const cp = await startCarpool(baseConfig(sim, {
-    batching: { policy: 'fixed', max_wait_ms: 30 },
-    upstream: { max_inputs_per_call: 4 },
-  }));
+  const cp = await startCarpool(baseConfig(sim, { batching: { policy: 'fixed', max_wait_ms: 30 } }));
   t.after(async () => { await cp.stop(); await sim.kill(); });
+  await new Promise((r) => setTimeout(r, 200)); // the /info probe
+  assert.match(cp.log(), /at most 4 inputs per call/);
+  const client = new OpenAI({ baseURL: `${cp.url}/v1`, apiKey: 'sk-test', maxRetries: 0 });
   const big = Array.from({ length: 11 }, (_, i) => `big input ${i}`);
   const [r, small] = await Promise.all([
-    request(cp.port, 'POST', '/v1/embeddings', { model: 'm', input: big }),
-    request(cp.port, 'POST', '/v1/embeddings', { model: 'm', input: 'small one' }),
+    client.embeddings.create({ model: 'm', input: big, encoding_format: 'float' }),
+    client.embeddings.create({ model: 'm', input: 'small one', encoding_format: 'float' }),
   ]);
-  assert.equal(r.status, 200, r.body);
-  const j = JSON.parse(r.body);
-  assert.equal(j.data.length, 11);
-  j.data.forEach((d, k) => {
+  assert.equal(r.data.length, 11);
+  r.data.forEach((d, k) => {
     assert.equal(d.index, k);
     assert.ok(close(d.embedding, embedding(big[k])), `input ${k}`);
   });
-  assert.equal(j.usage.prompt_tokens, big.reduce((a, s) => a + ptoks(s), 0));
-  assert.ok(close(JSON.parse(small.body).data[0].embedding, embedding('small one')));
+  assert.equal(r.usage.prompt_tokens, big.reduce((a, s) => a + ptoks(s), 0));
+  assert.ok(close(small.data[0].embedding, embedding('small one')));
   const st = await sim.stats();
   assert.ok(st.max_prompts_per_call <= 4, `a call carried ${st.max_prompts_per_call} inputs`);
   assert.ok(st.embedding_calls >= 3);
+});
+
+test('max_tokens_per_call: no call carries more (estimated) input tokens than the limit', async (t) => {
+  const sim = await startSim(['--step-ms', '5']);
+  // each input below is 16 bytes: 4 estimated tokens; a limit of 10 tokens allows 2 inputs per call
+  const cp = await startCarpool(baseConfig(sim, { batching: { policy: 'fixed', max_wait_ms: 30 },
+    upstream: { max_tokens_per_call: 10 } }));
+  t.after(async () => { await cp.stop(); await sim.kill(); });
+  const inputs = Array.from({ length: 7 }, (_, i) => `token limits ${String(i).padStart(3, "0")}`);
+  assert.ok(inputs.every((s) => Buffer.byteLength(s) === 16));
+  const [whole, ...singles] = await Promise.all([
+    request(cp.port, 'POST', '/v1/embeddings', { model: 'm', input: inputs }),
+    ...inputs.map((s) => request(cp.port, 'POST', '/v1/embeddings', { model: 'm', input: s })),
+  ]);
+  const j = JSON.parse(whole.body);
+  j.data.forEach((d, k) => assert.ok(close(d.embedding, embedding(inputs[k])), `input ${k}`));
+  singles.forEach((r, k) => assert.ok(close(JSON.parse(r.body).data[0].embedding, embedding(inputs[k]))));
+  assert.ok((await sim.stats()).max_prompts_per_call <= 2);
 });
 
 test('one invalid input fails only its own client', async (t) => {

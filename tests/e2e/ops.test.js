@@ -105,5 +105,7 @@ test('/healthz, /readyz follow the upstream, /metrics counts the traffic sent', 
     assert.equal(r.status, 502);
   }
   assert.equal((await request(cp.port, 'GET', '/readyz')).status, 503);
+  const m3 = await cp.metrics();
+  assert.ok(m3[`carpool_upstream_failures_by_cause_total{upstream="${sim.url}",cause="connect"}`] >= 3);
   assert.equal((await request(cp.port, 'GET', '/healthz')).status, 200);
 });

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Latency / throughput of the two dispatch policies (adaptive, fixed) under open-loop load: requests
+# arrive at a fixed rate (Poisson), the simulator is paced (one token per sequence every 20 ms), and
+# carpool runs one worker with max_inflight 8 and max_batch_size 64. Writes bench/RESULTS-policy.md.
+# The upstream is carpool-sim, a simulator.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RATES=${RATES:-"25 100 400 1200"}
+SECONDS_PER_RATE=${SECONDS_PER_RATE:-4}
+make -s all
+ulimit -n "$(ulimit -Hn)"
+work=$(mktemp -d)
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+port_of() { grep -o "listening on 127.0.0.1:[0-9]*" "$1" | head -1 | grep -o '[0-9]*$'; }
+
+bin/carpool-sim --listen 127.0.0.1:0 --step-ms 20 >"$work/sim.out" 2>&1 &
+pids+=($!)
+for _ in $(seq 50); do grep -q listening "$work/sim.out" 2>/dev/null && break; sleep 0.1; done
+sim_port=$(port_of "$work/sim.out")
+for pol in adaptive fixed; do
+	cat >"$work/$pol.yaml" <<YAML
+workers: 1
+listen:
+  - address: 127.0.0.1:0
+upstreams:
+  - url: http://127.0.0.1:$sim_port
+    max_inflight: 8
+batching:
+  policy: $pol
+  max_wait_ms: 10
+  max_batch_size: 64
+YAML
+	bin/carpool -c "$work/$pol.yaml" 2>"$work/$pol.log" &
+	pids+=($!)
+done
+for pol in adaptive fixed; do for _ in $(seq 50); do grep -q ready "$work/$pol.log" 2>/dev/null && break; sleep 0.1; done; done
+declare -A port=([direct]=$sim_port [adaptive]=$(port_of "$work/adaptive.log") [fixed]=$(port_of "$work/fixed.log"))
+field() { echo "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
+stat() { curl -s "http://127.0.0.1:$sim_port/stats" | sed -n "s/.*\"$1\":\([0-9]*\).*/\1/p"; }
+rows=""
+fail=0
+for rate in $RATES; do
+	n=$((rate * SECONDS_PER_RATE))
+	for via in direct adaptive fixed; do
+		curl -s -X POST "http://127.0.0.1:$sim_port/stats/reset" >/dev/null
+		r=$(bin/carpool-loadgen --url "http://127.0.0.1:${port[$via]}" --concurrency "$n" --requests 1 --rate "$rate" \
+			--prefix "pc-$rate-$via-" --timeout-s 60 --quiet | tail -1) || fail=1
+		calls=$(stat completion_calls)
+		ppc=$(awk -v p="$(stat prompts)" -v c="$calls" 'BEGIN { if (c > 0) printf "%.1f", p / c; else print "-" }')
+		echo "rate $rate/s via $via: $r"
+		rows+="| $rate | $via | $(field "$r" ttft_p50_ms) | $(field "$r" ttft_p99_ms) | $(field "$r" latency_p50_ms) | $(field "$r" tokens_per_s) | $calls | $ppc | $(field "$r" errors) | $(field "$r" mismatches) |"$'\n'
+	done
+done
+{
+	echo "# Dispatch policies under open-loop load"
+	echo
+	echo "Written by \`bash bench/policy-curve.sh\` on $(date -u '+%Y-%m-%d %H:%M:%S UTC'), git $(git rev-parse --short HEAD)."
+	echo "Requests arrive at a fixed average rate (Poisson) for ${SECONDS_PER_RATE} s; the simulator (carpool-sim, not a"
+	echo "model) emits one token per sequence every 20 ms; carpool: one worker, max_inflight 8, max_batch_size 64;"
+	echo "fixed: max_wait_ms 10. Every token is verified by the load generator. Times in ms."
+	echo
+	echo "| arrivals/s | via | TTFT p50 | TTFT p99 | latency p50 | tokens/s | upstream calls | prompts per call | errors | mismatches |"
+	echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+	printf '%s' "$rows"
+} > bench/RESULTS-policy.md
+cat bench/RESULTS-policy.md
+exit "$fail"

@@ -40,8 +40,23 @@ bin/test_%: tests/unit/test_%.c $(CORE_OBJ) build/bench_simgen.o | bin
 build bin:
 	mkdir -p $@
 
-unit: $(UNIT_BIN)
-	@fail=0; for t in $(UNIT_BIN); do echo "== $$t"; ./$$t || fail=1; done; exit $$fail
+FUZZ_TARGETS = sse split intake config
+FUZZ_REPLAY = $(FUZZ_TARGETS:%=bin/replay_%)
+
+bin/replay_%: tests/fuzz/fuzz_%.c tests/fuzz/replay.c $(CORE_OBJ) | bin
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+unit: $(UNIT_BIN) $(FUZZ_REPLAY)
+	@fail=0; for t in $(UNIT_BIN); do echo "== $$t"; ./$$t || fail=1; done; \
+	for f in $(FUZZ_TARGETS); do ./bin/replay_$$f tests/fuzz/corpus/$$f || fail=1; done; exit $$fail
+
+# libFuzzer (clang): FUZZ_SECONDS per target, new finds go to tests/fuzz/corpus/<target>/.
+FUZZ_SECONDS ?= 30
+fuzz: | bin
+	@set -e; for f in $(FUZZ_TARGETS); do \
+	  clang -g -O1 -fsanitize=fuzzer,address,undefined -Iinclude -Ibench -D_GNU_SOURCE -DCARPOOL_VERSION=\"fuzz\" \
+	    -o bin/fuzz_$$f tests/fuzz/fuzz_$$f.c $(CORE_SRC) $(LDLIBS); \
+	  ./bin/fuzz_$$f -max_total_time=$(FUZZ_SECONDS) -max_len=4096 tests/fuzz/corpus/$$f; done
 
 e2e: all tests/e2e/node_modules
 	bash tests/e2e/run.sh
@@ -62,4 +77,4 @@ bench: all
 clean:
 	rm -rf build bin
 
-.PHONY: all unit e2e test demo bench clean
+.PHONY: all unit e2e test demo bench fuzz clean

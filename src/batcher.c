@@ -72,6 +72,7 @@ struct batch {
 	bool in_map, in_queue, sent;
 	int attempt;
 	struct batch *hnext;	/* hash chain */
+	struct batch *anext, *aprev; /* every live batch (bt->all), so that shutdown frees them */
 	struct batch *qnext;	/* upstream wait queue */
 	/* once sent */
 	struct upcall *call;
@@ -96,6 +97,7 @@ struct batcher {
 	int nups;
 	struct batch *buckets[NBUCKETS];
 	struct batch *qhead, *qtail; /* batches ready, waiting for an upstream with room */
+	struct batch *all;
 	uint64_t next_id;
 	unsigned active;
 	struct batcher_stats st;
@@ -258,6 +260,10 @@ static struct batch *batch_new(struct batcher *bt, unsigned cands, const char *k
 	b->id = ++bt->next_id;
 	b->bt = bt;
 	b->cands = cands;
+	b->anext = bt->all;
+	if (bt->all)
+		bt->all->aprev = b;
+	bt->all = b;
 	b->key = xstrdup(key);
 	return b;
 }
@@ -277,6 +283,12 @@ static void batch_free(struct batch *b)
 {
 	map_remove(b);
 	queue_remove(b);
+	if (b->aprev)
+		b->aprev->anext = b->anext;
+	else if (b->bt->all == b)
+		b->bt->all = b->anext;
+	if (b->anext)
+		b->anext->aprev = b->aprev;
 	if (b->timer)
 		event_free(b->timer);
 	if (b->ka_timer)
@@ -1219,9 +1231,16 @@ void batcher_submit(struct batcher *bt, struct creq *creq, struct intake_req *r,
 static void parent_gone_cb(void *arg)
 {
 	struct embed_parent *ep = arg;
+	struct batcher *bt = ep->bt;
 	ep->creq = NULL;
-	ep->bt->active--;
-	ep->bt->st.gone++;
+	bt->active--;
+	bt->st.gone++;
+	/* a call in flight whose clients have all left is cancelled (contract 7) */
+	for (struct batch *b = bt->all, *next; b; b = next) {
+		next = b->anext;
+		if (b->embed && b->call && alive_members(b) == 0)
+			batch_free(b);
+	}
 }
 
 void batcher_submit_embed(struct batcher *bt, struct creq *creq, struct intake_req *r, unsigned cands,
@@ -1261,6 +1280,8 @@ void batcher_submit_embed(struct batcher *bt, struct creq *creq, struct intake_r
 	}
 	starts[nparts] = r->nprompts;
 	free(est);
+	/* auth points into the client's request, which an early failure of one part frees */
+	char *auth_copy = auth ? xstrdup(auth) : NULL;
 	struct embed_parent *ep = xcalloc(1, sizeof *ep);
 	ep->bt = bt;
 	ep->creq = creq;
@@ -1290,8 +1311,9 @@ void batcher_submit_embed(struct batcher *bt, struct creq *creq, struct intake_r
 		}
 		m->ptok_est = estimate_tokens(m->req.prompts, m->req.nprompts);
 		/* a part larger than the packing cap goes alone, whole */
-		place(bt, m, cands, auth, m->req.nprompts > cap ? m->req.nprompts : cap, tok_limit);
+		place(bt, m, cands, auth_copy, m->req.nprompts > cap ? m->req.nprompts : cap, tok_limit);
 	}
+	free(auth_copy);
 	free(starts);
 	cJSON_Delete(r->prompts);
 	memset(r, 0, sizeof *r);
@@ -1315,11 +1337,8 @@ void batcher_free(struct batcher *bt)
 {
 	if (!bt)
 		return;
-	while (bt->qhead)
-		batch_free(bt->qhead);
-	for (int i = 0; i < NBUCKETS; i++)
-		while (bt->buckets[i])
-			batch_free(bt->buckets[i]);
+	while (bt->all) /* queued, open, in flight or waiting to retry */
+		batch_free(bt->all);
 	free(bt);
 }
 

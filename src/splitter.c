@@ -413,9 +413,17 @@ static int fast_event(struct split *sp, const char *data, size_t len)
 	static const char *const choice_keys[] = {"index", "text", "finish_reason"};
 	const char *end = data + len;
 	struct jscan_hit top[3], chk[3];
+	/* control bytes (a NUL, the line breaks of a multi-line event) would be copied raw into the
+	 * client's stream: such events take the full parse, which re-prints them */
+	for (size_t i = 0; i < len; i++)
+		if ((unsigned char)data[i] < 0x20 && data[i] != '\t')
+			return CP_DECLINED;
 	const char *obj = jscan_ws(data, end);
 	if (obj >= end || *obj != '{' || !jscan_members(obj, end, top_keys, 3, top) || top[2].vstart)
 		return CP_DECLINED;
+	const char *obj_end = jscan_value_end(obj, end);
+	if (!obj_end || jscan_ws(obj_end, end) != end)
+		return CP_DECLINED; /* anything after the object: the full parse decides */
 	const char *cs = top[0].vstart, *ce = top[0].vend;
 	if (!cs || *cs != '[')
 		return CP_DECLINED;

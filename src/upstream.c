@@ -25,6 +25,7 @@ struct upconn {
 	struct upstream *up;
 	struct evhttp_connection *evcon;
 	struct upconn *next;
+	struct upconn *dnext, *dprev; /* on up->dying */
 	bool dead;
 };
 
@@ -40,9 +41,12 @@ struct upcall {
 	bool cancelled;
 	bool over;
 	bool slot_freed;
+	struct upcall *next, *prev; /* on up->open_calls */
 };
 
 static const struct timeval zero_tv = {0, 0};
+
+static void call_free(struct upcall *c);
 
 const char *upcall_error_name(enum upcall_error e)
 {
@@ -162,24 +166,59 @@ int upstream_init(struct upstream *up, int index, struct event_base *base, struc
 	return CP_OK;
 }
 
-static void upconn_free_cb(evutil_socket_t fd, short what, void *arg)
+static void upconn_free_now(struct upconn *uc)
 {
-	(void)fd;
-	(void)what;
-	struct upconn *uc = arg;
+	struct upstream *up = uc->up;
+	if (uc->dprev)
+		uc->dprev->dnext = uc->dnext;
+	else if (up->dying == uc)
+		up->dying = uc->dnext;
+	if (uc->dnext)
+		uc->dnext->dprev = uc->dprev;
 	if (uc->evcon)
 		evhttp_connection_free(uc->evcon);
 	free(uc);
 }
 
+static void upconn_free_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	upconn_free_now(arg);
+}
+
 /* Frees a connection from the loop, never from inside one of its own callbacks. */
 static void upconn_free_later(struct upconn *uc)
 {
-	event_base_once(uc->up->base, -1, EV_TIMEOUT, upconn_free_cb, uc, &zero_tv);
+	struct upstream *up = uc->up;
+	uc->dprev = NULL;
+	uc->dnext = up->dying;
+	if (up->dying)
+		up->dying->dprev = uc;
+	up->dying = uc;
+	event_base_once(up->base, -1, EV_TIMEOUT, upconn_free_cb, uc, &zero_tv);
 }
 
 void upstream_free(struct upstream *up)
 {
+	/* at shutdown, after the loop: calls still open end here (their owners hear of it), and
+	 * connections waiting for a deferred free are freed now */
+	up->on_room = NULL;
+	while (up->open_calls) {
+		struct upcall *c = up->open_calls;
+		if (!c->cancelled && !c->over) {
+			c->over = true;
+			c->ops->on_done(c->arg, UPE_BROKEN);
+		}
+		struct upconn *uc = c->conn;
+		call_free(c);
+		if (uc->dprev || uc->dnext || up->dying == uc)
+			continue; /* an abandoned call's connection: on the dying list */
+		evhttp_connection_free(uc->evcon);
+		free(uc);
+	}
+	while (up->dying)
+		upconn_free_now(up->dying);
 	while (up->idle) {
 		struct upconn *uc = up->idle;
 		up->idle = uc->next;
@@ -366,6 +405,13 @@ static void call_slot_free(struct upcall *c)
 
 static void call_free(struct upcall *c)
 {
+	struct upstream *up = c->up;
+	if (c->prev)
+		c->prev->next = c->next;
+	else if (up->open_calls == c)
+		up->open_calls = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
 	call_slot_free(c);
 	if (c->timer)
 		event_free(c->timer);
@@ -578,6 +624,10 @@ struct upcall *upstream_call(struct upstream *up, const char *method, const char
 	c->arg = arg;
 	c->t_start = c->t_last = now_us();
 	c->timer = evtimer_new(up->base, timer_cb, c);
+	c->next = up->open_calls;
+	if (up->open_calls)
+		up->open_calls->prev = c;
+	up->open_calls = c;
 	struct evhttp_request *req = evhttp_request_new(req_done_cb, c);
 	evhttp_request_set_chunked_cb(req, chunk_cb);
 	evhttp_request_set_header_cb(req, head_cb);

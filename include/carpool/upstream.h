@@ -46,6 +46,8 @@ struct upstream {
 	unsigned inflight;
 	struct upconn *idle;
 	unsigned nidle;
+	struct upcall *open_calls;	/* every call not yet freed (so that shutdown frees them all) */
+	struct upconn *dying;	/* connections waiting for their deferred free */
 	unsigned long calls, errors;
 	unsigned consecutive_failures; /* calls in a row that could not connect or broke */
 	unsigned ejections;		/* ejections in a row: the backoff doubles */

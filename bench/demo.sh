@@ -4,6 +4,7 @@
 # verify every token, and prints what batching did.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 CLIENTS=${CLIENTS:-200}
 bash scripts/install-deps.sh
 make -s -j2 all
@@ -13,10 +14,7 @@ cleanup() { kill "${cp_pid:-}" "${sim_pid:-}" 2>/dev/null || true; wait 2>/dev/n
 trap cleanup EXIT
 
 # A paced simulator: one decode step every 20 ms, like a GPU; a fixed cost per call.
-bin/carpool-sim --listen 127.0.0.1:0 --dialect vllm --step-ms 20 --call-ms 5 >"$work/sim.out" 2>&1 &
-sim_pid=$!
-for _ in $(seq 50); do grep -q listening "$work/sim.out" 2>/dev/null && break; sleep 0.1; done
-sim_port=$(grep -o 'listening on 127.0.0.1:[0-9]*' "$work/sim.out" | grep -o '[0-9]*$')
+start_sim "$work/sim.out" --dialect vllm --step-ms 20 --call-ms 5
 
 cat >"$work/carpool.yaml" <<YAML
 listen:
@@ -28,10 +26,7 @@ batching:
   policy: adaptive
   max_batch_size: 64
 YAML
-bin/carpool -c "$work/carpool.yaml" 2>"$work/carpool.log" &
-cp_pid=$!
-for _ in $(seq 50); do grep -q ready "$work/carpool.log" 2>/dev/null && break; sleep 0.1; done
-cp_port=$(grep -o 'listening on 127.0.0.1:[0-9]*' "$work/carpool.log" | grep -o '[0-9]*$')
+start_carpool "$work/carpool.yaml" "$work/carpool.log"
 
 stat() { curl -s "http://127.0.0.1:$sim_port/stats" | sed -n "s/.*\"$1\":\([0-9]*\).*/\1/p"; }
 

@@ -5,6 +5,7 @@
 # the streams stay open long enough to be counted.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 STREAMS=${STREAMS:-10000}
 make -s all
 ulimit -n "$(ulimit -Hn)"
@@ -12,10 +13,7 @@ work=$(mktemp -d)
 cleanup() { kill "${cp_pid:-}" "${sim_pid:-}" "${lg_pid:-}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-bin/carpool-sim --listen 127.0.0.1:0 --step-ms 1000 >"$work/sim.out" 2>&1 &
-sim_pid=$!
-for _ in $(seq 50); do grep -q listening "$work/sim.out" 2>/dev/null && break; sleep 0.1; done
-sim_port=$(grep -o 'listening on 127.0.0.1:[0-9]*' "$work/sim.out" | grep -o '[0-9]*$')
+start_sim "$work/sim.out" --step-ms 1000
 cat >"$work/c.yaml" <<YAML
 workers: 1
 listen:
@@ -33,10 +31,7 @@ limits:
 timeouts:
   sse_keepalive_ms: 0
 YAML
-bin/carpool -c "$work/c.yaml" 2>"$work/carpool.log" &
-cp_pid=$!
-for _ in $(seq 50); do grep -q ready "$work/carpool.log" 2>/dev/null && break; sleep 0.1; done
-cp_port=$(grep -o 'listening on 127.0.0.1:[0-9]*' "$work/carpool.log" | grep -o '[0-9]*$')
+start_carpool "$work/c.yaml" "$work/carpool.log"
 rss() { awk '/VmRSS/ {print $2}' "/proc/$cp_pid/status"; }
 idle=$(rss)
 bin/carpool-loadgen --url "http://127.0.0.1:$cp_port" --concurrency "$STREAMS" --requests 1 --timeout-s 120 --quiet \

@@ -5,6 +5,7 @@
 # The upstream is carpool-sim, a simulator.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 RATES=${RATES:-"25 100 400 1200"}
 SECONDS_PER_RATE=${SECONDS_PER_RATE:-4}
 make -s all
@@ -13,12 +14,9 @@ work=$(mktemp -d)
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
-port_of() { grep -o "listening on 127.0.0.1:[0-9]*" "$1" | head -1 | grep -o '[0-9]*$'; }
 
-bin/carpool-sim --listen 127.0.0.1:0 --step-ms 20 >"$work/sim.out" 2>&1 &
-pids+=($!)
-for _ in $(seq 50); do grep -q listening "$work/sim.out" 2>/dev/null && break; sleep 0.1; done
-sim_port=$(port_of "$work/sim.out")
+start_sim "$work/sim.out" --step-ms 20
+pids+=("$sim_pid")
 for pol in adaptive fixed; do
 	cat >"$work/$pol.yaml" <<YAML
 workers: 1
@@ -35,8 +33,8 @@ YAML
 	bin/carpool -c "$work/$pol.yaml" 2>"$work/$pol.log" &
 	pids+=($!)
 done
-for pol in adaptive fixed; do for _ in $(seq 50); do grep -q ready "$work/$pol.log" 2>/dev/null && break; sleep 0.1; done; done
-declare -A port=([direct]=$sim_port [adaptive]=$(port_of "$work/adaptive.log") [fixed]=$(port_of "$work/fixed.log"))
+for pol in adaptive fixed; do wait_line "$work/$pol.log" ready; done
+declare -A port=([direct]=$sim_port [adaptive]=$(port_in "$work/adaptive.log") [fixed]=$(port_in "$work/fixed.log"))
 field() { echo "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
 stat() { curl -s "http://127.0.0.1:$sim_port/stats" | sed -n "s/.*\"$1\":\([0-9]*\).*/\1/p"; }
 rows=""

@@ -1,0 +1,24 @@
+# Shared by the bench scripts (sourced): start the simulator and carpool on free loopback ports.
+# Both wait until the process says it is ready and set *_pid and *_port.
+
+# wait_line FILE PATTERN: until PATTERN appears in FILE (5 s at most)
+wait_line() { for _ in $(seq 50); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+port_in() { grep -o 'listening on 127.0.0.1:[0-9]*' "$1" | head -1 | grep -o '[0-9]*$'; }
+
+# start_sim LOG ARGS...: bin/carpool-sim on 127.0.0.1:0; sets sim_pid, sim_port
+start_sim() {
+	local log=$1
+	shift
+	bin/carpool-sim --listen 127.0.0.1:0 "$@" >"$log" 2>&1 &
+	sim_pid=$!
+	wait_line "$log" listening
+	sim_port=$(port_in "$log")
+}
+
+# start_carpool CONFIG LOG: bin/carpool -c CONFIG; sets cp_pid, cp_port
+start_carpool() {
+	bin/carpool -c "$1" 2>"$2" &
+	cp_pid=$!
+	wait_line "$2" ready
+	cp_port=$(port_in "$2")
+}

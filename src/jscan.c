@@ -98,30 +98,31 @@ bool jscan_uint(const char *v, const char *vend, unsigned long *out)
 	return true;
 }
 
-bool jscan_members(const char *obj, const char *end, const char *const *keys, int nkeys, struct jscan_hit *hits)
+const char *jscan_members(const char *obj, const char *end, const char *const *keys, int nkeys,
+			  struct jscan_hit *hits)
 {
 	for (int i = 0; i < nkeys; i++)
 		hits[i].kstart = hits[i].vstart = hits[i].vend = NULL;
 	const char *p = jscan_ws(obj, end);
 	if (p >= end || *p != '{')
-		return false;
+		return NULL;
 	p = jscan_ws(p + 1, end);
 	if (p < end && *p == '}')
-		return true;
+		return p + 1;
 	while (p < end) {
 		if (*p != '"')
-			return false;
+			return NULL;
 		const char *ks = p;
 		const char *ke = string_end(p, end);
 		if (!ke)
-			return false;
+			return NULL;
 		p = jscan_ws(ke, end);
 		if (p >= end || *p != ':')
-			return false;
+			return NULL;
 		const char *vs = jscan_ws(p + 1, end);
 		const char *ve = jscan_value_end(vs, end);
 		if (!ve)
-			return false;
+			return NULL;
 		size_t kl = (size_t)(ke - ks) - 2;
 		for (int i = 0; i < nkeys; i++)
 			if (!hits[i].vstart && strlen(keys[i]) == kl && !memcmp(ks + 1, keys[i], kl)) {
@@ -134,7 +135,7 @@ bool jscan_members(const char *obj, const char *end, const char *const *keys, in
 			p = jscan_ws(p + 1, end);
 			continue;
 		}
-		return p < end && *p == '}';
+		return p < end && *p == '}' ? p + 1 : NULL;
 	}
-	return false;
+	return NULL;
 }

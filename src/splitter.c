@@ -419,10 +419,10 @@ static int fast_event(struct split *sp, const char *data, size_t len)
 		if ((unsigned char)data[i] < 0x20 && data[i] != '\t')
 			return CP_DECLINED;
 	const char *obj = jscan_ws(data, end);
-	if (obj >= end || *obj != '{' || !jscan_members(obj, end, top_keys, 3, top) || top[2].vstart)
+	const char *obj_end = obj < end && *obj == '{' ? jscan_members(obj, end, top_keys, 3, top) : NULL;
+	if (!obj_end || top[2].vstart)
 		return CP_DECLINED;
-	const char *obj_end = jscan_value_end(obj, end);
-	if (!obj_end || jscan_ws(obj_end, end) != end)
+	if (jscan_ws(obj_end, end) != end)
 		return CP_DECLINED; /* anything after the object: the full parse decides */
 	const char *cs = top[0].vstart, *ce = top[0].vend;
 	if (!cs || *cs != '[')

@@ -615,10 +615,8 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
 			bufferevent_disable(bev, EV_READ);
 		return;
 	}
-	if (c->state == ST_CLOSING) {
+	if (c->state == ST_CLOSING) { /* a refused request's body, or lingering: discard */
 		evbuffer_drain(in, evbuffer_get_length(in));
-		if (c->req) /* the refused request's answer is still being written */
-			return;
 		return;
 	}
 	if (c->state == ST_HEADERS) {

@@ -293,19 +293,24 @@ bool upstream_has_room(struct upstream *up)
 }
 
 /* A call that could not connect or broke: three in a row eject the upstream for a while. */
-static void note_failure(struct upstream *up)
+/* Takes the upstream out of service, for a backoff that doubles with each ejection in a row. */
+static void eject(struct upstream *up, const char *why)
 {
-	if (++up->consecutive_failures < 3)
-		return;
 	long ms = 1000L << (up->ejections < 5 ? up->ejections : 5);
 	if (ms > 30000)
 		ms = 30000;
 	up->ejections++;
 	up->ejected_total++;
 	up->consecutive_failures = 0;
-	log_warn("upstream %s: ejected for %ld ms after repeated failures", up->cfg->url, ms);
+	log_warn("upstream %s: ejected for %ld ms after %s", up->cfg->url, ms, why);
 	upstream_backoff(up, ms);
 	event_active(up->room_ev, 0, 0); /* the batcher re-examines what waits for it */
+}
+
+static void note_failure(struct upstream *up)
+{
+	if (++up->consecutive_failures >= 3)
+		eject(up, "repeated failures");
 }
 
 static void note_success(struct upstream *up)
@@ -801,9 +806,8 @@ static void health_done(void *arg, enum upcall_error err)
 	} else {
 		up->health_fail++;
 		log_warn("upstream %s: health check failed (%s, status %d)", up->cfg->url, upcall_error_name(err), h->status);
-		up->consecutive_failures = 2; /* this failure ejects it */
-		if (upstream_healthy(up))
-			note_failure(up);
+		if (upstream_healthy(up)) /* a failed check ejects at once; an ejected one stays out */
+			eject(up, "a failed health check");
 	}
 	free(h);
 }

@@ -152,7 +152,12 @@ static void pass_done(void *arg, enum upcall_error err)
 	if (p->r) {
 		struct creq *r = p->r;
 		creq_on_gone(r, NULL, NULL);
-		if (p->head_sent) {
+		if (p->head_sent && err != UPE_NONE) {
+			/* a clean end would pass a cut answer off as whole: let the client see the break */
+			log_warn("pass-through %s: the upstream broke mid-answer (%s); closing the client connection",
+				 r->path, upcall_error_name(err));
+			creq_abort(r);
+		} else if (p->head_sent) {
 			creq_stream_end(r);
 		} else {
 			char msg[160];

@@ -373,6 +373,12 @@ int creq_stream_write(struct creq *r, const char *data, size_t len)
 	return CP_OK;
 }
 
+void creq_abort(struct creq *r)
+{
+	r->gone_cb = NULL;
+	conn_free(r->conn);
+}
+
 void creq_stream_end(struct creq *r)
 {
 	struct iovec iov[1] = {{"0\r\n\r\n", 5}};

@@ -85,6 +85,9 @@ void creq_stream_start(struct creq *r, int status, const char *ctype, const char
 /* Appends to a started chunked response. CP_ERROR: the client's unread output passed the bound and
  * it was dropped; r is gone (no gone callback is made) and must not be used again. */
 int creq_stream_write(struct creq *r, const char *data, size_t len);
+/* Closes the connection without ending the chunked response, so the client sees it incomplete
+ * (the upstream broke mid-answer); r must not be used afterwards. */
+void creq_abort(struct creq *r);
 /* Ends a chunked response; r must not be used afterwards. */
 void creq_stream_end(struct creq *r);
 

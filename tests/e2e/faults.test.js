@@ -391,3 +391,26 @@ time.sleep(30)
   assert.equal(ok.status, 200);
   await cp.stop();
 });
+
+test('pass-through: an upstream that breaks mid-answer is not passed off as a complete answer', async (t) => {
+  const http = require('node:http');
+  const broken = http.createServer((req, res) => {
+    req.resume();
+    req.on('end', () => {
+      if (req.method === 'GET') { res.writeHead(200, { 'Content-Type': 'application/json' }); res.end('{"data":[]}'); return; }
+      res.writeHead(200, { 'Content-Type': 'text/event-stream' });
+      res.write('data: {"choices":[{"index":0,"delta":{"content":"half"}}]}\n\n');
+      setTimeout(() => res.socket.destroy(), 50);
+    });
+  });
+  await new Promise((r) => broken.listen(0, '127.0.0.1', r));
+  const cp = await startCarpool(baseConfig({ url: `http://127.0.0.1:${broken.address().port}` }, { upstream: { dialect: 'openai' } }));
+  t.after(async () => { await cp.stop(); broken.close(); });
+  const outcome = await request(cp.port, 'POST', '/v1/chat/completions',
+    { model: 'm', messages: [{ role: 'user', content: 'x' }], stream: true }, {}, { timeoutMs: 5000 })
+    .then((r) => `complete ${r.status}`, (e) => `error ${e.message}`);
+  assert.match(outcome, /^error/, `the client got a complete-looking answer: ${outcome}`);
+  assert.match(cp.log(), /broke mid-answer/);
+  const ok = await request(cp.port, 'GET', '/healthz');
+  assert.equal(ok.status, 200);
+});

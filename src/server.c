@@ -20,7 +20,6 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
-#include <sys/uio.h>
 #include <time.h>
 #include <cjson/cJSON.h>
 #include <unistd.h>
@@ -48,6 +47,8 @@ struct server {
 	struct metrics *metrics;
 	bool access_owned;  /* opened by us (a file), closed at the end */
 	struct conn *conns; /* every open connection, so that shutdown frees them */
+	struct conn *dirty; /* connections with answer bytes staged this loop turn */
+	struct event *flush_ev;
 };
 
 struct conn {
@@ -60,6 +61,11 @@ struct conn {
 	size_t body_left; /* ST_BODY / ST_CHUNK_DATA */
 	bool lingering;   /* our side is shut; draining until the peer closes */
 	bool tls;
+	/* Answer bytes staged during this loop turn, sent with one write at its end (server_flush):
+	 * however many events of a client arrive in one turn, it costs one system call. */
+	struct sbuf pend;
+	bool in_dirty;
+	struct conn *dnext, *dprev;
 	char peer[64];
 };
 
@@ -179,6 +185,15 @@ static void conn_free(struct conn *c)
 			access_log(c, r, true);
 		creq_free(r);
 	}
+	if (c->in_dirty) {
+		if (c->dprev)
+			c->dprev->dnext = c->dnext;
+		else
+			c->srv->dirty = c->dnext;
+		if (c->dnext)
+			c->dnext->dprev = c->dprev;
+	}
+	sbuf_free(&c->pend);
 	if (c->bev)
 		bufferevent_free(c->bev);
 	if (c->prev)
@@ -213,8 +228,76 @@ static void conn_linger(struct conn *c)
 static void conn_close_after_write(struct conn *c)
 {
 	c->state = ST_CLOSING;
-	if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+	if (!c->pend.len && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
 		conn_linger(c);
+}
+
+/* Sends bytes to the client: straight to the socket with one write when nothing is queued before
+ * them (no event re-arming on the hot path), else - and for what the socket does not take now, and
+ * on TLS - through the bufferevent's output buffer, which the loop drains. */
+static void conn_send(struct conn *c, const char *data, size_t len)
+{
+	struct evbuffer *out = bufferevent_get_output(c->bev);
+	size_t done = 0;
+	if (!c->tls && evbuffer_get_length(out) == 0) {
+		ssize_t w = send(bufferevent_getfd(c->bev), data, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (c->srv->metrics)
+			c->srv->metrics->client_writes_total++;
+		if (w > 0)
+			done = (size_t)w;
+		/* an error other than EAGAIN surfaces on the bufferevent's own next write or read */
+	}
+	if (done < len)
+		evbuffer_add(out, data + done, len - done);
+}
+
+/* Sends what c has staged. */
+static void conn_flush(struct conn *c)
+{
+	if (c->pend.len) {
+		conn_send(c, c->pend.data, c->pend.len);
+		sbuf_reset(&c->pend);
+		if (c->pend.cap > 65536) /* a burst does not pin its buffer for the life of the connection */
+			sbuf_free(&c->pend);
+	}
+	if (c->state == ST_CLOSING && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+		conn_linger(c);
+}
+
+/* The end of a loop turn (an event made active once per turn): one write per staged client. */
+static void flush_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct server *srv = arg;
+	struct conn *c;
+	while ((c = srv->dirty)) {
+		srv->dirty = c->dnext;
+		if (srv->dirty)
+			srv->dirty->dprev = NULL;
+		c->in_dirty = false;
+		c->dnext = c->dprev = NULL;
+		conn_flush(c); /* may free c: it is off the list already */
+	}
+}
+
+/* Stages bytes of the answer; they leave at the end of this loop turn, with whatever else the
+ * client gets in the same turn. hold: do not schedule the write yet (a stream's head waits for the
+ * first event, so that both go in one write). */
+static void conn_stage(struct conn *c, const void *data, size_t len, bool hold)
+{
+	sbuf_add(&c->pend, data, len);
+	if (hold || c->in_dirty)
+		return;
+	struct server *srv = c->srv;
+	c->in_dirty = true;
+	c->dprev = NULL;
+	c->dnext = srv->dirty;
+	if (srv->dirty)
+		srv->dirty->dprev = c;
+	else
+		event_active(srv->flush_ev, 0, 0);
+	srv->dirty = c;
 }
 
 static void set_header_timeout(struct conn *c)
@@ -254,18 +337,18 @@ void creq_on_gone(struct creq *r, void (*cb)(void *arg), void *arg)
 
 static void write_head(struct creq *r, int status, const char *ctype, const char *extra, long content_length)
 {
-	struct evbuffer *out = bufferevent_get_output(r->conn->bev);
-	evbuffer_add_printf(out, "HTTP/1.1 %d %s\r\nServer: carpool\r\n", status, http_reason(status));
+	struct sbuf *out = &r->conn->pend;
+	sbuf_printf(out, "HTTP/1.1 %d %s\r\nServer: carpool\r\n", status, http_reason(status));
 	if (ctype)
-		evbuffer_add_printf(out, "Content-Type: %s\r\n", ctype);
+		sbuf_printf(out, "Content-Type: %s\r\n", ctype);
 	if (content_length >= 0)
-		evbuffer_add_printf(out, "Content-Length: %ld\r\n", content_length);
+		sbuf_printf(out, "Content-Length: %ld\r\n", content_length);
 	else
-		evbuffer_add_printf(out, "Transfer-Encoding: chunked\r\n");
-	evbuffer_add_printf(out, "Connection: %s\r\n", r->keepalive ? "keep-alive" : "close");
+		sbuf_adds(out, "Transfer-Encoding: chunked\r\n");
+	sbuf_adds(out, r->keepalive ? "Connection: keep-alive\r\n" : "Connection: close\r\n");
 	if (extra)
-		evbuffer_add(out, extra, strlen(extra));
-	evbuffer_add(out, "\r\n", 2);
+		sbuf_adds(out, extra);
+	/* the blank line is staged by the caller, with or without scheduling the write */
 	r->started = true;
 	r->status = status;
 }
@@ -294,8 +377,9 @@ static void finish(struct creq *r)
 void creq_reply(struct creq *r, int status, const char *ctype, const char *extra, const char *body, size_t len)
 {
 	write_head(r, status, ctype, extra, (long)len);
+	conn_stage(r->conn, "\r\n", 2, len > 0);
 	if (len)
-		evbuffer_add(bufferevent_get_output(r->conn->bev), body, len);
+		conn_stage(r->conn, body, len, false);
 	r->bytes += len;
 	if (!r->t_first)
 		r->t_first = now_us();
@@ -313,40 +397,18 @@ void creq_reply_error(struct creq *r, int status, const char *message, const cha
 void creq_stream_start(struct creq *r, int status, const char *ctype, const char *extra)
 {
 	write_head(r, status, ctype, extra, -1);
+	conn_stage(r->conn, "\r\n", 2, true); /* sent with the first event */
 	r->chunked = true;
 	if (r->conn->srv->metrics)
 		r->conn->srv->metrics->streams_started_total++;
 }
 
-/* Sends bytes to the client: straight to the socket with one writev when nothing is queued before
- * them (no event re-arming per chunk on the hot path), else - and for what the socket does not take
- * now, and on TLS - through the bufferevent's output buffer, which the loop drains. */
-static void conn_send(struct conn *c, const struct iovec *iov, int n)
-{
-	struct evbuffer *out = bufferevent_get_output(c->bev);
-	size_t done = 0;
-	if (!c->tls && evbuffer_get_length(out) == 0) {
-		ssize_t w = writev(bufferevent_getfd(c->bev), iov, n);
-		if (w > 0)
-			done = (size_t)w;
-		/* an error other than EAGAIN surfaces on the bufferevent's own next write or read */
-	}
-	for (int i = 0; i < n; i++) {
-		if (done >= iov[i].iov_len) {
-			done -= iov[i].iov_len;
-			continue;
-		}
-		evbuffer_add(out, (const char *)iov[i].iov_base + done, iov[i].iov_len - done);
-		done = 0;
-	}
-}
-
 int creq_stream_write(struct creq *r, const char *data, size_t len)
 {
 	struct conn *c = r->conn;
-	struct evbuffer *out = bufferevent_get_output(c->bev);
-	if (evbuffer_get_length(out) > (size_t)c->srv->cfg->limits.max_client_buffer) {
-		log_warn("client %s reads too slowly: %zu bytes unread, dropping it", c->peer, evbuffer_get_length(out));
+	size_t unread = evbuffer_get_length(bufferevent_get_output(c->bev)) + c->pend.len;
+	if (unread > (size_t)c->srv->cfg->limits.max_client_buffer) {
+		log_warn("client %s reads too slowly: %zu bytes unread, dropping it", c->peer, unread);
 		if (c->srv->metrics)
 			c->srv->metrics->slow_clients_dropped_total++;
 		r->gone_cb = NULL;
@@ -368,8 +430,10 @@ int creq_stream_write(struct creq *r, const char *data, size_t len)
 		head[hl++] = hex[--nh];
 	head[hl++] = '\r';
 	head[hl++] = '\n';
-	struct iovec iov[3] = {{head, (size_t)hl}, {(void *)data, len}, {"\r\n", 2}};
-	conn_send(c, iov, 3);
+	sbuf_reserve(&c->pend, (size_t)hl + len + 2);
+	sbuf_add(&c->pend, head, (size_t)hl);
+	sbuf_add(&c->pend, data, len);
+	conn_stage(c, "\r\n", 2, false);
 	return CP_OK;
 }
 
@@ -381,8 +445,7 @@ void creq_abort(struct creq *r)
 
 void creq_stream_end(struct creq *r)
 {
-	struct iovec iov[1] = {{"0\r\n\r\n", 5}};
-	conn_send(r->conn, iov, 1);
+	conn_stage(r->conn, "0\r\n\r\n", 5, false);
 	finish(r);
 }
 
@@ -531,7 +594,7 @@ static int start_body(struct conn *c)
 	}
 	const char *expect = creq_header(r, "Expect");
 	if (expect && !strcasecmp(expect, "100-continue") && (c->state != ST_BODY || c->body_left))
-		evbuffer_add_printf(bufferevent_get_output(c->bev), "HTTP/1.1 100 Continue\r\n\r\n");
+		conn_stage(c, "HTTP/1.1 100 Continue\r\n\r\n", 25, false);
 	return CP_OK;
 }
 
@@ -642,7 +705,7 @@ static void conn_write_cb(struct bufferevent *bev, void *arg)
 	(void)bev;
 	struct conn *c = arg;
 	/* a deferred write callback may run after a new answer was queued: only an empty buffer is done */
-	if (c->state == ST_CLOSING && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+	if (c->state == ST_CLOSING && !c->pend.len && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
 		conn_linger(c);
 }
 
@@ -820,6 +883,7 @@ struct server *server_new(struct event_base *base, const struct config *cfg, ser
 {
 	struct server *s = xcalloc(1, sizeof *s);
 	s->base = base;
+	s->flush_ev = event_new(base, -1, 0, flush_cb, s);
 	s->cfg = cfg;
 	s->handler = h;
 	s->arg = arg;
@@ -853,6 +917,7 @@ struct server *server_new_shared(struct event_base *base, const struct config *c
 {
 	struct server *s = xcalloc(1, sizeof *s);
 	s->base = base;
+	s->flush_ev = event_new(base, -1, 0, flush_cb, s);
 	s->cfg = cfg;
 	s->handler = h;
 	s->arg = arg;
@@ -909,6 +974,8 @@ void server_free(struct server *s)
 	server_stop_listening(s);
 	while (s->conns)
 		conn_free(s->conns);
+	if (s->flush_ev)
+		event_free(s->flush_ev);
 	if (s->access_owned)
 		fclose(s->access);
 	for (int i = 0; i < s->nlisteners; i++)

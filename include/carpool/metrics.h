@@ -10,7 +10,8 @@
 	X(tokens_streamed_total, "Content chunks (tokens) written to streaming clients.")                 \
 	X(slow_clients_dropped_total, "Clients cut off because their unread output passed max_client_buffer.") \
 	X(streams_started_total, "Streaming responses started.")                                          \
-	X(streams_ended_total, "Streaming responses ended (answered or client gone).")
+	X(streams_ended_total, "Streaming responses ended (answered or client gone).")                   \
+	X(client_writes_total, "Direct writes of answer bytes to client sockets: at most one per client per loop turn (what the socket does not take then leaves through the output buffer).")
 
 /* name, help, bucket bounds (a static array), unit scale for rendering */
 #define METRICS_HISTOGRAMS(X)                                                                           \

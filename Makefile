@@ -17,7 +17,7 @@ CORE_OBJ = $(CORE_SRC:src/%.c=build/%.o)
 UNIT_SRC = $(wildcard tests/unit/test_*.c)
 UNIT_BIN = $(UNIT_SRC:tests/unit/%.c=bin/%)
 
-all: bin/carpool bin/carpool-sim bin/carpool-loadgen
+all: bin/carpool bin/carpool-sim bin/carpool-loadgen bin/carpool-writefloor
 
 build/%.o: src/%.c $(wildcard include/carpool/*.h) | build
 	$(CC) $(CFLAGS) -c -o $@ $<
@@ -33,6 +33,9 @@ bin/carpool-sim: build/bench_sim.o build/bench_simgen.o | bin
 
 bin/carpool-loadgen: build/bench_loadgen.o build/bench_simgen.o | bin
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+bin/carpool-writefloor: build/bench_writefloor.o | bin
+	$(CC) $(LDFLAGS) -o $@ $^
 
 bin/test_%: tests/unit/test_%.c $(CORE_OBJ) build/bench_simgen.o | bin
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka

@@ -40,6 +40,7 @@ struct cfg_section {
 
 static const char *const dialect_names[] = {"auto", "openai", "vllm", "llamacpp", NULL};
 static const char *const policy_names[] = {"adaptive", "fixed", NULL};
+static const char *const queue_names[] = {"shared", "per_worker", NULL};
 static const char *const level_names[] = {"debug", "info", "warn", "error", "crit", NULL};
 
 static const struct cfg_key tls_server_keys[] = {
@@ -84,6 +85,7 @@ static const struct cfg_key batching_keys[] = {
 	{"policy", CT_ENUM, F(C, batching.policy) - F(C, batching), 0, 0, 0, "adaptive", policy_names, 0, 0},
 	{"max_wait_ms", CT_INT, F(C, batching.max_wait_ms) - F(C, batching), 0, 0, 60000, "10", 0, 0, 0},
 	{"max_batch_size", CT_INT, F(C, batching.max_batch_size) - F(C, batching), 0, 1, 4096, "64", 0, 0, 0},
+	{"queue", CT_ENUM, F(C, batching.queue) - F(C, batching), 0, 0, 0, "shared", queue_names, 0, 0},
 };
 static const struct cfg_section batching_sec = {batching_keys, NKEYS(batching_keys), 0};
 

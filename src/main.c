@@ -4,6 +4,7 @@
 #include "carpool/common.h"
 #include "carpool/config.h"
 #include "carpool/metrics.h"
+#include "carpool/relay.h"
 #include "carpool/router.h"
 #include "carpool/server.h"
 #include "carpool/upstream.h"
@@ -14,6 +15,7 @@
 #include <getopt.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,7 +26,9 @@
 #define MAX_WORKERS 64
 
 /* One event loop and everything it drives: its own upstream pools, batcher and client
- * connections. Batches form per worker; only the client keys are shared (under a lock). */
+ * connections. With batching.queue: shared (and more than one worker) batches form on worker 0 for
+ * every worker (relay.h); with per_worker each worker batches its own clients. The client keys are
+ * shared (under a lock). */
 struct worker {
 	int id;
 	pthread_t thread;
@@ -34,6 +38,7 @@ struct worker {
 	struct upstream ups[CFG_MAX_UPSTREAMS];
 	int nups;
 	struct batcher *bt;
+	struct relay *relay; /* NULL unless the queue is shared */
 	struct router rt;
 	struct server *srv;
 	struct metrics metrics;
@@ -47,6 +52,7 @@ struct worker {
 static struct worker *g_workers[MAX_WORKERS];
 static struct router *g_routers[MAX_WORKERS];
 static int g_nworkers;
+static atomic_int g_exited; /* workers other than 0 that left their loop */
 static struct auth_table *g_auth;
 
 static void usage(FILE *f)
@@ -68,11 +74,15 @@ static void drain_cb(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	struct worker *w = arg;
-	unsigned active = batcher_active(w->bt);
+	unsigned active = batcher_active(w->bt) + (w->relay ? relay_open(w->relay) : 0);
+	/* the dispatcher serves the other workers' requests until they are gone */
+	bool others = w->relay && w->id == 0 && atomic_load(&g_exited) < g_nworkers - 1;
 	uint64_t waited = (now_us() - w->drain_start) / 1000;
-	if (active == 0 || waited >= DRAIN_DEADLINE_MS) {
+	if ((active == 0 && !others) || waited >= DRAIN_DEADLINE_MS) {
 		if (active)
 			log_warn("worker %d: drain deadline passed with %u requests open; closing them", w->id, active);
+		if (w->relay)
+			relay_flush(w->relay);
 		event_base_loopexit(w->base, NULL);
 		return;
 	}
@@ -109,7 +119,9 @@ static void worker_reload_cb(evutil_socket_t fd, short what, void *arg)
 	pthread_mutex_unlock(&w->mu);
 	if (!n)
 		return;
+	long queue = w->cfg.batching.queue; /* fixed at start */
 	w->cfg.batching = n->batching;
+	w->cfg.batching.queue = queue;
 	memcpy(&w->cfg.auth, &n->auth, sizeof n->auth);
 	w->cfg.limits = n->limits;
 	w->cfg.timeouts = n->timeouts;
@@ -133,8 +145,8 @@ static void reload(struct worker *w0)
 	}
 	if (memcmp(n.listen, w0->cfg.listen, sizeof n.listen) || n.nlisten != w0->cfg.nlisten ||
 	    memcmp(n.upstreams, w0->cfg.upstreams, sizeof n.upstreams) || n.nupstreams != w0->cfg.nupstreams ||
-	    n.workers != w0->cfg.workers)
-		log_warn("reload: listen, upstreams and workers changes take effect at the next restart");
+	    n.workers != w0->cfg.workers || n.batching.queue != w0->cfg.batching.queue)
+		log_warn("reload: listen, upstreams, workers and batching.queue changes take effect at the next restart");
 	log_set_level((enum log_level)n.log.level);
 	auth_swap(&g_auth, auth);
 	for (int i = 0; i < g_nworkers; i++) {
@@ -192,6 +204,7 @@ static int worker_init(struct worker *w, int id, const struct config *cfg, struc
 	if (!w->srv)
 		return CP_ERROR;
 	server_set_metrics(w->srv, &w->metrics);
+	server_set_worker(w->srv, id);
 	for (int i = 0; i < w->nups; i++) {
 		upstream_probe(&w->ups[i]);
 		upstream_probe_info(&w->ups[i]);
@@ -205,6 +218,7 @@ static void worker_free(struct worker *w)
 {
 	server_free(w->srv);
 	batcher_free(w->bt);
+	relay_free(w->relay); /* after the server and batcher, whose callbacks post to it */
 	for (int i = 0; i < w->nups; i++)
 		upstream_free(&w->ups[i]);
 	if (w->stop_ev)
@@ -226,6 +240,7 @@ static void *worker_main(void *arg)
 {
 	struct worker *w = arg;
 	event_base_dispatch(w->base);
+	atomic_fetch_add(&g_exited, 1);
 	return NULL;
 }
 
@@ -294,6 +309,16 @@ int main(int argc, char **argv)
 	}
 	for (int i = 0; i < g_nworkers; i++)
 		g_workers[i]->rt.npeers = g_nworkers;
+	if (cfg.batching.queue == QUEUE_SHARED && g_nworkers > 1) {
+		struct relay *relays[MAX_WORKERS];
+		for (int i = 0; i < g_nworkers; i++)
+			relays[i] = g_workers[i]->relay = relay_new(g_workers[i]->base, i);
+		for (int i = 0; i < g_nworkers; i++) {
+			relay_link(relays[i], relays, g_nworkers, g_workers[0]->bt);
+			if (i)
+				g_workers[i]->rt.relay = relays[i];
+		}
+	}
 	/* Signals are handled by worker 0's loop, in the main thread. */
 	int signos[3] = {SIGINT, SIGTERM, SIGHUP};
 	for (int i = 0; i < 3; i++) {
@@ -301,10 +326,12 @@ int main(int argc, char **argv)
 		evsignal_add(sigs[i], NULL);
 	}
 	for (int i = 0; i < cfg.nupstreams; i++)
-		log_info("upstream %s (dialect %s, max_inflight %ld per worker)", cfg.upstreams[i].url,
-			 dialect_name((enum dialect)cfg.upstreams[i].dialect), cfg.upstreams[i].max_inflight);
-	log_info("carpool %s ready (%d workers, policy %s, max_wait_ms %ld, max_batch_size %ld)", CARPOOL_VERSION,
-		 g_nworkers, cfg.batching.policy == POLICY_FIXED ? "fixed" : "adaptive", cfg.batching.max_wait_ms,
+		log_info("upstream %s (dialect %s, max_inflight %ld%s)", cfg.upstreams[i].url,
+			 dialect_name((enum dialect)cfg.upstreams[i].dialect), cfg.upstreams[i].max_inflight,
+			 g_workers[0]->relay || g_nworkers == 1 ? "" : " per worker");
+	log_info("carpool %s ready (%d workers, %s queue, policy %s, max_wait_ms %ld, max_batch_size %ld)",
+		 CARPOOL_VERSION, g_nworkers, g_workers[0]->relay ? "one shared" : "per-worker",
+		 cfg.batching.policy == POLICY_FIXED ? "fixed" : "adaptive", cfg.batching.max_wait_ms,
 		 cfg.batching.max_batch_size);
 	for (int i = 1; i < g_nworkers; i++)
 		pthread_create(&g_workers[i]->thread, NULL, worker_main, g_workers[i]);

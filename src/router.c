@@ -2,6 +2,7 @@
 #include "carpool/router.h"
 #include "carpool/auth.h"
 #include "carpool/batcher.h"
+#include "carpool/relay.h"
 #include "carpool/intake.h"
 #include "carpool/metrics.h"
 #include "carpool/server.h"
@@ -430,7 +431,9 @@ static void completions(struct router *rt, struct creq *r, bool embed)
 			forwards = true;
 	if (forwards && !keys_mode(rt))
 		auth = creq_header(r, "Authorization");
-	if (embed)
+	if (rt->relay)
+		relay_submit(rt->relay, r, &req, cands, auth, embed);
+	else if (embed)
 		batcher_submit_embed(rt->bt, r, &req, cands, auth);
 	else
 		batcher_submit(rt->bt, r, &req, cands, auth);

@@ -1,6 +1,7 @@
 /* server: listeners, client connections and a bounded HTTP/1.1 request parser. */
 #include "carpool/server.h"
 #include "carpool/metrics.h"
+#include "carpool/relay.h"
 
 #include <errno.h>
 #include <event2/buffer.h>
@@ -30,6 +31,7 @@ enum conn_state { ST_HEADERS, ST_BODY, ST_CHUNK_SIZE, ST_CHUNK_DATA, ST_CHUNK_EN
 
 struct listener {
 	struct evconnlistener *lev;
+	struct event *rearm_ev; /* shared accept: listens again after this loop turn */
 	SSL_CTX *ssl;
 	char unix_path[CFG_STR];
 	struct server *srv;
@@ -45,6 +47,8 @@ struct server {
 	unsigned nconns;
 	FILE *access;	    /* the access log, or NULL */
 	struct metrics *metrics;
+	int worker;	    /* the worker's id, for the access log */
+	bool one_accept;    /* the listening sockets are shared: one accept per wake-up */
 	bool access_owned;  /* opened by us (a file), closed at the end */
 	struct conn *conns; /* every open connection, so that shutdown frees them */
 	struct conn *dirty; /* connections with answer bytes staged this loop turn */
@@ -118,6 +122,7 @@ static void observe_end(struct conn *c, struct creq *r, bool gone)
 }
 
 void server_set_metrics(struct server *s, struct metrics *m) { s->metrics = m; }
+void server_set_worker(struct server *s, int id) { s->worker = id; }
 
 /* One JSON line per client request (and its count in the metrics). */
 static void access_log(struct conn *c, struct creq *r, bool gone)
@@ -134,6 +139,7 @@ static void access_log(struct conn *c, struct creq *r, bool gone)
 	cJSON_AddStringToObject(j, "client", r->peer);
 	cJSON_AddStringToObject(j, "method", r->method);
 	cJSON_AddStringToObject(j, "route", r->path);
+	cJSON_AddNumberToObject(j, "worker", c->srv->worker);
 	cJSON_AddNumberToObject(j, "status", gone && !r->finished ? 499 : r->status);
 	if (r->prompts)
 		cJSON_AddNumberToObject(j, "prompts", r->prompts);
@@ -376,6 +382,10 @@ static void finish(struct creq *r)
 
 void creq_reply(struct creq *r, int status, const char *ctype, const char *extra, const char *body, size_t len)
 {
+	if (r->relay) {
+		relay_reply(r, status, ctype, extra, body, len);
+		return;
+	}
 	write_head(r, status, ctype, extra, (long)len);
 	conn_stage(r->conn, "\r\n", 2, len > 0);
 	if (len)
@@ -396,6 +406,10 @@ void creq_reply_error(struct creq *r, int status, const char *message, const cha
 
 void creq_stream_start(struct creq *r, int status, const char *ctype, const char *extra)
 {
+	if (r->relay) {
+		relay_start(r, status, ctype, extra);
+		return;
+	}
 	write_head(r, status, ctype, extra, -1);
 	conn_stage(r->conn, "\r\n", 2, true); /* sent with the first event */
 	r->chunked = true;
@@ -405,6 +419,10 @@ void creq_stream_start(struct creq *r, int status, const char *ctype, const char
 
 int creq_stream_write(struct creq *r, const char *data, size_t len)
 {
+	if (r->relay) { /* a client too slow for its worker is dropped there; the gone callback tells */
+		relay_write(r, data, len);
+		return CP_OK;
+	}
 	struct conn *c = r->conn;
 	size_t unread = evbuffer_get_length(bufferevent_get_output(c->bev)) + c->pend.len;
 	if (unread > (size_t)c->srv->cfg->limits.max_client_buffer) {
@@ -439,12 +457,20 @@ int creq_stream_write(struct creq *r, const char *data, size_t len)
 
 void creq_abort(struct creq *r)
 {
+	if (r->relay) {
+		relay_abort(r);
+		return;
+	}
 	r->gone_cb = NULL;
 	conn_free(r->conn);
 }
 
 void creq_stream_end(struct creq *r)
 {
+	if (r->relay) {
+		relay_end(r);
+		return;
+	}
 	conn_stage(r->conn, "0\r\n\r\n", 5, false);
 	finish(r);
 }
@@ -728,12 +754,29 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
 	conn_free(c);
 }
 
+static void rearm_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct listener *l = arg;
+	if (l->lev)
+		evconnlistener_enable(l->lev);
+}
+
 static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg)
 {
-	(void)lev;
 	(void)salen;
 	struct listener *l = arg;
 	struct server *srv = l->srv;
+	if (srv->one_accept) {
+		/* Every worker's loop wakes for a new connection; taking one each time and listening again
+		 * after the turn spreads a burst of connections over the workers instead of giving the whole
+		 * burst to whichever woke first. */
+		if (!l->rearm_ev)
+			l->rearm_ev = event_new(srv->base, -1, 0, rearm_cb, l);
+		evconnlistener_disable(lev);
+		event_active(l->rearm_ev, 0, 0);
+	}
 	if (srv->nconns >= (unsigned)srv->cfg->limits.max_clients) {
 		static const char msg[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
 					  "Connection: close\r\nContent-Length: 114\r\n\r\n"
@@ -913,8 +956,9 @@ struct server *server_new(struct event_base *base, const struct config *cfg, ser
 }
 
 struct server *server_new_shared(struct event_base *base, const struct config *cfg, server_handler h, void *arg,
-				 const struct server *primary)
+				 struct server *primary)
 {
+	primary->one_accept = true;
 	struct server *s = xcalloc(1, sizeof *s);
 	s->base = base;
 	s->flush_ev = event_new(base, -1, 0, flush_cb, s);
@@ -923,6 +967,7 @@ struct server *server_new_shared(struct event_base *base, const struct config *c
 	s->arg = arg;
 	s->access = primary->access_owned ? fopen(cfg->log.access, "a") : primary->access;
 	s->access_owned = primary->access_owned && s->access;
+	s->one_accept = true;
 	for (int i = 0; i < primary->nlisteners; i++) {
 		const struct listener *pl = &primary->listeners[i];
 		struct listener *l = &s->listeners[i];
@@ -957,6 +1002,10 @@ void server_stop_listening(struct server *s)
 		if (l->lev) {
 			evconnlistener_free(l->lev);
 			l->lev = NULL;
+		}
+		if (l->rearm_ev) {
+			event_free(l->rearm_ev);
+			l->rearm_ev = NULL;
 		}
 		if (l->unix_path[0]) {
 			unlink(l->unix_path);

@@ -16,6 +16,7 @@
 
 enum dialect { DIALECT_AUTO, DIALECT_OPENAI, DIALECT_VLLM, DIALECT_LLAMACPP };
 enum batch_policy { POLICY_ADAPTIVE, POLICY_FIXED };
+enum batch_queue { QUEUE_SHARED, QUEUE_PER_WORKER };
 
 struct cfg_tls_server {
 	char cert[CFG_STR];
@@ -66,6 +67,7 @@ struct config {
 		long policy; /* enum batch_policy */
 		long max_wait_ms;
 		long max_batch_size;
+		long queue; /* enum batch_queue */
 	} batching;
 	struct {
 		char keys[CFG_MAX_KEYS][128];

@@ -14,6 +14,7 @@ struct router {
 	struct upstream *ups;
 	int nups;
 	struct batcher *bt;
+	struct relay *relay;	  /* set when batches form on worker 0 for every worker (batching.queue: shared) */
 	struct auth_table **auth; /* client keys, shared by the workers; NULL or empty: no check */
 	struct metrics *metrics;  /* this worker's */
 	struct router **peers;	  /* every worker's router, for /metrics totals (this one included) */

@@ -46,6 +46,7 @@ struct creq {
 	void *gone_arg;
 	void (*end_cb)(void *arg); /* once, when the request ends for any reason */
 	void *end_arg;
+	struct relay *relay; /* set on the dispatcher's stand-in for another worker's client (relay.h) */
 	char peer[64];
 };
 
@@ -56,9 +57,9 @@ struct server;
 /* Opens every listener of cfg on base. Returns NULL (and logs why) on failure. */
 struct server *server_new(struct event_base *base, const struct config *cfg, server_handler h, void *arg);
 /* Another worker's server on base, accepting from the same listening sockets as primary (a shared
- * accept queue: whichever worker is free takes the next connection). */
+ * accept queue: whichever worker is free takes the next connection, one at a time). */
 struct server *server_new_shared(struct event_base *base, const struct config *cfg, server_handler h, void *arg,
-				 const struct server *primary);
+				 struct server *primary);
 /* Stops accepting (listeners closed, unix sockets unlinked); open connections continue. */
 void server_stop_listening(struct server *s);
 unsigned server_connections(const struct server *s);
@@ -67,6 +68,8 @@ void server_free(struct server *s);
 struct metrics;
 /* Where the server counts requests, streams and slow clients (the worker's metrics). */
 void server_set_metrics(struct server *s, struct metrics *m);
+/* The worker's id, written in the access log. */
+void server_set_worker(struct server *s, int id);
 
 const char *creq_header(const struct creq *r, const char *name);
 /* The owner's callback when the client leaves before the response ends; afterwards r is gone. */

@@ -127,7 +127,7 @@ async function startCarpool(cfg, { env = {}, expectFail = false } = {}) {
 }
 
 function assertCleanLog(log) {
-  for (const bad of [' crit ', ' alert ', 'AddressSanitizer', 'LeakSanitizer', 'runtime error:', 'Segmentation']) {
+  for (const bad of [' crit ', ' alert ', 'AddressSanitizer', 'LeakSanitizer', 'ThreadSanitizer', 'runtime error:', 'Segmentation']) {
     assert.ok(!log.includes(bad), `carpool log contains "${bad}":\n${log.slice(-4000)}`);
   }
 }

@@ -153,6 +153,7 @@ static void test_defaults(void **state)
 	assert_int_equal(cfg.batching.policy, POLICY_ADAPTIVE);
 	assert_int_equal(cfg.batching.max_wait_ms, 10);
 	assert_int_equal(cfg.batching.max_batch_size, 64);
+	assert_int_equal(cfg.batching.queue, QUEUE_SHARED);
 	assert_int_equal(cfg.auth.nkeys, 0);
 	assert_string_equal(cfg.auth.keys_file, "");
 	assert_int_equal(cfg.limits.max_body_bytes, 4194304);
@@ -250,6 +251,11 @@ static void test_bad_enum(void **state)
 	load_fails(MIN_OK "log: { level: loud }\n", "test.yaml:5:15:", "level");
 	/* the message lists the choices */
 	load_fails(MIN_OK "batching:\n  policy: greedy\n", "test.yaml:6:11:", "adaptive");
+	load_fails(MIN_OK "batching:\n  queue: global\n", "test.yaml:6:10:", "per_worker");
+	/* and the other choice loads */
+	if (load(MIN_OK "batching:\n  queue: per_worker\n") != CP_OK)
+		fail_msg("%s", err);
+	assert_int_equal(cfg.batching.queue, QUEUE_PER_WORKER);
 }
 
 static void test_missing_listen_upstreams(void **state)

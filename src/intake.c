@@ -105,18 +105,16 @@ static int check_object(const cJSON *body, struct intake_error *err)
 	return CP_OK;
 }
 
+static void canon_object(struct sbuf *b, const cJSON *v, const char *const *skip);
+
 /* The batch key: every field but `without`, in canonical form, after a kind prefix. */
 static void make_key(struct intake_req *r, char prefix, const char *const *without)
 {
-	cJSON *rest = cJSON_Duplicate(r->body, 1);
-	for (int i = 0; without[i]; i++)
-		cJSON_DeleteItemFromObjectCaseSensitive(rest, without[i]);
-	char *canon = intake_canonical(rest);
-	cJSON_Delete(rest);
-	size_t klen = strlen(canon) + 4;
-	r->key = xmalloc(klen);
-	snprintf(r->key, klen, "%c%c:%s", prefix, r->kind == PROMPT_TEXT ? 't' : 'i', canon);
-	free(canon);
+	struct sbuf b = {0};
+	char head[3] = {prefix, r->kind == PROMPT_TEXT ? 't' : 'i', ':'};
+	sbuf_add(&b, head, 3);
+	canon_object(&b, r->body, without); /* the body is an object (check_object) */
+	r->key = b.data;
 }
 
 int intake_parse_embedding(const char *body, size_t len, struct intake_req *r, struct intake_error *err)
@@ -249,6 +247,40 @@ static int cmp_keys(const void *a, const void *b)
 	return strcmp(x->string, y->string);
 }
 
+static void canon(struct sbuf *b, const cJSON *v);
+
+static bool listed(const char *key, const char *const *list)
+{
+	for (int i = 0; list && list[i]; i++)
+		if (!strcmp(key, list[i]))
+			return true;
+	return false;
+}
+
+/* An object, keys sorted; members named in skip (NULL: none) are left out. */
+static void canon_object(struct sbuf *b, const cJSON *v, const char *const *skip)
+{
+	size_t n = 0;
+	for (const cJSON *e = v->child; e; e = e->next)
+		n++;
+	const cJSON **items = xcalloc(n ? n : 1, sizeof *items);
+	n = 0;
+	for (const cJSON *e = v->child; e; e = e->next)
+		if (!listed(e->string, skip))
+			items[n++] = e;
+	qsort(items, n, sizeof *items, cmp_keys);
+	sbuf_add(b, "{", 1);
+	for (size_t i = 0; i < n; i++) {
+		canon_string(b, items[i]->string);
+		sbuf_add(b, ":", 1);
+		canon(b, items[i]);
+		if (i + 1 < n)
+			sbuf_add(b, ",", 1);
+	}
+	sbuf_add(b, "}", 1);
+	free(items);
+}
+
 static void canon(struct sbuf *b, const cJSON *v)
 {
 	if (cJSON_IsNull(v)) {
@@ -260,7 +292,7 @@ static void canon(struct sbuf *b, const cJSON *v)
 	} else if (cJSON_IsNumber(v)) {
 		double d = v->valuedouble;
 		if (d == floor(d) && fabs(d) < 1e15)
-			sbuf_printf(b, "%lld", (long long)d);
+			sbuf_addll(b, (long long)d);
 		else
 			sbuf_printf(b, "%.17g", d);
 	} else if (cJSON_IsString(v)) {
@@ -274,24 +306,7 @@ static void canon(struct sbuf *b, const cJSON *v)
 		}
 		sbuf_add(b, "]", 1);
 	} else if (cJSON_IsObject(v)) {
-		size_t n = 0;
-		for (const cJSON *e = v->child; e; e = e->next)
-			n++;
-		const cJSON **items = xcalloc(n, sizeof *items);
-		n = 0;
-		for (const cJSON *e = v->child; e; e = e->next)
-			items[n++] = e;
-		qsort(items, n, sizeof *items, cmp_keys);
-		sbuf_add(b, "{", 1);
-		for (size_t i = 0; i < n; i++) {
-			canon_string(b, items[i]->string);
-			sbuf_add(b, ":", 1);
-			canon(b, items[i]);
-			if (i + 1 < n)
-				sbuf_add(b, ",", 1);
-		}
-		sbuf_add(b, "}", 1);
-		free(items);
+		canon_object(b, v, NULL);
 	} else {
 		sbuf_adds(b, "null");
 	}

@@ -101,8 +101,13 @@ bool jscan_uint(const char *v, const char *vend, unsigned long *out)
 const char *jscan_members(const char *obj, const char *end, const char *const *keys, int nkeys,
 			  struct jscan_hit *hits)
 {
-	for (int i = 0; i < nkeys; i++)
+	size_t klen[JSCAN_MAX_KEYS];
+	if (nkeys > JSCAN_MAX_KEYS)
+		return NULL;
+	for (int i = 0; i < nkeys; i++) {
 		hits[i].kstart = hits[i].vstart = hits[i].vend = NULL;
+		klen[i] = strlen(keys[i]);
+	}
 	const char *p = jscan_ws(obj, end);
 	if (p >= end || *p != '{')
 		return NULL;
@@ -125,7 +130,7 @@ const char *jscan_members(const char *obj, const char *end, const char *const *k
 			return NULL;
 		size_t kl = (size_t)(ke - ks) - 2;
 		for (int i = 0; i < nkeys; i++)
-			if (!hits[i].vstart && strlen(keys[i]) == kl && !memcmp(ks + 1, keys[i], kl)) {
+			if (!hits[i].vstart && klen[i] == kl && !memcmp(ks + 1, keys[i], kl)) {
 				hits[i].kstart = ks;
 				hits[i].vstart = vs;
 				hits[i].vend = ve;

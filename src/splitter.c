@@ -407,6 +407,27 @@ static void upstream_error_event(struct split *sp, const char *data, size_t len,
  * `index`, and vLLM's per-chunk usage removed) instead of parsed and printed; everything else
  * keeps its bytes. Anything unusual returns CP_DECLINED and takes the full parse. The two must
  * agree (tests/unit/test_splitter.c compares them on generated events). */
+/* Whether data holds a byte below 0x20 other than a tab; eight bytes at a time. */
+static bool has_control(const char *data, size_t len)
+{
+	const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+	size_t i = 0;
+	for (; i + 8 <= len; i += 8) {
+		uint64_t w;
+		memcpy(&w, data + i, 8);
+		/* a byte b < 0x20 makes (b - 0x20) borrow into its high bit while b's own high bit is 0 */
+		if (((w - 0x20 * ones) & ~w & highs) == 0)
+			continue;
+		for (size_t k = i; k < i + 8; k++)
+			if ((unsigned char)data[k] < 0x20 && data[k] != '\t')
+				return true;
+	}
+	for (; i < len; i++)
+		if ((unsigned char)data[i] < 0x20 && data[i] != '\t')
+			return true;
+	return false;
+}
+
 static int fast_event(struct split *sp, const char *data, size_t len)
 {
 	static const char *const top_keys[] = {"choices", "usage", "error"};
@@ -415,9 +436,8 @@ static int fast_event(struct split *sp, const char *data, size_t len)
 	struct jscan_hit top[3], chk[3];
 	/* control bytes (a NUL, the line breaks of a multi-line event) would be copied raw into the
 	 * client's stream: such events take the full parse, which re-prints them */
-	for (size_t i = 0; i < len; i++)
-		if ((unsigned char)data[i] < 0x20 && data[i] != '\t')
-			return CP_DECLINED;
+	if (has_control(data, len))
+		return CP_DECLINED;
 	const char *obj = jscan_ws(data, end);
 	const char *obj_end = obj < end && *obj == '{' ? jscan_members(obj, end, top_keys, 3, top) : NULL;
 	if (!obj_end || top[2].vstart)
@@ -430,12 +450,10 @@ static int fast_event(struct split *sp, const char *data, size_t len)
 	const char *ch = jscan_ws(cs + 1, ce);
 	if (ch >= ce || *ch != '{')
 		return CP_DECLINED; /* no choice: a usage chunk */
-	const char *chend = jscan_value_end(ch, ce);
+	const char *chend = jscan_members(ch, ce, choice_keys, 3, chk);
 	const char *after = chend ? jscan_ws(chend, ce) : NULL;
 	if (!after || *after != ']')
 		return CP_DECLINED; /* several choices */
-	if (!jscan_members(ch, chend, choice_keys, 3, chk))
-		return CP_DECLINED;
 	const char *is = chk[0].vstart, *ie = chk[0].vend;
 	unsigned long idx;
 	if (!is || !jscan_uint(is, ie, &idx))
@@ -460,12 +478,15 @@ static int fast_event(struct split *sp, const char *data, size_t len)
 	/* vLLM's continuous usage: recorded, and removed from what the client sees */
 	const char *cut_s = NULL, *cut_e = NULL, *us = top[1].kstart, *uvs = top[1].vstart, *uve = top[1].vend;
 	if (uvs && *uvs == '{') {
-		const char *a, *b, *c;
+		static const char *const usage_keys[] = {"prompt_tokens", "completion_tokens"};
+		struct jscan_hit u[2];
 		unsigned long n;
-		if (jscan_member(uvs, uve, "prompt_tokens", &a, &b, &c) && jscan_uint(b, c, &n))
-			m->cu_prompt[ci / sp->n] = (long)n;
-		if (jscan_member(uvs, uve, "completion_tokens", &a, &b, &c) && jscan_uint(b, c, &n))
-			m->cu_completion[ci] = (long)n;
+		if (jscan_members(uvs, uve, usage_keys, 2, u)) {
+			if (u[0].vstart && jscan_uint(u[0].vstart, u[0].vend, &n))
+				m->cu_prompt[ci / sp->n] = (long)n;
+			if (u[1].vstart && jscan_uint(u[1].vstart, u[1].vend, &n))
+				m->cu_completion[ci] = (long)n;
+		}
 		if (sp->dialect == DIALECT_VLLM) {
 			const char *q = us - 1;
 			while (q > obj && (*q == ' ' || *q == '\n' || *q == '\r' || *q == '\t'))

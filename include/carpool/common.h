@@ -34,6 +34,8 @@ struct sbuf {
 void sbuf_reserve(struct sbuf *b, size_t len);
 void sbuf_add(struct sbuf *b, const void *data, size_t len);
 void sbuf_adds(struct sbuf *b, const char *s);
+/* Appends v in decimal (what printf's %lld writes, without printf's cost on hot paths). */
+void sbuf_addll(struct sbuf *b, long long v);
 void sbuf_printf(struct sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void sbuf_reset(struct sbuf *b);
 void sbuf_free(struct sbuf *b);

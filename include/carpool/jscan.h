@@ -18,8 +18,10 @@ bool jscan_member(const char *obj, const char *end, const char *key, const char 
 struct jscan_hit {
 	const char *kstart, *vstart, *vend; /* vstart NULL: absent */
 };
-/* One pass over the object at obj: fills hits[i] for keys[i] (the first of duplicates). Returns the
- * end of the object (just after its '}'), or NULL if it is not well formed. */
+#define JSCAN_MAX_KEYS 8
+/* One pass over the object at obj: fills hits[i] for keys[i] (the first of duplicates; at most
+ * JSCAN_MAX_KEYS keys). Returns the end of the object (just after its '}'), or NULL if it is not well
+ * formed. */
 const char *jscan_members(const char *obj, const char *end, const char *const *keys, int nkeys,
 			  struct jscan_hit *hits);
 

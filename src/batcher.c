@@ -571,9 +571,11 @@ static void batch_send(struct batch *b)
 
 static void batch_extra_headers(struct batch *b, struct member *m, char *buf, size_t len)
 {
-	snprintf(buf, len, "X-Carpool-Batch: %llu; size=%u\r\nX-Carpool-Usage: %s\r\nServer-Timing: queue;dur=%.1f\r\n",
-		 (unsigned long long)b->id, b->nprompts, m->sm.usage_exact ? "exact" : "estimated",
-		 b->t_sent > m->t_arrival ? (double)(b->t_sent - m->t_arrival) / 1000.0 : 0.0);
+	/* the queue time in ms with one decimal, rounded, in integers (no floating-point printf per client) */
+	unsigned long long tenths = b->t_sent > m->t_arrival ? (b->t_sent - m->t_arrival + 50) / 100 : 0;
+	snprintf(buf, len, "X-Carpool-Batch: %llu; size=%u\r\nX-Carpool-Usage: %s\r\nServer-Timing: queue;dur=%llu.%llu\r\n",
+		 (unsigned long long)b->id, b->nprompts, m->sm.usage_exact ? "exact" : "estimated", tenths / 10,
+		 tenths % 10);
 }
 
 /* Notes the batch on each client request, for the access log. */
@@ -1342,10 +1344,11 @@ void batcher_free(struct batcher *bt)
 	free(bt);
 }
 
-const struct batcher_stats *batcher_stats(const struct batcher *bt)
+struct batcher_stats batcher_stats(const struct batcher *bt)
 {
-	((struct batcher *)bt)->st.queued = bt->active;
-	return &bt->st;
+	struct batcher_stats st = bt->st; /* a copy: /metrics may read it from another worker's thread */
+	st.queued = bt->active;
+	return st;
 }
 
 unsigned batcher_active(const struct batcher *bt) { return bt->active; }

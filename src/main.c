@@ -74,7 +74,8 @@ static void drain_cb(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	struct worker *w = arg;
-	unsigned active = batcher_active(w->bt) + (w->relay ? relay_open(w->relay) : 0);
+	/* worker 0's stand-ins are in its batcher's count already */
+	unsigned active = batcher_active(w->bt) + (w->relay && w->id ? relay_open(w->relay) : 0);
 	/* the dispatcher serves the other workers' requests until they are gone */
 	bool others = w->relay && w->id == 0 && atomic_load(&g_exited) < g_nworkers - 1;
 	uint64_t waited = (now_us() - w->drain_start) / 1000;

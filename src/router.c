@@ -307,7 +307,7 @@ static void metrics(struct router *rt, struct creq *r)
 	struct batcher_stats tot = {0};
 	unsigned long passthrough = 0, limited = 0, reloads = 0, reload_failures = 0;
 	for (int p = 0; p < npeers; p++) {
-		const struct batcher_stats *x = batcher_stats(peers[p]->bt);
+		const struct batcher_stats xs = batcher_stats(peers[p]->bt), *x = &xs;
 		tot.requests += x->requests;
 		tot.prompts += x->prompts;
 		tot.calls += x->calls;

@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #define MAX_HEADERS 100
+#define STAGE_MAX 65536 /* staged bytes of one client that are sent at once, mid-turn */
 
 enum conn_state { ST_HEADERS, ST_BODY, ST_CHUNK_SIZE, ST_CHUNK_DATA, ST_CHUNK_END, ST_TRAILER, ST_HANDLING, ST_CLOSING };
 
@@ -263,7 +264,7 @@ static void conn_flush(struct conn *c)
 	if (c->pend.len) {
 		conn_send(c, c->pend.data, c->pend.len);
 		sbuf_reset(&c->pend);
-		if (c->pend.cap > 65536) /* a burst does not pin its buffer for the life of the connection */
+		if (c->pend.cap > STAGE_MAX) /* a burst does not pin its buffer for the life of the connection */
 			sbuf_free(&c->pend);
 	}
 	if (c->state == ST_CLOSING && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
@@ -288,8 +289,8 @@ static void flush_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 /* Stages bytes of the answer; they leave at the end of this loop turn, with whatever else the
- * client gets in the same turn. hold: do not schedule the write yet (a stream's head waits for the
- * first event, so that both go in one write). */
+ * client gets in the same turn. hold: do not schedule the write yet (the caller stages more of the
+ * same answer at once). */
 static void conn_stage(struct conn *c, const void *data, size_t len, bool hold)
 {
 	sbuf_add(&c->pend, data, len);
@@ -344,12 +345,21 @@ void creq_on_gone(struct creq *r, void (*cb)(void *arg), void *arg)
 static void write_head(struct creq *r, int status, const char *ctype, const char *extra, long content_length)
 {
 	struct sbuf *out = &r->conn->pend;
-	sbuf_printf(out, "HTTP/1.1 %d %s\r\nServer: carpool\r\n", status, http_reason(status));
-	if (ctype)
-		sbuf_printf(out, "Content-Type: %s\r\n", ctype);
-	if (content_length >= 0)
-		sbuf_printf(out, "Content-Length: %ld\r\n", content_length);
-	else
+	sbuf_adds(out, "HTTP/1.1 ");
+	sbuf_addll(out, status);
+	sbuf_add(out, " ", 1);
+	sbuf_adds(out, http_reason(status));
+	sbuf_adds(out, "\r\nServer: carpool\r\n");
+	if (ctype) {
+		sbuf_adds(out, "Content-Type: ");
+		sbuf_adds(out, ctype);
+		sbuf_add(out, "\r\n", 2);
+	}
+	if (content_length >= 0) {
+		sbuf_adds(out, "Content-Length: ");
+		sbuf_addll(out, content_length);
+		sbuf_add(out, "\r\n", 2);
+	} else
 		sbuf_adds(out, "Transfer-Encoding: chunked\r\n");
 	sbuf_adds(out, r->keepalive ? "Connection: keep-alive\r\n" : "Connection: close\r\n");
 	if (extra)
@@ -411,7 +421,9 @@ void creq_stream_start(struct creq *r, int status, const char *ctype, const char
 		return;
 	}
 	write_head(r, status, ctype, extra, -1);
-	conn_stage(r->conn, "\r\n", 2, true); /* sent with the first event */
+	/* out at the end of this loop turn (with the first event if it came in the same read): a client
+	 * knows its request was taken as soon as the upstream answered */
+	conn_stage(r->conn, "\r\n", 2, false);
 	r->chunked = true;
 	if (r->conn->srv->metrics)
 		r->conn->srv->metrics->streams_started_total++;
@@ -424,7 +436,8 @@ int creq_stream_write(struct creq *r, const char *data, size_t len)
 		return CP_OK;
 	}
 	struct conn *c = r->conn;
-	size_t unread = evbuffer_get_length(bufferevent_get_output(c->bev)) + c->pend.len;
+	/* unread: what the socket did not take; bytes staged this turn have not been offered yet */
+	size_t unread = evbuffer_get_length(bufferevent_get_output(c->bev));
 	if (unread > (size_t)c->srv->cfg->limits.max_client_buffer) {
 		log_warn("client %s reads too slowly: %zu bytes unread, dropping it", c->peer, unread);
 		if (c->srv->metrics)
@@ -452,6 +465,8 @@ int creq_stream_write(struct creq *r, const char *data, size_t len)
 	sbuf_add(&c->pend, head, (size_t)hl);
 	sbuf_add(&c->pend, data, len);
 	conn_stage(c, "\r\n", 2, false);
+	if (c->pend.len >= STAGE_MAX) /* a burst: offer it now rather than grow the stage */
+		conn_flush(c);
 	return CP_OK;
 }
 

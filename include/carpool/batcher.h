@@ -43,7 +43,9 @@ struct metrics;
 /* Where the batcher records queue times, prompts per call and tokens streamed. */
 void batcher_set_metrics(struct batcher *bt, struct metrics *m);
 
-const struct batcher_stats *batcher_stats(const struct batcher *bt);
+/* A copy of bt's counters (read without a lock when another worker asks: the figures may be a
+ * moment old, never written by the reader). */
+struct batcher_stats batcher_stats(const struct batcher *bt);
 /* Requests not yet answered (queued or streaming). */
 unsigned batcher_active(const struct batcher *bt);
 

@@ -119,6 +119,15 @@ med() { sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
 		done
 	done
 	echo
+	echo "**The choice: \`batching.queue: shared\` is the default.** Batches form per key, and a key's requests arrive on"
+	echo "whichever worker accepted the client, so batching apart splits every key's traffic N ways: at the same upstream"
+	echo "budget (max_inflight 8 in all) calls carry fewer prompts and requests wait longer for a call; giving each worker"
+	echo "the whole budget instead doubles the calls open upstream and halves their fill. The shared queue keeps one"
+	echo "worker's fill and makes \`max_inflight\` and \`rate_limit_rpm\` mean the whole process; its price is the relay"
+	echo "(each event for another worker's client is copied twice and handed over once per loop turn) - compare the CPU"
+	echo "column of the shared rows with one worker's. Worker 0 forms every batch and reads every upstream answer; the"
+	echo "client writes, most of the CPU, stay with the worker that holds each client."
+	echo
 	echo "Raw runs (regime, streams, configuration, CPU µs/token, worker 0 %, prompts/call, tokens/s, TTFT p50 ms, errors, mismatches):"
 	echo
 	echo '```'

@@ -194,7 +194,7 @@ static void member_detach(struct member *m)
 	m->creq = NULL;
 	if (!m->answered) {
 		m->answered = true;
-		m->bt->active--;
+		CNT_ADD(m->bt->active, -1);
 	}
 }
 
@@ -228,7 +228,7 @@ static void part_fail_raw(struct member *m, int status, const char *ctype, const
 	struct creq *r = ep->creq;
 	ep->creq = NULL;
 	creq_on_gone(r, NULL, NULL);
-	ep->bt->active--;
+	CNT_ADD(ep->bt->active, -1);
 	creq_reply(r, status, ctype, extra, body, len);
 }
 
@@ -553,10 +553,10 @@ static void batch_send(struct batch *b)
 	annotate(b);
 	if (bt->metrics)
 		metrics_observe_count(&bt->metrics->prompts_per_call, b->nprompts);
-	bt->st.calls++;
-	bt->st.call_prompts += b->nprompts;
+	CNT_ADD(bt->st.calls, 1);
+	CNT_ADD(bt->st.call_prompts, b->nprompts);
 	if (b->nprompts > bt->st.max_call_prompts)
-		bt->st.max_call_prompts = b->nprompts;
+		CNT_ADD(bt->st.max_call_prompts, b->nprompts - bt->st.max_call_prompts);
 	log_debug("batch %llu: sending %u prompts from %u clients to %s", (unsigned long long)b->id, b->nprompts,
 		  b->nmembers, b->up->cfg->url);
 	b->call = upstream_call(b->up, "POST", b->embed ? "/v1/embeddings" : "/v1/completions", hdrs, 2, auth, body,
@@ -686,9 +686,9 @@ static void member_left(struct member *m, bool may_free)
 	m->creq = NULL;
 	if (!m->answered) {
 		m->answered = true;
-		bt->active--;
+		CNT_ADD(bt->active, -1);
 	}
-	bt->st.gone++;
+	CNT_ADD(bt->st.gone, 1);
 	struct batch *b = m->sm.owner;
 	if (!b)
 		return;
@@ -730,7 +730,7 @@ static int flush_members(struct batch *b)
 				struct creq *r = m->creq;
 				if (b->bt->metrics)
 					for (unsigned c = 0; c < m->sm.nchoices; c++)
-						b->bt->metrics->tokens_streamed_total += m->sm.ntokens[c];
+						CNT_ADD(b->bt->metrics->tokens_streamed_total, m->sm.ntokens[c]);
 				member_detach(m);
 				creq_stream_end(r);
 			}
@@ -792,7 +792,7 @@ static void bisect(struct batch *b)
 		batch_add(parts[i < half ? 0 : 1], m);
 	}
 	b->nmembers = 0;
-	bt->st.bisections++;
+	CNT_ADD(bt->st.bisections, 1);
 	log_info("batch %llu: upstream refused it with %d; retrying as batches %llu (%u) and %llu (%u)",
 		 (unsigned long long)b->id, b->status, (unsigned long long)parts[0]->id, parts[0]->nmembers,
 		 (unsigned long long)parts[1]->id, parts[1]->nmembers);
@@ -895,7 +895,7 @@ static unsigned requeue_unstarted(struct batch *b)
 		if (!kept)
 			b->sp.members[i] = NULL;
 	}
-	bt->st.retries++;
+	CNT_ADD(bt->st.retries, 1);
 	log_warn("batch %llu: upstream %s broke mid-stream; %u clients that had no bytes yet move to batch %llu",
 		 (unsigned long long)b->id, b->up->cfg->url, moved, (unsigned long long)nb->id);
 	batch_ready_first(nb);
@@ -937,7 +937,7 @@ static void embed_reply(struct embed_parent *ep)
 	struct creq *r = ep->creq;
 	ep->creq = NULL;
 	creq_on_gone(r, NULL, NULL);
-	ep->bt->active--;
+	CNT_ADD(ep->bt->active, -1);
 	cJSON *obj = ep->proto ? cJSON_Duplicate(ep->proto, 1) : cJSON_CreateObject();
 	if (!cJSON_GetObjectItemCaseSensitive(obj, "object"))
 		cJSON_AddStringToObject(obj, "object", "list");
@@ -1035,7 +1035,7 @@ static void call_done(void *arg, enum upcall_error err)
 	struct batcher *bt = b->bt;
 	b->call = NULL;
 	if (err != UPE_NONE)
-		bt->st.upstream_errors++;
+		CNT_ADD(bt->st.upstream_errors, 1);
 	if (b->embed && b->status == 200 && err == UPE_NONE) {
 		embed_split(b);
 		batch_free(b);
@@ -1075,8 +1075,8 @@ static void call_done(void *arg, enum upcall_error err)
 	if (retryable && b->attempt + 1 < MAX_ATTEMPTS && alive_members(b)) {
 		b->attempt++;
 		b->tried |= 1u << b->up->index;
-		bt->st.retries++;
-		b->up->retries_in++;
+		CNT_ADD(bt->st.retries, 1);
+		CNT_ADD(b->up->retries_in, 1);
 		if (!b->timer)
 			b->timer = evtimer_new(bt->base, retry_cb, b);
 		else
@@ -1223,9 +1223,9 @@ void batcher_submit(struct batcher *bt, struct creq *creq, struct intake_req *r,
 	m->sm.include_usage = m->req.include_usage;
 	m->ptok_est = estimate_tokens(m->req.prompts, m->req.nprompts);
 	m->sm.prompt_tokens_est = m->ptok_est;
-	bt->active++;
-	bt->st.requests++;
-	bt->st.prompts += m->req.nprompts;
+	CNT_ADD(bt->active, 1);
+	CNT_ADD(bt->st.requests, 1);
+	CNT_ADD(bt->st.prompts, m->req.nprompts);
 	creq_on_gone(creq, member_gone_cb, m);
 	place(bt, m, cands, auth, (unsigned)bt->cfg->batching.max_batch_size, 0);
 }
@@ -1235,8 +1235,8 @@ static void parent_gone_cb(void *arg)
 	struct embed_parent *ep = arg;
 	struct batcher *bt = ep->bt;
 	ep->creq = NULL;
-	bt->active--;
-	bt->st.gone++;
+	CNT_ADD(bt->active, -1);
+	CNT_ADD(bt->st.gone, 1);
 	/* a call in flight whose clients have all left is cancelled (contract 7) */
 	for (struct batch *b = bt->all, *next; b; b = next) {
 		next = b->anext;
@@ -1291,9 +1291,9 @@ void batcher_submit_embed(struct batcher *bt, struct creq *creq, struct intake_r
 	ep->items = xcalloc(r->nprompts, sizeof *ep->items);
 	ep->exact = true;
 	ep->parts_left = ep->refs = nparts;
-	bt->active++;
-	bt->st.requests++;
-	bt->st.prompts += r->nprompts;
+	CNT_ADD(bt->active, 1);
+	CNT_ADD(bt->st.requests, 1);
+	CNT_ADD(bt->st.prompts, r->nprompts);
 	creq_on_gone(creq, parent_gone_cb, ep);
 	cJSON *inputs = r->prompts;
 	for (unsigned pi = 0; pi < nparts; pi++) {
@@ -1346,8 +1346,19 @@ void batcher_free(struct batcher *bt)
 
 struct batcher_stats batcher_stats(const struct batcher *bt)
 {
-	struct batcher_stats st = bt->st; /* a copy: /metrics may read it from another worker's thread */
-	st.queued = bt->active;
+	/* /metrics may ask from another worker's thread */
+	struct batcher_stats st = {
+		.requests = CNT_GET(bt->st.requests),
+		.prompts = CNT_GET(bt->st.prompts),
+		.calls = CNT_GET(bt->st.calls),
+		.call_prompts = CNT_GET(bt->st.call_prompts),
+		.bisections = CNT_GET(bt->st.bisections),
+		.retries = CNT_GET(bt->st.retries),
+		.upstream_errors = CNT_GET(bt->st.upstream_errors),
+		.gone = CNT_GET(bt->st.gone),
+		.queued = CNT_GET(bt->active),
+		.max_call_prompts = CNT_GET(bt->st.max_call_prompts),
+	};
 	return st;
 }
 

@@ -21,14 +21,15 @@ void utc_now(char *buf, size_t len)
 	snprintf(buf, len, "%s.%03dZ", ts, (int)(now.tv_nsec / 1000000));
 }
 
-void log_set_level(enum log_level lvl) { g_level = lvl; }
-enum log_level log_get_level(void) { return g_level; }
+/* set by a reload in worker 0's thread, read by every worker: relaxed atomics */
+void log_set_level(enum log_level lvl) { __atomic_store_n(&g_level, lvl, __ATOMIC_RELAXED); }
+enum log_level log_get_level(void) { return __atomic_load_n(&g_level, __ATOMIC_RELAXED); }
 void log_set_action(const char *action) { g_action = action; }
 
 void log_msg(enum log_level lvl, const char *fmt, ...)
 {
 	static const char *names[] = {"debug", "info", "warn", "error", "crit"};
-	if (lvl < g_level)
+	if (lvl < log_get_level())
 		return;
 	char ts[40];
 	utc_now(ts, sizeof ts);

@@ -128,7 +128,8 @@ static void worker_reload_cb(evutil_socket_t fd, short what, void *arg)
 	w->cfg.timeouts = n->timeouts;
 	w->cfg.log.level = n->log.level;
 	free(n);
-	w->rt.reloads += w->id == 0;
+	if (w->id == 0)
+		CNT_ADD(w->rt.reloads, 1);
 }
 
 /* SIGHUP (main thread): the new file is validated first; a bad one leaves the running config in
@@ -140,7 +141,7 @@ static void reload(struct worker *w0)
 	char err[1024];
 	struct auth_table *auth = NULL;
 	if (config_load(w0->cfg.path, &n, err, sizeof err) != CP_OK || auth_load(&n, &auth, err, sizeof err) != CP_OK) {
-		w0->rt.reload_failures++;
+		CNT_ADD(w0->rt.reload_failures, 1);
 		log_error("reload failed, keeping the running config: %s", err);
 		return;
 	}

@@ -12,9 +12,12 @@ static void observe(struct histogram *h, const double *bounds, double v)
 	int i = 0;
 	while (i < METRICS_NBUCKETS && v > bounds[i])
 		i++;
-	h->bucket[i]++;
-	h->sum += v;
-	h->count++;
+	CNT_ADD(h->bucket[i], 1);
+	double sum;
+	__atomic_load(&h->sum, &sum, __ATOMIC_RELAXED);
+	sum += v;
+	__atomic_store(&h->sum, &sum, __ATOMIC_RELAXED);
+	CNT_ADD(h->count, 1);
 }
 
 void metrics_observe_ms(struct histogram *h, double ms) { observe(h, ms_buckets, ms); }
@@ -37,15 +40,17 @@ static void render_hist(struct sbuf *out, const char *name, const char *help, co
 	double sum = 0;
 	for (int i = 0; i <= METRICS_NBUCKETS; i++) {
 		for (int w = 0; w < n; w++)
-			cum += hs[w]->bucket[i];
+			cum += CNT_GET(hs[w]->bucket[i]);
 		if (i < METRICS_NBUCKETS)
 			sbuf_printf(out, "carpool_%s_bucket{le=\"%g\"} %lu\n", name, bounds[i] / scale, cum);
 		else
 			sbuf_printf(out, "carpool_%s_bucket{le=\"+Inf\"} %lu\n", name, cum);
 	}
 	for (int w = 0; w < n; w++) {
-		sum += hs[w]->sum;
-		count += hs[w]->count;
+		double s;
+		__atomic_load(&hs[w]->sum, &s, __ATOMIC_RELAXED);
+		sum += s;
+		count += CNT_GET(hs[w]->count);
 	}
 	sbuf_printf(out, "carpool_%s_sum %g\ncarpool_%s_count %lu\n", name, sum / scale, name, count);
 }
@@ -56,14 +61,14 @@ void metrics_render(struct sbuf *out, struct metrics *const *ms, int n)
 #define R_COUNTER(name, help)                                                                \
 	v = 0;                                                                               \
 	for (int w = 0; w < n; w++)                                                          \
-		v += ms[w]->name;                                                            \
+		v += CNT_GET(ms[w]->name);                                                   \
 	sbuf_printf(out, "# HELP carpool_" #name " " help "\n# TYPE carpool_" #name " %s\ncarpool_" #name " %lu\n", \
 		    strstr(#name, "_total") ? "counter" : "gauge", v);
 	METRICS_COUNTERS(R_COUNTER)
 #undef R_COUNTER
 	v = 0;
 	for (int w = 0; w < n; w++)
-		v += ms[w]->streams_started_total - ms[w]->streams_ended_total;
+		v += CNT_GET(ms[w]->streams_started_total) - CNT_GET(ms[w]->streams_ended_total);
 	sbuf_printf(out, "# HELP carpool_open_streams Streaming responses open now.\n# TYPE carpool_open_streams gauge\n"
 			 "carpool_open_streams %lu\n", v);
 	struct histogram *hs[64] = {NULL};
@@ -82,7 +87,7 @@ void metrics_render(struct sbuf *out, struct metrics *const *ms, int n)
 		for (int st = 100; st < 600; st++) {
 			v = 0;
 			for (int w = 0; w < n; w++)
-				v += ms[w]->requests[r][st];
+				v += CNT_GET(ms[w]->requests[r][st]);
 			if (v)
 				sbuf_printf(out, "carpool_http_requests_total{route=\"%s\",status=\"%d\"} %lu\n", routes[r], st, v);
 		}

@@ -71,7 +71,7 @@ static bool check_key(struct router *rt, struct creq *r)
 		char *body = openai_error_json(v == AUTH_RATE ? "Rate limit reached for requests per minute on this key."
 							      : "Too many concurrent requests on this key.",
 					       "requests", NULL, "rate_limit_exceeded");
-		rt->limited++;
+		CNT_ADD(rt->limited, 1);
 		creq_reply(r, 429, "application/json", extra, body, strlen(body));
 		free(body);
 		return false;
@@ -187,7 +187,7 @@ static void passthrough(struct router *rt, struct creq *r, struct upstream *up)
 	const char *auth = keys_mode(rt) ? NULL : creq_header(r, "Authorization");
 	struct pass *p = xcalloc(1, sizeof *p);
 	p->r = r;
-	rt->passthrough++;
+	CNT_ADD(rt->passthrough, 1);
 	p->call = upstream_call(up, r->method, r->target, hdrs, n, auth, r->body.data, r->body.len, &pass_ops, p);
 	free(hdrs);
 	if (!p->call) {
@@ -298,7 +298,8 @@ static void models_union(struct router *rt, struct creq *r)
 /* --- local endpoints ---------------------------------------------------------------------------- */
 
 /* Prometheus text. With several workers the figures are totals over all of them, read without
- * locks (each counter is one aligned word, written by its own worker only). */
+ * locks: each counter is written by its own worker only, with relaxed atomic stores (CNT_ADD), and
+ * read here with relaxed atomic loads (CNT_GET). */
 static void metrics(struct router *rt, struct creq *r)
 {
 	struct router *self[1] = {rt};
@@ -317,10 +318,10 @@ static void metrics(struct router *rt, struct creq *r)
 		tot.upstream_errors += x->upstream_errors;
 		tot.gone += x->gone;
 		tot.queued += x->queued;
-		passthrough += peers[p]->passthrough;
-		limited += peers[p]->limited;
-		reloads += peers[p]->reloads;
-		reload_failures += peers[p]->reload_failures;
+		passthrough += CNT_GET(peers[p]->passthrough);
+		limited += CNT_GET(peers[p]->limited);
+		reloads += CNT_GET(peers[p]->reloads);
+		reload_failures += CNT_GET(peers[p]->reload_failures);
 	}
 	const struct batcher_stats *st = &tot;
 	struct sbuf b = {0};
@@ -358,7 +359,7 @@ static void metrics(struct router *rt, struct creq *r)
 	for (int i = 0; i < rt->nups; i++) {
 		unsigned inflight = 0;
 		for (int p = 0; p < npeers; p++)
-			inflight += peers[p]->ups[i].inflight;
+			inflight += CNT_GET(peers[p]->ups[i].inflight);
 		sbuf_printf(&b, "carpool_upstream_inflight{upstream=\"%s\"} %u\n", rt->ups[i].cfg->url, inflight);
 	}
 	static const char *const per[][2] = {
@@ -376,7 +377,7 @@ static void metrics(struct router *rt, struct creq *r)
 			unsigned long v = 0;
 			for (int p = 0; p < npeers; p++) {
 				struct upstream *q = &peers[p]->ups[i];
-				v += k == 0 ? q->calls : k == 1 ? q->errors : k == 2 ? q->retries_in : k == 3 ? q->ejected_total : 0;
+				v += k == 0 ? CNT_GET(q->calls) : k == 1 ? CNT_GET(q->errors) : k == 2 ? CNT_GET(q->retries_in) : k == 3 ? CNT_GET(q->ejected_total) : 0;
 			}
 			if (k == 4)
 				v = upstream_healthy(u);
@@ -389,7 +390,7 @@ static void metrics(struct router *rt, struct creq *r)
 		for (int e = UPE_CONNECT; e <= UPE_BROKEN; e++) {
 			unsigned long v = 0;
 			for (int p = 0; p < npeers; p++)
-				v += peers[p]->ups[i].errors_by[e];
+				v += CNT_GET(peers[p]->ups[i].errors_by[e]);
 			sbuf_printf(&b, "carpool_upstream_failures_by_cause_total{upstream=\"%s\",cause=\"%s\"} %lu\n",
 				    rt->ups[i].cfg->url, upcall_error_name((enum upcall_error)e), v);
 		}
@@ -410,7 +411,7 @@ static void completions(struct router *rt, struct creq *r, bool embed)
 	int rc = embed ? intake_parse_embedding(r->body.data ? r->body.data : "", r->body.len, &req, &err)
 		       : intake_parse_completion(r->body.data ? r->body.data : "", r->body.len, &req, &err);
 	if (rc != CP_OK) {
-		rt->refused++;
+		CNT_ADD(rt->refused, 1);
 		creq_reply_error(r, err.status, err.message, err.type, err.param, err.code);
 		return;
 	}

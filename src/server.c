@@ -113,13 +113,13 @@ static void observe_end(struct conn *c, struct creq *r, bool gone)
 		return;
 	int status = gone && !r->finished ? 499 : r->status;
 	if (status >= 100 && status < 600)
-		m->requests[metrics_route_of(r->path)][status]++;
+		CNT_ADD(m->requests[metrics_route_of(r->path)][status], 1);
 	uint64_t now = now_us();
 	metrics_observe_ms(&m->duration_seconds, (double)(now - r->t_start) / 1000.0);
 	if (r->t_first)
 		metrics_observe_ms(&m->ttft_seconds, (double)(r->t_first - r->t_start) / 1000.0);
 	if (r->chunked)
-		m->streams_ended_total++;
+		CNT_ADD(m->streams_ended_total, 1);
 }
 
 void server_set_metrics(struct server *s, struct metrics *m) { s->metrics = m; }
@@ -249,7 +249,7 @@ static void conn_send(struct conn *c, const char *data, size_t len)
 	if (!c->tls && evbuffer_get_length(out) == 0) {
 		ssize_t w = send(bufferevent_getfd(c->bev), data, len, MSG_NOSIGNAL | MSG_DONTWAIT);
 		if (c->srv->metrics)
-			c->srv->metrics->client_writes_total++;
+			CNT_ADD(c->srv->metrics->client_writes_total, 1);
 		if (w > 0)
 			done = (size_t)w;
 		/* an error other than EAGAIN surfaces on the bufferevent's own next write or read */
@@ -426,7 +426,7 @@ void creq_stream_start(struct creq *r, int status, const char *ctype, const char
 	conn_stage(r->conn, "\r\n", 2, false);
 	r->chunked = true;
 	if (r->conn->srv->metrics)
-		r->conn->srv->metrics->streams_started_total++;
+		CNT_ADD(r->conn->srv->metrics->streams_started_total, 1);
 }
 
 int creq_stream_write(struct creq *r, const char *data, size_t len)
@@ -441,7 +441,7 @@ int creq_stream_write(struct creq *r, const char *data, size_t len)
 	if (unread > (size_t)c->srv->cfg->limits.max_client_buffer) {
 		log_warn("client %s reads too slowly: %zu bytes unread, dropping it", c->peer, unread);
 		if (c->srv->metrics)
-			c->srv->metrics->slow_clients_dropped_total++;
+			CNT_ADD(c->srv->metrics->slow_clients_dropped_total, 1);
 		r->gone_cb = NULL;
 		conn_free(c);
 		return CP_ERROR;

@@ -300,7 +300,7 @@ static void eject(struct upstream *up, const char *why)
 	if (ms > 30000)
 		ms = 30000;
 	up->ejections++;
-	up->ejected_total++;
+	CNT_ADD(up->ejected_total, 1);
 	up->consecutive_failures = 0;
 	log_warn("upstream %s: ejected for %ld ms after %s", up->cfg->url, ms, why);
 	upstream_backoff(up, ms);
@@ -404,7 +404,7 @@ static void call_slot_free(struct upcall *c)
 	if (c->slot_freed)
 		return;
 	c->slot_freed = true;
-	c->up->inflight--;
+	CNT_ADD(c->up->inflight, -1);
 	event_active(c->up->room_ev, 0, 0);
 }
 
@@ -430,8 +430,8 @@ static void call_over(struct upcall *c, enum upcall_error err)
 		return;
 	c->over = true;
 	if (err != UPE_NONE) {
-		c->up->errors++;
-		c->up->errors_by[err]++;
+		CNT_ADD(c->up->errors, 1);
+		CNT_ADD(c->up->errors_by[err], 1);
 		c->conn->dead = true;
 		if (err == UPE_CONNECT || err == UPE_BROKEN || err == UPE_FIRST_BYTE)
 			note_failure(c->up);
@@ -648,8 +648,8 @@ struct upcall *upstream_call(struct upstream *up, const char *method, const char
 		evbuffer_add(evhttp_request_get_output_buffer(req), body, len);
 	char uri[8192];
 	snprintf(uri, sizeof uri, "%s%s", up->prefix, path);
-	up->inflight++;
-	up->calls++;
+	CNT_ADD(up->inflight, 1);
+	CNT_ADD(up->calls, 1);
 	if (up->cfg->rate_limit_rpm) {
 		refill(up);
 		up->tokens -= 1.0;

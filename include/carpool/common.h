@@ -19,6 +19,12 @@ enum log_level log_get_level(void);
 void log_set_action(const char *action);
 void log_msg(enum log_level lvl, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* Counters written by one thread (their worker's) and read by others (/metrics): relaxed atomic loads
+ * and stores - plain moves on x86-64, no lock, no read-modify-write - so that the reads are not data
+ * races. Only the owning thread may write. */
+#define CNT_ADD(x, n) __atomic_store_n(&(x), __atomic_load_n(&(x), __ATOMIC_RELAXED) + (n), __ATOMIC_RELAXED)
+#define CNT_GET(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
+
 #define log_debug(...) do { if (log_get_level() <= LOG_DEBUG) log_msg(LOG_DEBUG, __VA_ARGS__); } while (0)
 #define log_info(...) log_msg(LOG_INFO, __VA_ARGS__)
 #define log_warn(...) log_msg(LOG_WARN, __VA_ARGS__)

@@ -180,7 +180,13 @@ void relay_flush(struct relay *rl)
 		struct relay *to = rl->peers[p];
 		pthread_mutex_lock(&to->mu);
 		bool was_empty = to->inbox.len == 0;
-		sbuf_add(&to->inbox, o->data, o->len);
+		if (was_empty) { /* the common case: hand the whole buffer over, no copy */
+			struct sbuf t = to->inbox;
+			to->inbox = *o;
+			*o = t;
+		} else {
+			sbuf_add(&to->inbox, o->data, o->len);
+		}
 		pthread_mutex_unlock(&to->mu);
 		if (was_empty)
 			event_active(to->wake_ev, 0, 0);

@@ -106,6 +106,21 @@ void sbuf_add(struct sbuf *b, const void *data, size_t len)
 
 void sbuf_adds(struct sbuf *b, const char *s) { sbuf_add(b, s, strlen(s)); }
 
+char *http_header_split(char *line)
+{
+	char *colon = strchr(line, ':');
+	if (!colon || colon == line)
+		return NULL;
+	*colon = 0;
+	char *v = colon + 1;
+	while (*v == ' ' || *v == '\t')
+		v++;
+	size_t vl = strlen(v);
+	while (vl && (v[vl - 1] == ' ' || v[vl - 1] == '\t'))
+		v[--vl] = 0;
+	return v;
+}
+
 void sbuf_addll(struct sbuf *b, long long v)
 {
 	char d[24], *p = d + sizeof d;

@@ -27,6 +27,7 @@
 
 #define MAX_HEADERS 100
 #define STAGE_MAX 65536 /* staged bytes of one client that are sent at once, mid-turn */
+#define SLOW_MS 1000	/* how long a client's unread output may stay over max_client_buffer */
 
 enum conn_state { ST_HEADERS, ST_BODY, ST_CHUNK_SIZE, ST_CHUNK_DATA, ST_CHUNK_END, ST_TRAILER, ST_HANDLING, ST_CLOSING };
 
@@ -71,6 +72,7 @@ struct conn {
 	struct sbuf pend;
 	bool in_dirty;
 	struct conn *dnext, *dprev;
+	uint64_t over_since; /* when its unread output went over max_client_buffer, or 0 */
 	char peer[64];
 };
 
@@ -429,6 +431,27 @@ void creq_stream_start(struct creq *r, int status, const char *ctype, const char
 		CNT_ADD(r->conn->srv->metrics->streams_started_total, 1);
 }
 
+/* Whether c's unread output (what the socket did not take; staged bytes have not been offered yet)
+ * has been over max_client_buffer for SLOW_MS, or is over four times it now. A reader that keeps up
+ * is not dropped for one burst larger than the bound; a stalled one is, and memory stays bounded. */
+static bool client_too_slow(struct conn *c)
+{
+	size_t unread = evbuffer_get_length(bufferevent_get_output(c->bev));
+	size_t max = (size_t)c->srv->cfg->limits.max_client_buffer;
+	if (unread <= max) {
+		c->over_since = 0;
+		return false;
+	}
+	uint64_t now = now_us();
+	if (!c->over_since)
+		c->over_since = now;
+	if (unread <= 4 * max && now - c->over_since < SLOW_MS * 1000)
+		return false;
+	log_warn("client %s reads too slowly: %zu bytes unread (over %zu for %llu ms), dropping it", c->peer, unread,
+		 max, (unsigned long long)((now - c->over_since) / 1000));
+	return true;
+}
+
 int creq_stream_write(struct creq *r, const char *data, size_t len)
 {
 	if (r->relay) { /* a client too slow for its worker is dropped there; the gone callback tells */
@@ -436,10 +459,7 @@ int creq_stream_write(struct creq *r, const char *data, size_t len)
 		return CP_OK;
 	}
 	struct conn *c = r->conn;
-	/* unread: what the socket did not take; bytes staged this turn have not been offered yet */
-	size_t unread = evbuffer_get_length(bufferevent_get_output(c->bev));
-	if (unread > (size_t)c->srv->cfg->limits.max_client_buffer) {
-		log_warn("client %s reads too slowly: %zu bytes unread, dropping it", c->peer, unread);
+	if (client_too_slow(c)) {
 		if (c->srv->metrics)
 			CNT_ADD(c->srv->metrics->slow_clients_dropped_total, 1);
 		r->gone_cb = NULL;
@@ -573,19 +593,12 @@ static int read_head(struct conn *c, struct evbuffer *in)
 			free(line);
 			return CP_OK;
 		}
-		char *colon = strchr(line, ':');
-		if (!colon || colon == line || c->req->nheaders >= MAX_HEADERS) {
+		char *v = http_header_split(line);
+		if (!v || c->req->nheaders >= MAX_HEADERS) {
 			free(line);
-			refuse(c, colon ? 431 : 400, colon ? "Too many request headers." : "Malformed HTTP header.");
+			refuse(c, v ? 431 : 400, v ? "Too many request headers." : "Malformed HTTP header.");
 			return CP_ERROR;
 		}
-		*colon = 0;
-		char *v = colon + 1;
-		while (*v == ' ' || *v == '\t')
-			v++;
-		size_t vl = strlen(v);
-		while (vl && (v[vl - 1] == ' ' || v[vl - 1] == '\t'))
-			v[--vl] = 0;
 		struct creq *r = c->req;
 		r->headers = xrealloc(r->headers, (r->nheaders + 1) * sizeof *r->headers);
 		r->headers[r->nheaders].name = xstrdup(line);

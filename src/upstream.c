@@ -19,14 +19,34 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/queue.h>
 #include <sys/socket.h>
 
+#define MAX_RESP_HEAD 65536 /* bytes of one response head (status line and headers) */
+#define MAX_LINE 8192	    /* one head line or chunk-size line */
+
+/* Where the response on a connection is: carpool reads upstream responses itself, so that a streamed
+ * body costs no allocation per chunk (evhttp's client allocates a line for every chunk size). */
+enum resp_state { RS_HEAD, RS_LEN, RS_EOF, RS_CHUNK_SIZE, RS_CHUNK_DATA, RS_CHUNK_END, RS_TRAILER, RS_DONE };
+
+/* One HTTP/1.1 connection to the upstream: in use by one call, or idle in the pool. */
 struct upconn {
 	struct upstream *up;
-	struct evhttp_connection *evcon;
+	struct bufferevent *bev;
+	struct upcall *call; /* the call it serves, or NULL */
 	struct upconn *next;
 	struct upconn *dnext, *dprev; /* on up->dying */
-	bool dead;
+	bool dead;		      /* never reused */
+	bool connected;
+	/* the response being read */
+	enum resp_state rs;
+	bool status_seen;
+	bool no_body; /* the answer to a HEAD request */
+	bool keep;    /* reusable once this response is complete */
+	int status;
+	size_t head_bytes;
+	uint64_t left; /* RS_LEN, RS_CHUNK_DATA: body bytes still to come */
+	struct evkeyvalq headers;
 };
 
 struct upcall {
@@ -175,8 +195,9 @@ static void upconn_free_now(struct upconn *uc)
 		up->dying = uc->dnext;
 	if (uc->dnext)
 		uc->dnext->dprev = uc->dprev;
-	if (uc->evcon)
-		evhttp_connection_free(uc->evcon);
+	if (uc->bev)
+		bufferevent_free(uc->bev);
+	evhttp_clear_headers(&uc->headers);
 	free(uc);
 }
 
@@ -214,16 +235,14 @@ void upstream_free(struct upstream *up)
 		call_free(c);
 		if (uc->dprev || uc->dnext || up->dying == uc)
 			continue; /* an abandoned call's connection: on the dying list */
-		evhttp_connection_free(uc->evcon);
-		free(uc);
+		upconn_free_now(uc);
 	}
 	while (up->dying)
 		upconn_free_now(up->dying);
 	while (up->idle) {
 		struct upconn *uc = up->idle;
 		up->idle = uc->next;
-		evhttp_connection_free(uc->evcon);
-		free(uc);
+		upconn_free_now(uc);
 	}
 	if (up->room_ev)
 		event_free(up->room_ev);
@@ -319,15 +338,10 @@ static void note_success(struct upstream *up)
 	up->ejections = 0;
 }
 
-static void conn_close_cb(struct evhttp_connection *evcon, void *arg)
-{
-	(void)evcon;
-	struct upconn *uc = arg;
-	/* A TLS bufferevent cannot be reconnected by evhttp: never reuse a closed one. */
-	if (uc->up->https)
-		uc->dead = true;
-}
+static void conn_read_cb(struct bufferevent *bev, void *arg);
+static void conn_event_cb(struct bufferevent *bev, short what, void *arg);
 
+/* A new connection (not yet connected) or an idle one from the pool. */
 static struct upconn *conn_get(struct upstream *up)
 {
 	while (up->idle) {
@@ -341,6 +355,7 @@ static struct upconn *conn_get(struct upstream *up)
 	}
 	struct upconn *uc = xcalloc(1, sizeof *uc);
 	uc->up = up;
+	TAILQ_INIT(&uc->headers);
 	struct bufferevent *bev = NULL;
 	if (up->https) {
 		SSL *ssl = SSL_new(up->ssl_ctx);
@@ -357,25 +372,23 @@ static struct upconn *conn_get(struct upstream *up)
 		}
 		bev = bufferevent_openssl_socket_new(up->base, -1, ssl, BUFFEREVENT_SSL_CONNECTING,
 						     BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
-		if (!bev) {
-			free(uc);
-			return NULL;
-		}
-		bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+		if (bev)
+			bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
 	} else {
 		bev = bufferevent_socket_new(up->base, -1, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
 	}
-	uc->evcon = evhttp_connection_base_bufferevent_new(up->base, up->dns, bev, up->host, (unsigned short)up->port);
-	if (!uc->evcon) {
-		bufferevent_free(bev);
+	if (!bev) {
 		free(uc);
 		return NULL;
 	}
-	long t = up->root->timeouts.first_byte_ms > up->root->timeouts.idle_ms ? up->root->timeouts.first_byte_ms
-										  : up->root->timeouts.idle_ms;
-	struct timeval tv = {t / 1000 + 1, 0};
-	evhttp_connection_set_timeout_tv(uc->evcon, &tv);
-	evhttp_connection_set_closecb(uc->evcon, conn_close_cb, uc);
+	uc->bev = bev;
+	bufferevent_setcb(bev, conn_read_cb, NULL, conn_event_cb, uc);
+	if (bufferevent_socket_connect_hostname(bev, up->dns, AF_UNSPEC, up->host, up->port) != 0) {
+		log_warn("upstream %s: cannot start connecting", up->cfg->url);
+		upconn_free_now(uc);
+		return NULL;
+	}
+	bufferevent_enable(bev, EV_READ | EV_WRITE);
 	return uc;
 }
 
@@ -447,9 +460,7 @@ static void log_tls_failure(struct upcall *c)
 {
 	if (!c->up->https)
 		return;
-	struct bufferevent *bev = evhttp_connection_get_bufferevent(c->conn->evcon);
-	if (!bev)
-		return;
+	struct bufferevent *bev = c->conn->bev;
 	unsigned long e;
 	while ((e = bufferevent_get_openssl_error(bev)))
 		log_warn("upstream %s: TLS: %s", c->up->cfg->url, ERR_error_string(e, NULL));
@@ -459,72 +470,258 @@ static void log_tls_failure(struct upcall *c)
 		log_warn("upstream %s: TLS certificate rejected: %s", c->up->cfg->url, X509_verify_cert_error_string(v));
 }
 
-static void req_done_cb(struct evhttp_request *req, void *arg)
+/* The response on uc ended (complete, or err): the call is over, the connection goes back to the
+ * pool if it can carry another request. */
+static void resp_end(struct upconn *uc, enum upcall_error err)
 {
-	struct upcall *c = arg;
-	if (c->cancelled)
-		return; /* an abandoned call: call_abandon_cb frees it */
-	enum upcall_error err = c->err;
-	if ((!req || evhttp_request_get_response_code(req) == 0) && err == UPE_NONE)
-		err = c->phase == PH_CONNECT ? UPE_CONNECT : UPE_BROKEN;
+	struct upcall *c = uc->call;
+	uc->call = NULL;
+	evhttp_clear_headers(&uc->headers);
+	if (err != UPE_NONE || !uc->keep || evbuffer_get_length(bufferevent_get_input(uc->bev)))
+		uc->dead = true;
+	if (uc->dead)
+		bufferevent_disable(uc->bev, EV_READ | EV_WRITE);
 	if (err == UPE_CONNECT)
 		log_tls_failure(c);
 	call_over(c, err);
-	conn_put(c->up, c->conn);
+	conn_put(c->up, uc);
 	call_free(c);
 }
 
-static void req_error_cb(enum evhttp_request_error e, void *arg)
+/* One line (CRLF or LF) into buf, NUL-terminated: its length; -1: not all here yet; -2: longer than cap. */
+static int take_line(struct evbuffer *in, char *buf, size_t cap)
 {
-	struct upcall *c = arg;
-	if (c->cancelled || c->err != UPE_NONE)
-		return;
-	if (e == EVREQ_HTTP_TIMEOUT)
-		c->err = c->phase == PH_BODY ? UPE_IDLE : UPE_FIRST_BYTE;
-	else if (c->phase == PH_BODY)
-		c->err = UPE_BROKEN;
-	else
-		c->err = UPE_CONNECT;
+	size_t eol;
+	struct evbuffer_ptr p = evbuffer_search_eol(in, NULL, &eol, EVBUFFER_EOL_CRLF);
+	if (p.pos < 0)
+		return evbuffer_get_length(in) >= cap ? -2 : -1;
+	if ((size_t)p.pos >= cap)
+		return -2;
+	evbuffer_remove(in, buf, (size_t)p.pos);
+	buf[p.pos] = 0;
+	evbuffer_drain(in, eol);
+	return (int)p.pos;
 }
 
-static int head_cb(struct evhttp_request *req, void *arg)
+/* A head line: the status line first, then "Name: value" headers. CP_ERROR: not HTTP. */
+static int head_line(struct upconn *uc, char *line)
 {
-	struct upcall *c = arg;
-	if (c->cancelled)
-		return 0;
-	c->phase = PH_BODY;
-	c->t_last = now_us();
-	evtimer_del(c->timer);
-	call_arm_next(c);
-	c->ops->on_head(c->arg, evhttp_request_get_response_code(req), evhttp_request_get_input_headers(req));
-	return 0;
+	if (!uc->status_seen) {
+		int major, minor, status;
+		if (sscanf(line, "HTTP/%d.%d %d", &major, &minor, &status) != 3 || major != 1 || status < 100 ||
+		    status > 999)
+			return CP_ERROR;
+		uc->status = status;
+		uc->status_seen = true;
+		uc->keep = minor >= 1;
+		return CP_OK;
+	}
+	char *v = http_header_split(line);
+	if (!v)
+		return CP_ERROR;
+	evhttp_add_header(&uc->headers, line, v);
+	return CP_OK;
 }
 
-static void chunk_cb(struct evhttp_request *req, void *arg)
+/* The head is complete: how the body is framed. CP_ERROR: a length that is not a number. */
+static int body_framing(struct upconn *uc)
 {
-	struct upcall *c = arg;
-	c->t_last = now_us();
+	const char *te = evhttp_find_header(&uc->headers, "Transfer-Encoding");
+	const char *cl = evhttp_find_header(&uc->headers, "Content-Length");
+	const char *cn = evhttp_find_header(&uc->headers, "Connection");
+	if (cn && strcasestr(cn, "close"))
+		uc->keep = false;
+	if (uc->no_body || uc->status == 204 || uc->status == 304) {
+		uc->rs = RS_DONE;
+	} else if (te && strcasestr(te, "chunked")) {
+		uc->rs = RS_CHUNK_SIZE;
+	} else if (cl) {
+		char *e;
+		errno = 0;
+		unsigned long long n = strtoull(cl, &e, 10);
+		if (errno || e == cl || *e || cl[0] == '-')
+			return CP_ERROR;
+		uc->left = n;
+		uc->rs = n ? RS_LEN : RS_DONE;
+	} else {
+		uc->rs = RS_EOF; /* the body ends when the upstream closes */
+		uc->keep = false;
+	}
+	return CP_OK;
+}
+
+/* Hands n body bytes to the call's owner, in place. false: the owner cancelled the call meanwhile. */
+static bool deliver(struct upcall *c, struct evbuffer *in, size_t n)
+{
+	struct evbuffer_iovec vs[16];
+	int k = evbuffer_peek(in, (ev_ssize_t)n, NULL, vs, 16);
+	size_t done = 0;
+	for (int i = 0; i < k && i < 16 && done < n && !c->cancelled; i++) {
+		size_t l = vs[i].iov_len < n - done ? vs[i].iov_len : n - done;
+		c->ops->on_data(c->arg, vs[i].iov_base, l);
+		done += l;
+	}
 	if (c->cancelled)
+		return false;
+	if (done < n) /* more than 16 pieces: the rest, contiguous */
+		c->ops->on_data(c->arg, (const char *)evbuffer_pullup(in, (ev_ssize_t)n) + done, n - done);
+	if (c->cancelled)
+		return false;
+	evbuffer_drain(in, n);
+	return true;
+}
+
+/* Reads the response: head, then the body as it comes (Content-Length, chunked, or to the close). */
+static void conn_read_cb(struct bufferevent *bev, void *arg)
+{
+	struct upconn *uc = arg;
+	struct upcall *c = uc->call;
+	struct evbuffer *in = bufferevent_get_input(bev);
+	if (!c) { /* an idle connection has nothing to say: never reuse it */
+		evbuffer_drain(in, evbuffer_get_length(in));
+		uc->dead = true;
+		bufferevent_disable(bev, EV_READ | EV_WRITE);
 		return;
-	struct evbuffer *in = evhttp_request_get_input_buffer(req);
-	int n = evbuffer_peek(in, -1, NULL, NULL, 0);
-	struct evbuffer_iovec vs[16], *v = n <= 16 ? vs : xcalloc((size_t)n, sizeof *v);
-	evbuffer_peek(in, -1, NULL, v, n);
-	for (int i = 0; i < n && !c->cancelled; i++)
-		c->ops->on_data(c->arg, v[i].iov_base, v[i].iov_len);
-	if (v != vs)
-		free(v);
+	}
+	c->t_last = now_us();
+	char line[MAX_LINE];
+	for (;;) {
+		switch (uc->rs) {
+		case RS_HEAD: {
+			int n = take_line(in, line, sizeof line);
+			if (n == -1)
+				return;
+			uc->head_bytes += n < 0 ? 0 : (size_t)n + 2;
+			if (n == -2 || uc->head_bytes > MAX_RESP_HEAD) {
+				log_warn("upstream %s: response head too large", c->up->cfg->url);
+				resp_end(uc, UPE_BROKEN);
+				return;
+			}
+			if (n > 0 || !uc->status_seen) {
+				if (head_line(uc, line) != CP_OK) {
+					log_warn("upstream %s: not an HTTP/1.x response", c->up->cfg->url);
+					resp_end(uc, UPE_BROKEN);
+					return;
+				}
+				continue;
+			}
+			if (uc->status < 200) { /* an interim answer (100 Continue): the real head follows */
+				evhttp_clear_headers(&uc->headers);
+				uc->status_seen = false;
+				uc->head_bytes = 0;
+				continue;
+			}
+			if (body_framing(uc) != CP_OK) {
+				log_warn("upstream %s: bad Content-Length", c->up->cfg->url);
+				resp_end(uc, UPE_BROKEN);
+				return;
+			}
+			c->phase = PH_BODY;
+			evtimer_del(c->timer);
+			call_arm_next(c);
+			if (!c->cancelled)
+				c->ops->on_head(c->arg, uc->status, &uc->headers);
+			if (c->cancelled)
+				return;
+			continue;
+		}
+		case RS_LEN:
+		case RS_EOF:
+		case RS_CHUNK_DATA: {
+			size_t n = evbuffer_get_length(in);
+			if (!n)
+				return;
+			if (uc->rs != RS_EOF && n > uc->left)
+				n = (size_t)uc->left;
+			if (!deliver(c, in, n))
+				return;
+			if (uc->rs == RS_EOF)
+				return;
+			uc->left -= n;
+			if (!uc->left)
+				uc->rs = uc->rs == RS_LEN ? RS_DONE : RS_CHUNK_END;
+			continue;
+		}
+		case RS_CHUNK_SIZE: {
+			int n = take_line(in, line, sizeof line);
+			if (n == -1)
+				return;
+			char *e;
+			errno = 0;
+			unsigned long long size = n > 0 ? strtoull(line, &e, 16) : 0;
+			if (n <= 0 || errno || e == line || (*e && *e != ';' && *e != ' ' && *e != '\t')) {
+				log_warn("upstream %s: bad chunk size", c->up->cfg->url);
+				resp_end(uc, UPE_BROKEN);
+				return;
+			}
+			uc->left = size;
+			uc->rs = size ? RS_CHUNK_DATA : RS_TRAILER;
+			continue;
+		}
+		case RS_CHUNK_END: {
+			int n = take_line(in, line, sizeof line);
+			if (n == -1)
+				return;
+			if (n != 0) {
+				log_warn("upstream %s: chunk not followed by CRLF", c->up->cfg->url);
+				resp_end(uc, UPE_BROKEN);
+				return;
+			}
+			uc->rs = RS_CHUNK_SIZE;
+			continue;
+		}
+		case RS_TRAILER: {
+			int n = take_line(in, line, sizeof line);
+			if (n == -1)
+				return;
+			if (n == -2) {
+				resp_end(uc, UPE_BROKEN);
+				return;
+			}
+			if (n == 0)
+				uc->rs = RS_DONE;
+			continue;
+		}
+		case RS_DONE:
+			resp_end(uc, UPE_NONE);
+			return;
+		}
+	}
+}
+
+static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+	struct upconn *uc = arg;
+	struct upcall *c = uc->call;
+	if (what & BEV_EVENT_CONNECTED) {
+		uc->connected = true;
+		if (c && c->phase == PH_CONNECT)
+			c->phase = PH_FIRST_BYTE;
+		return;
+	}
+	/* closed or failed: never reused */
+	uc->dead = true;
+	bufferevent_disable(bev, EV_READ | EV_WRITE);
+	if (!c)
+		return; /* idle in the pool: freed when next taken, or at the end */
+	if (uc->rs == RS_EOF && (what & BEV_EVENT_EOF)) {
+		conn_read_cb(bev, uc); /* what is still buffered */
+		if (uc->call == c && !c->cancelled)
+			resp_end(uc, UPE_NONE);
+		return;
+	}
+	enum upcall_error err = c->err != UPE_NONE ? c->err : uc->connected ? UPE_BROKEN : UPE_CONNECT;
+	resp_end(uc, err);
 }
 
 /* Frees an abandoned call and its connection from the loop, never from inside one of the
- * connection's callbacks; freeing the connection frees its request without callbacks. */
+ * connection's callbacks. */
 static void call_abandon_cb(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd;
 	(void)what;
 	struct upcall *c = arg;
-	evhttp_connection_free(c->conn->evcon);
-	free(c->conn);
+	upconn_free_now(c->conn);
 	call_free(c);
 }
 
@@ -533,6 +730,9 @@ static void call_abandon(struct upcall *c)
 	c->cancelled = true;
 	c->over = true;
 	c->conn->dead = true;
+	c->conn->call = NULL;
+	bufferevent_disable(c->conn->bev, EV_READ | EV_WRITE);
+	bufferevent_setcb(c->conn->bev, NULL, NULL, NULL, NULL);
 	evtimer_del(c->timer);
 	call_slot_free(c);
 	event_base_once(c->up->base, -1, EV_TIMEOUT, call_abandon_cb, c, &zero_tv);
@@ -543,15 +743,6 @@ static void call_abort(struct upcall *c, enum upcall_error err)
 {
 	call_over(c, err);
 	call_abandon(c);
-}
-
-static bool call_connected(struct upcall *c)
-{
-	struct bufferevent *bev = evhttp_connection_get_bufferevent(c->conn->evcon);
-	evutil_socket_t s = bev ? bufferevent_getfd(bev) : -1;
-	struct sockaddr_storage ss;
-	socklen_t sl = sizeof ss;
-	return s >= 0 && getpeername(s, (struct sockaddr *)&ss, &sl) == 0;
 }
 
 /* Arms the call's timer for the nearest of its deadlines. */
@@ -578,8 +769,6 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 	struct upcall *c = arg;
 	const struct config *root = c->up->root;
 	long el = (long)((now_us() - c->t_start) / 1000);
-	if (c->phase == PH_CONNECT && call_connected(c))
-		c->phase = PH_FIRST_BYTE;
 	if (c->phase == PH_CONNECT && el >= root->timeouts.connect_ms) {
 		log_warn("upstream %s: connect timed out after %ld ms", c->up->cfg->url, root->timeouts.connect_ms);
 		call_abort(c, UPE_CONNECT);
@@ -598,24 +787,20 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 	call_arm_next(c);
 }
 
-static enum evhttp_cmd_type method_of(const char *m)
+static bool method_ok(const char *m)
 {
-	if (!strcmp(m, "GET")) return EVHTTP_REQ_GET;
-	if (!strcmp(m, "POST")) return EVHTTP_REQ_POST;
-	if (!strcmp(m, "PUT")) return EVHTTP_REQ_PUT;
-	if (!strcmp(m, "DELETE")) return EVHTTP_REQ_DELETE;
-	if (!strcmp(m, "PATCH")) return EVHTTP_REQ_PATCH;
-	if (!strcmp(m, "HEAD")) return EVHTTP_REQ_HEAD;
-	if (!strcmp(m, "OPTIONS")) return EVHTTP_REQ_OPTIONS;
-	return (enum evhttp_cmd_type)0;
+	static const char *const ok[] = {"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"};
+	for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++)
+		if (!strcmp(m, ok[i]))
+			return true;
+	return false;
 }
 
 struct upcall *upstream_call(struct upstream *up, const char *method, const char *path,
 			     const char *const *hdrs, size_t nhdrs, const char *client_auth, const char *body,
 			     size_t len, const struct upcall_ops *ops, void *arg)
 {
-	enum evhttp_cmd_type cmd = method_of(method);
-	if (!cmd)
+	if (!method_ok(method))
 		return NULL;
 	struct upconn *uc = conn_get(up);
 	if (!uc) {
@@ -633,21 +818,26 @@ struct upcall *upstream_call(struct upstream *up, const char *method, const char
 	if (up->open_calls)
 		up->open_calls->prev = c;
 	up->open_calls = c;
-	struct evhttp_request *req = evhttp_request_new(req_done_cb, c);
-	evhttp_request_set_chunked_cb(req, chunk_cb);
-	evhttp_request_set_header_cb(req, head_cb);
-	evhttp_request_set_error_cb(req, req_error_cb);
-	struct evkeyvalq *oh = evhttp_request_get_output_headers(req);
-	evhttp_add_header(oh, "Host", up->host_header);
+	uc->call = c;
+	uc->rs = RS_HEAD;
+	uc->status_seen = false;
+	uc->head_bytes = 0;
+	uc->no_body = !strcmp(method, "HEAD");
+	/* the request: header values come from carpool or from the client's parsed (CR/LF-free) head */
+	struct evbuffer *out = bufferevent_get_output(uc->bev);
+	evbuffer_add_printf(out, "%s %s%s HTTP/1.1\r\nHost: %s\r\n", method, up->prefix, path, up->host_header);
 	for (size_t i = 0; i + 1 < nhdrs * 2; i += 2)
-		evhttp_add_header(oh, hdrs[i], hdrs[i + 1]);
+		evbuffer_add_printf(out, "%s: %s\r\n", hdrs[i], hdrs[i + 1]);
 	const char *auth = up->auth ? up->auth : client_auth;
 	if (auth)
-		evhttp_add_header(oh, "Authorization", auth);
+		evbuffer_add_printf(out, "Authorization: %s\r\n", auth);
+	bool bodyless = !strcmp(method, "GET") || !strcmp(method, "HEAD") || !strcmp(method, "DELETE") ||
+			!strcmp(method, "OPTIONS");
+	if (len || !bodyless)
+		evbuffer_add_printf(out, "Content-Length: %zu\r\n", len);
+	evbuffer_add(out, "\r\n", 2);
 	if (body && len)
-		evbuffer_add(evhttp_request_get_output_buffer(req), body, len);
-	char uri[8192];
-	snprintf(uri, sizeof uri, "%s%s", up->prefix, path);
+		evbuffer_add(out, body, len);
 	CNT_ADD(up->inflight, 1);
 	CNT_ADD(up->calls, 1);
 	if (up->cfg->rate_limit_rpm) {
@@ -655,18 +845,7 @@ struct upcall *upstream_call(struct upstream *up, const char *method, const char
 		up->tokens -= 1.0;
 	}
 	/* A connection that is already open skips the connect phase. */
-	struct bufferevent *bev = evhttp_connection_get_bufferevent(uc->evcon);
-	evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
-	c->phase = fd >= 0 ? PH_FIRST_BYTE : PH_CONNECT;
-	if (evhttp_make_request(uc->evcon, req, cmd, uri) != 0) {
-		log_error("upstream %s: cannot send the request", up->cfg->url);
-		/* evhttp_make_request frees req on failure */
-		c->over = true;
-		c->conn->dead = true;
-		upconn_free_later(c->conn);
-		call_free(c);
-		return NULL;
-	}
+	c->phase = uc->connected ? PH_FIRST_BYTE : PH_CONNECT;
 	call_arm_next(c);
 	return c;
 }

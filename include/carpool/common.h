@@ -40,6 +40,9 @@ struct sbuf {
 void sbuf_reserve(struct sbuf *b, size_t len);
 void sbuf_add(struct sbuf *b, const void *data, size_t len);
 void sbuf_adds(struct sbuf *b, const char *s);
+/* An HTTP header line "Name: value": ends the name at the colon and returns the value without
+ * surrounding blanks; NULL when there is no name. */
+char *http_header_split(char *line);
 /* Appends v in decimal (what printf's %lld writes, without printf's cost on hot paths). */
 void sbuf_addll(struct sbuf *b, long long v);
 void sbuf_printf(struct sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -1,4 +1,5 @@
-/* upstream: one pool per configured upstream: keep-alive connections (evhttp client), TLS with
+/* upstream: one pool per configured upstream: keep-alive HTTP/1.1 connections (carpool's own client on
+ * bufferevents: Content-Length, chunked and read-to-close bodies, 1xx skipped), TLS with
  * verification, timeouts, the injected credential, and the dialect the server speaks. */
 #ifndef CARPOOL_UPSTREAM_H
 #define CARPOOL_UPSTREAM_H

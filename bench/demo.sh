@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 . bench/lib.sh
 CLIENTS=${CLIENTS:-200}
 bash scripts/install-deps.sh
-make -s -j2 all
+plain_build
 
 work=$(mktemp -d)
 cleanup() { kill "${cp_pid:-}" "${sim_pid:-}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }

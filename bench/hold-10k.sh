@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
 STREAMS=${STREAMS:-10000}
-make -s all
+plain_build
 ulimit -n "$(ulimit -Hn)"
 work=$(mktemp -d)
 cleanup() { kill "${cp_pid:-}" "${sim_pid:-}" "${lg_pid:-}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }

@@ -1,6 +1,17 @@
 # Shared by the bench scripts (sourced): start the simulator and carpool on free loopback ports.
 # Both wait until the process says it is ready and set *_pid and *_port.
 
+# plain_build: make all, and make sure bin/ is not the sanitizer build `make SAN=1 test` leaves
+# behind (ASan would double the CPU and hold hundreds of MiB in its quarantine).
+plain_build() {
+	make -s -j2 all
+	if grep -q __asan_init bin/carpool 2>/dev/null; then
+		echo "bin/ holds a sanitizer build (make SAN=1); rebuilding without" >&2
+		make -s clean
+		make -s -j2 all
+	fi
+}
+
 # wait_line FILE PATTERN: until PATTERN appears in FILE (5 s at most)
 wait_line() { for _ in $(seq 50); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 port_in() { grep -o 'listening on 127.0.0.1:[0-9]*' "$1" | head -1 | grep -o '[0-9]*$'; }

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 . bench/lib.sh
 RATES=${RATES:-"25 100 400 1200"}
 SECONDS_PER_RATE=${SECONDS_PER_RATE:-4}
-make -s all
+plain_build
 ulimit -n "$(ulimit -Hn)"
 work=$(mktemp -d)
 pids=()

@@ -77,6 +77,11 @@ command -v gnuplot >/dev/null || { echo "gnuplot not found after install" >&2; e
 
 say "building (make all)"
 make -s all
+if grep -q __asan_init bin/carpool 2>/dev/null; then
+	say "bin/ holds a sanitizer build (make SAN=1): rebuilding without"
+	make -s clean
+	make -s -j2 all
+fi
 
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 NOFILE=$(ulimit -n)

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 . bench/lib.sh
 REPS=${REPS:-3}
 CONCURRENCIES=${CONCURRENCIES:-"256 1024"}
-make -s all
+plain_build
 ulimit -n "$(ulimit -Hn)"
 work=$(mktemp -d)
 pids=()

@@ -63,5 +63,48 @@ done
 	echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
 	printf '%s' "$rows"
 } > bench/RESULTS-policy.md
+
+# Light load, measured closely: one request at a time (closed loop, one client) against a fast
+# simulator (a decode step every 1 ms), so that time to first token is short and steady and what
+# carpool adds shows; the same two carpools, each config's own simulator.
+kill "${pids[@]}" 2>/dev/null || true
+wait 2>/dev/null || true
+pids=()
+start_sim "$work/sim-light.out" --step-ms 1
+pids+=("$sim_pid")
+for pol in adaptive fixed; do
+	sed "s#url: http://127.0.0.1:[0-9]*#url: http://127.0.0.1:$sim_port#" "$work/$pol.yaml" >"$work/$pol-light.yaml"
+	start_carpool "$work/$pol-light.yaml" "$work/$pol-light.log"
+	pids+=("$cp_pid")
+	port[$pol]=$cp_port
+done
+port[direct]=$sim_port
+light=""
+for rep in 1 2 3; do
+	for via in direct adaptive fixed; do
+		r=$(bin/carpool-loadgen --url "http://127.0.0.1:${port[$via]}" --concurrency 1 --requests 300 --max-tokens 16 \
+			--prefix "light-$rep-$via-" --timeout-s 60 --quiet | tail -1) || fail=1
+		echo "light load, run $rep, via $via: $r"
+		light+="$via $(field "$r" ttft_p50_ms) $(field "$r" ttft_p99_ms) $(field "$r" errors) $(field "$r" mismatches)"$'\n'
+	done
+done
+{
+	echo
+	echo "## Light load: one request at a time"
+	echo
+	echo "Closed loop, one client, 300 requests per run, 3 runs each, interleaved; carpool-sim \`--step-ms 1\` (first"
+	echo "token after about 2 ms). Medians of the runs' TTFT p50 / p99, and what carpool adds over direct."
+	echo
+	echo "| via | TTFT p50 ms | TTFT p99 ms | added TTFT p50 ms | errors | mismatches |"
+	echo "|---|---:|---:|---:|---:|---:|"
+	printf '%s' "$light" | awk '
+		{ p50[$1] = p50[$1] " " $2; p99[$1] = p99[$1] " " $3; err[$1] += $4; mis[$1] += $5 }
+		function med(s,   a, n, i, j, t) { n = split(s, a, " "); for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j-1] + 0 > a[j] + 0; j--) { t = a[j]; a[j] = a[j-1]; a[j-1] = t } return a[int((n + 1) / 2)] }
+		END {
+			d = med(p50["direct"])
+			split("direct adaptive fixed", order, " ")
+			for (k = 1; k <= 3; k++) { v = order[k]; m = med(p50[v])
+				printf "| %s | %.2f | %.2f | %s | %d | %d |\n", v, m, med(p99[v]), v == "direct" ? "-" : sprintf("%+.2f", m - d), err[v], mis[v] } }'
+} >>bench/RESULTS-policy.md
 cat bench/RESULTS-policy.md
 exit "$fail"

@@ -12,6 +12,16 @@ plain_build() {
 	fi
 }
 
+# bench_start: a plain build, every file descriptor allowed, and $work, a temporary directory removed
+# at exit together with the processes listed in pids.
+bench_start() {
+	plain_build
+	ulimit -n "$(ulimit -Hn)"
+	work=$(mktemp -d)
+	pids=()
+	trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+}
+
 # wait_line FILE PATTERN: until PATTERN appears in FILE (5 s at most)
 wait_line() { for _ in $(seq 50); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 port_in() { grep -o 'listening on 127.0.0.1:[0-9]*' "$1" | head -1 | grep -o '[0-9]*$'; }

@@ -8,12 +8,7 @@ cd "$(dirname "$0")/.."
 . bench/lib.sh
 RATES=${RATES:-"25 100 400 1200"}
 SECONDS_PER_RATE=${SECONDS_PER_RATE:-4}
-plain_build
-ulimit -n "$(ulimit -Hn)"
-work=$(mktemp -d)
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+bench_start
 
 start_sim "$work/sim.out" --step-ms 20
 pids+=("$sim_pid")

@@ -10,12 +10,7 @@ cd "$(dirname "$0")/.."
 . bench/lib.sh
 REPS=${REPS:-3}
 CONCURRENCIES=${CONCURRENCIES:-"256 1024"}
-plain_build
-ulimit -n "$(ulimit -Hn)"
-work=$(mktemp -d)
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+bench_start
 
 # name: workers queue max_inflight
 declare -A MODE=([w1]="1 shared 8" [w2-shared]="2 shared 8" [w2-apart-4]="2 per_worker 4" [w2-apart-8]="2 per_worker 8")

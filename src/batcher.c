@@ -260,10 +260,7 @@ static struct batch *batch_new(struct batcher *bt, unsigned cands, const char *k
 	b->id = ++bt->next_id;
 	b->bt = bt;
 	b->cands = cands;
-	b->anext = bt->all;
-	if (bt->all)
-		bt->all->aprev = b;
-	bt->all = b;
+	DLIST_PUSH(bt->all, b, aprev, anext);
 	b->key = xstrdup(key);
 	return b;
 }
@@ -283,12 +280,7 @@ static void batch_free(struct batch *b)
 {
 	map_remove(b);
 	queue_remove(b);
-	if (b->aprev)
-		b->aprev->anext = b->anext;
-	else if (b->bt->all == b)
-		b->bt->all = b->anext;
-	if (b->anext)
-		b->anext->aprev = b->aprev;
+	DLIST_UNLINK(b->bt->all, b, aprev, anext);
 	if (b->timer)
 		event_free(b->timer);
 	if (b->ka_timer)
@@ -399,18 +391,23 @@ static bool fail_if_none_live(struct batch *b)
 
 /* The batch may go: now if an upstream has room (and nobody queued before it), else it waits in
  * the queue - still open to new members until it is full. */
+/* Sends b on up when there is one, or fails it when no upstream is live: true when b is done with. */
+static bool send_or_fail(struct batch *b, struct upstream *up)
+{
+	if (up) {
+		b->up = up;
+		batch_send(b);
+		return true;
+	}
+	return fail_if_none_live(b);
+}
+
 static void batch_ready(struct batch *b)
 {
 	struct batcher *bt = b->bt;
 	if (b->in_queue || b->sent)
 		return;
-	struct upstream *up = bt->qhead ? NULL : choose(b);
-	if (up) {
-		b->up = up;
-		batch_send(b);
-		return;
-	}
-	if (fail_if_none_live(b))
+	if (send_or_fail(b, bt->qhead ? NULL : choose(b)))
 		return;
 	b->in_queue = true;
 	b->qnext = NULL;
@@ -425,13 +422,7 @@ static void batch_ready(struct batch *b)
 static void batch_ready_first(struct batch *b)
 {
 	struct batcher *bt = b->bt;
-	struct upstream *up = choose(b);
-	if (up) {
-		b->up = up;
-		batch_send(b);
-		return;
-	}
-	if (fail_if_none_live(b))
+	if (send_or_fail(b, choose(b)))
 		return;
 	b->in_queue = true;
 	b->qnext = bt->qhead;

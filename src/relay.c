@@ -66,7 +66,6 @@ struct idmap {
 
 struct relay {
 	int id;
-	struct event_base *base;
 	struct relay **peers; /* every worker's relay, by id */
 	int npeers;
 	struct batcher *bt;   /* the dispatcher's */
@@ -423,7 +422,6 @@ struct relay *relay_new(struct event_base *base, int id)
 {
 	struct relay *rl = xcalloc(1, sizeof *rl);
 	rl->id = id;
-	rl->base = base;
 	pthread_mutex_init(&rl->mu, NULL);
 	rl->wake_ev = event_new(base, -1, 0, wake_cb, rl);
 	rl->flush_ev = event_new(base, -1, 0, flush_cb, rl);

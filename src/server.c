@@ -194,23 +194,12 @@ static void conn_free(struct conn *c)
 			access_log(c, r, true);
 		creq_free(r);
 	}
-	if (c->in_dirty) {
-		if (c->dprev)
-			c->dprev->dnext = c->dnext;
-		else
-			c->srv->dirty = c->dnext;
-		if (c->dnext)
-			c->dnext->dprev = c->dprev;
-	}
+	if (c->in_dirty)
+		DLIST_UNLINK(c->srv->dirty, c, dprev, dnext);
 	sbuf_free(&c->pend);
 	if (c->bev)
 		bufferevent_free(c->bev);
-	if (c->prev)
-		c->prev->next = c->next;
-	else
-		c->srv->conns = c->next;
-	if (c->next)
-		c->next->prev = c->prev;
+	DLIST_UNLINK(c->srv->conns, c, prev, next);
 	c->srv->nconns--;
 	free(c);
 }
@@ -281,11 +270,8 @@ static void flush_cb(evutil_socket_t fd, short what, void *arg)
 	struct server *srv = arg;
 	struct conn *c;
 	while ((c = srv->dirty)) {
-		srv->dirty = c->dnext;
-		if (srv->dirty)
-			srv->dirty->dprev = NULL;
+		DLIST_UNLINK(srv->dirty, c, dprev, dnext);
 		c->in_dirty = false;
-		c->dnext = c->dprev = NULL;
 		conn_flush(c); /* may free c: it is off the list already */
 	}
 }
@@ -300,13 +286,9 @@ static void conn_stage(struct conn *c, const void *data, size_t len, bool hold)
 		return;
 	struct server *srv = c->srv;
 	c->in_dirty = true;
-	c->dprev = NULL;
-	c->dnext = srv->dirty;
-	if (srv->dirty)
-		srv->dirty->dprev = c;
-	else
+	if (!srv->dirty)
 		event_active(srv->flush_ev, 0, 0);
-	srv->dirty = c;
+	DLIST_PUSH(srv->dirty, c, dprev, dnext);
 }
 
 static void set_header_timeout(struct conn *c)
@@ -854,10 +836,7 @@ static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct soc
 		return;
 	}
 	srv->nconns++;
-	c->next = srv->conns;
-	if (srv->conns)
-		srv->conns->prev = c;
-	srv->conns = c;
+	DLIST_PUSH(srv->conns, c, prev, next);
 	c->state = ST_HEADERS;
 	bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
 	set_header_timeout(c);
@@ -950,7 +929,8 @@ static int open_listener(struct server *srv, const struct cfg_listen *lc, struct
 	return CP_OK;
 }
 
-struct server *server_new(struct event_base *base, const struct config *cfg, server_handler h, void *arg)
+/* A server without listeners yet; server_free releases it at any stage. */
+static struct server *server_alloc(struct event_base *base, const struct config *cfg, server_handler h, void *arg)
 {
 	struct server *s = xcalloc(1, sizeof *s);
 	s->base = base;
@@ -958,6 +938,12 @@ struct server *server_new(struct event_base *base, const struct config *cfg, ser
 	s->cfg = cfg;
 	s->handler = h;
 	s->arg = arg;
+	return s;
+}
+
+struct server *server_new(struct event_base *base, const struct config *cfg, server_handler h, void *arg)
+{
+	struct server *s = server_alloc(base, cfg, h, arg);
 	const char *acc = cfg->log.access;
 	if (!strcmp(acc, "stdout")) {
 		s->access = stdout;
@@ -967,7 +953,7 @@ struct server *server_new(struct event_base *base, const struct config *cfg, ser
 		s->access = fopen(acc, "a");
 		if (!s->access) {
 			log_error("log.access: cannot open %s: %s", acc, strerror(errno));
-			free(s);
+			server_free(s);
 			return NULL;
 		}
 		s->access_owned = true;
@@ -987,12 +973,7 @@ struct server *server_new_shared(struct event_base *base, const struct config *c
 				 struct server *primary)
 {
 	primary->one_accept = true;
-	struct server *s = xcalloc(1, sizeof *s);
-	s->base = base;
-	s->flush_ev = event_new(base, -1, 0, flush_cb, s);
-	s->cfg = cfg;
-	s->handler = h;
-	s->arg = arg;
+	struct server *s = server_alloc(base, cfg, h, arg);
 	s->access = primary->access_owned ? fopen(cfg->log.access, "a") : primary->access;
 	s->access_owned = primary->access_owned && s->access;
 	s->one_accept = true;

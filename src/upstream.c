@@ -57,7 +57,6 @@ struct upcall {
 	struct event *timer;	/* connect, then first byte, then idle */
 	enum { PH_CONNECT, PH_FIRST_BYTE, PH_BODY } phase;
 	uint64_t t_start, t_last;
-	enum upcall_error err;
 	bool cancelled;
 	bool over;
 	bool slot_freed;
@@ -188,13 +187,7 @@ int upstream_init(struct upstream *up, int index, struct event_base *base, struc
 
 static void upconn_free_now(struct upconn *uc)
 {
-	struct upstream *up = uc->up;
-	if (uc->dprev)
-		uc->dprev->dnext = uc->dnext;
-	else if (up->dying == uc)
-		up->dying = uc->dnext;
-	if (uc->dnext)
-		uc->dnext->dprev = uc->dprev;
+	DLIST_UNLINK(uc->up->dying, uc, dprev, dnext);
 	if (uc->bev)
 		bufferevent_free(uc->bev);
 	evhttp_clear_headers(&uc->headers);
@@ -212,11 +205,7 @@ static void upconn_free_cb(evutil_socket_t fd, short what, void *arg)
 static void upconn_free_later(struct upconn *uc)
 {
 	struct upstream *up = uc->up;
-	uc->dprev = NULL;
-	uc->dnext = up->dying;
-	if (up->dying)
-		up->dying->dprev = uc;
-	up->dying = uc;
+	DLIST_PUSH(up->dying, uc, dprev, dnext);
 	event_base_once(up->base, -1, EV_TIMEOUT, upconn_free_cb, uc, &zero_tv);
 }
 
@@ -423,13 +412,7 @@ static void call_slot_free(struct upcall *c)
 
 static void call_free(struct upcall *c)
 {
-	struct upstream *up = c->up;
-	if (c->prev)
-		c->prev->next = c->next;
-	else if (up->open_calls == c)
-		up->open_calls = c->next;
-	if (c->next)
-		c->next->prev = c->prev;
+	DLIST_UNLINK(c->up->open_calls, c, prev, next);
 	call_slot_free(c);
 	if (c->timer)
 		event_free(c->timer);
@@ -710,8 +693,7 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
 			resp_end(uc, UPE_NONE);
 		return;
 	}
-	enum upcall_error err = c->err != UPE_NONE ? c->err : uc->connected ? UPE_BROKEN : UPE_CONNECT;
-	resp_end(uc, err);
+	resp_end(uc, uc->connected ? UPE_BROKEN : UPE_CONNECT);
 }
 
 /* Frees an abandoned call and its connection from the loop, never from inside one of the
@@ -814,10 +796,7 @@ struct upcall *upstream_call(struct upstream *up, const char *method, const char
 	c->arg = arg;
 	c->t_start = c->t_last = now_us();
 	c->timer = evtimer_new(up->base, timer_cb, c);
-	c->next = up->open_calls;
-	if (up->open_calls)
-		up->open_calls->prev = c;
-	up->open_calls = c;
+	DLIST_PUSH(up->open_calls, c, prev, next);
 	uc->call = c;
 	uc->rs = RS_HEAD;
 	uc->status_seen = false;

@@ -25,6 +25,27 @@ void log_msg(enum log_level lvl, const char *fmt, ...) __attribute__((format(pri
 #define CNT_ADD(x, n) __atomic_store_n(&(x), __atomic_load_n(&(x), __ATOMIC_RELAXED) + (n), __ATOMIC_RELAXED)
 #define CNT_GET(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
 
+/* Intrusive doubly linked lists with a head pointer; PREV and NEXT name the node's link fields.
+ * DLIST_UNLINK is harmless on a node that is not in the list (both links NULL, not the head). */
+#define DLIST_PUSH(head, node, prev, next)          \
+	do {                                        \
+		(node)->prev = NULL;                \
+		(node)->next = (head);              \
+		if (head)                           \
+			(head)->prev = (node);      \
+		(head) = (node);                    \
+	} while (0)
+#define DLIST_UNLINK(head, node, prev, next)                \
+	do {                                                \
+		if ((node)->prev)                           \
+			(node)->prev->next = (node)->next;  \
+		else if ((head) == (node))                  \
+			(head) = (node)->next;              \
+		if ((node)->next)                           \
+			(node)->next->prev = (node)->prev;  \
+		(node)->prev = (node)->next = NULL;         \
+	} while (0)
+
 #define log_debug(...) do { if (log_get_level() <= LOG_DEBUG) log_msg(LOG_DEBUG, __VA_ARGS__); } while (0)
 #define log_info(...) log_msg(LOG_INFO, __VA_ARGS__)
 #define log_warn(...) log_msg(LOG_WARN, __VA_ARGS__)

@@ -67,7 +67,7 @@ struct conn {
 	size_t body_left; /* ST_BODY / ST_CHUNK_DATA */
 	bool lingering;   /* our side is shut; draining until the peer closes */
 	bool tls;
-	/* Answer bytes staged during this loop turn, sent with one write at its end (server_flush):
+	/* Answer bytes staged during this loop turn, sent with one write at its end (flush_cb):
 	 * however many events of a client arrive in one turn, it costs one system call. */
 	struct sbuf pend;
 	bool in_dirty;

@@ -593,7 +593,8 @@ static void verify_choices(struct slot *s)
 	}
 }
 
-static void verify_nonstream(struct slot *s)
+/* The response body as a JSON object, or NULL (the failure is recorded): not JSON, or an error object. */
+static cJSON *body_object(struct slot *s)
 {
 	cJSON *root = cJSON_ParseWithLength(s->body.p ? s->body.p : "", s->body.len);
 	if (!root || !cJSON_IsObject(root)) {
@@ -601,12 +602,20 @@ static void verify_nonstream(struct slot *s)
 		show(buf, sizeof buf, s->body.p ? s->body.p : "", s->body.len);
 		set_fail(s, R_MISMATCH, "response body is not a JSON object: %s", buf);
 		cJSON_Delete(root);
-		return;
+		return NULL;
 	}
 	if (check_error_obj(s, root)) {
 		cJSON_Delete(root);
-		return;
+		return NULL;
 	}
+	return root;
+}
+
+static void verify_nonstream(struct slot *s)
+{
+	cJSON *root = body_object(s);
+	if (!root)
+		return;
 	const cJSON *choices = cJSON_GetObjectItemCaseSensitive(root, "choices");
 	if (!cJSON_IsArray(choices)) {
 		set_fail(s, R_MISMATCH, "response without a choices array");
@@ -621,18 +630,9 @@ static void verify_nonstream(struct slot *s)
 
 static void verify_embeddings(struct slot *s)
 {
-	cJSON *root = cJSON_ParseWithLength(s->body.p ? s->body.p : "", s->body.len);
-	if (!root || !cJSON_IsObject(root)) {
-		char buf[300];
-		show(buf, sizeof buf, s->body.p ? s->body.p : "", s->body.len);
-		set_fail(s, R_MISMATCH, "response body is not a JSON object: %s", buf);
-		cJSON_Delete(root);
+	cJSON *root = body_object(s);
+	if (!root)
 		return;
-	}
-	if (check_error_obj(s, root)) {
-		cJSON_Delete(root);
-		return;
-	}
 	const cJSON *data = cJSON_GetObjectItemCaseSensitive(root, "data");
 	const cJSON *d0 = cJSON_IsArray(data) ? cJSON_GetArrayItem(data, 0) : NULL;
 	if (!d0 || cJSON_GetArraySize(data) != 1) {

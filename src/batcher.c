@@ -86,6 +86,7 @@ struct batch {
 	char content_type[128];
 	uint64_t t_sent;
 	bool embed;
+	bool unusable;		/* a 200 that is no event stream: its body is never kept or forwarded */
 	struct event *ka_timer;	/* SSE keep-alive comments until the first upstream event */
 	bool first_event;
 };
@@ -628,8 +629,12 @@ static void call_head(void *arg, int status, const struct evkeyvalq *headers)
 	if (status != 200 || b->embed)
 		return;
 	if (!ct || strncasecmp(ct, "text/event-stream", 17)) {
-		b->status = 502; /* a 200 that does not stream: handled as a failure in call_done */
-		sbuf_adds(&b->errbody, "{\"error\":{\"message\":\"the upstream answered without streaming\"}}");
+		/* A 200 that does not stream answers every member of a merged call at once: its body is
+		 * dropped unread, and each member gets carpool's own 502 (never another client's text). */
+		b->status = 502;
+		b->unusable = true;
+		log_warn("batch %llu: upstream %s answered 200 with Content-Type %.60s instead of an event stream",
+			 (unsigned long long)b->id, b->up->cfg->url, ct ? ct : "(none)");
 		return;
 	}
 	enum dialect d = batch_dialect(b);
@@ -751,6 +756,8 @@ static void call_data(void *arg, const char *data, size_t len)
 			b->status = 502;
 		return;
 	}
+	if (b->unusable)
+		return;
 	if (b->status != 200) {
 		if (b->errbody.len + len <= MAX_ERROR_BODY)
 			sbuf_add(&b->errbody, data, len);
@@ -808,8 +815,16 @@ static void forward_error(struct batch *b)
 	char extra[128] = "";
 	if (b->retry_after[0])
 		snprintf(extra, sizeof extra, "Retry-After: %s\r\n", b->retry_after);
-	cJSON *j = cJSON_ParseWithLength(b->errbody.data ? b->errbody.data : "", b->errbody.len);
-	bool is_error_json = j && cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(j, "error"));
+	/* Only a body that is one JSON error object, whole, is forwarded as it came; anything else is
+	 * quoted only to the lone member of a single-member call (an upstream page may echo the
+	 * request, and a merged request holds other clients' prompts). */
+	const char *end = NULL;
+	cJSON *j = cJSON_ParseWithLengthOpts(b->errbody.data ? b->errbody.data : "", b->errbody.len, &end, false);
+	while (j && end < b->errbody.data + b->errbody.len && strchr(" \t\r\n", *end))
+		end++;
+	bool is_error_json = j && end == b->errbody.data + b->errbody.len &&
+			     cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(j, "error"));
+	bool quote = b->nmembers == 1;
 	for (unsigned i = 0; i < b->nmembers; i++) {
 		struct member *m = b->members[i];
 		if (m->parent && is_error_json) {
@@ -831,9 +846,9 @@ static void forward_error(struct batch *b)
 		} else if (is_error_json) {
 			creq_reply(r, b->status, "application/json", extra[0] ? extra : NULL, b->errbody.data, b->errbody.len);
 		} else {
-			char msg[256];
-			snprintf(msg, sizeof msg, "the upstream answered %d: %.160s", b->status,
-				 b->errbody.data ? b->errbody.data : "");
+			char msg[512];
+			snprintf(msg, sizeof msg, "the upstream %.200s answered %d%s%.160s", b->up->cfg->url, b->status,
+				 quote && b->errbody.len ? ": " : "", quote && b->errbody.data ? b->errbody.data : "");
 			char *body = openai_error_json(msg, b->status < 500 ? "invalid_request_error" : "server_error", NULL,
 						       NULL);
 			if (m->head_sent)
@@ -1059,6 +1074,8 @@ static void call_done(void *arg, enum upcall_error err)
 		/* a refused or broken connection may be a stale keep-alive: once more, anywhere; a
 		 * timeout only elsewhere */
 		retryable = err == UPE_FIRST_BYTE ? other : err != UPE_NONE;
+	else if (b->unusable)
+		retryable = other; /* the same upstream would answer the same way */
 	else if (b->status == 429 || b->status == 503)
 		retryable = other || (retry_after_ms <= MAX_HOLD_MS);
 	else
@@ -1082,6 +1099,16 @@ static void call_done(void *arg, enum upcall_error err)
 		log_warn("batch %llu: upstream %s failed it (%s, status %d) before any byte reached a client; retry %d in %ld ms",
 			 (unsigned long long)b->id, b->up->cfg->url, upcall_error_name(err), b->status, b->attempt, ms);
 		sbuf_reset(&b->errbody);
+		b->unusable = false;
+		return;
+	}
+	if (b->unusable) {
+		char msg[400];
+		snprintf(msg, sizeof msg, "the upstream %.200s answered without an event stream; carpool cannot split it",
+			 b->up->cfg->url);
+		for (unsigned i = 0; i < b->nmembers; i++)
+			member_reply_error(b->members[i], 502, msg, "server_error", NULL);
+		batch_free(b);
 		return;
 	}
 	if (b->status == 0) {

@@ -1,0 +1,82 @@
+// No client ever sees another client's data, even when the upstream answers a merged call in a way
+// carpool cannot split: a 200 that is not an event stream (a server that ignores `stream`), or an
+// error page that echoes the request. Each member gets carpool's own error JSON, naming the upstream.
+'use strict';
+const { test } = require('node:test');
+const assert = require('node:assert/strict');
+const http = require('node:http');
+const { startCarpool, baseConfig, request } = require('./lib');
+
+// A fake upstream whose answer to every POST is made by `answer(parsedBody)` -> {status, type, body}.
+async function echoUpstream(answer) {
+  const seen = [];
+  const srv = http.createServer((req, res) => {
+    let body = '';
+    req.on('data', (c) => { body += c; });
+    req.on('end', () => {
+      if (req.method !== 'POST') {
+        res.writeHead(404, { 'Content-Type': 'application/json' });
+        res.end('{"error":{"message":"not here","type":"invalid_request_error"}}');
+        return;
+      }
+      const j = JSON.parse(body);
+      seen.push(j);
+      const out = answer(j);
+      res.writeHead(out.status, { 'Content-Type': out.type, 'Content-Length': Buffer.byteLength(out.body) });
+      res.end(out.body);
+    });
+  });
+  await new Promise((r) => srv.listen(0, '127.0.0.1', r));
+  return { seen, url: `http://127.0.0.1:${srv.address().port}`, close: () => new Promise((r) => { srv.closeAllConnections(); srv.close(r); }) };
+}
+
+// Four clients at once, two streaming and two not; every body must be carpool's own error JSON with
+// no prompt text in it, none of the upstream's bytes, and the upstream named.
+async function mergedClients(t, up, tag, statusCheck) {
+  const cp = await startCarpool(baseConfig(up, { upstream: { dialect: 'openai' }, batching: { policy: 'fixed', max_wait_ms: 200 } }));
+  t.after(() => cp.proc.kill('SIGKILL'));
+  const prompts = [0, 1, 2, 3].map((i) => `secret-${tag}-client-${i}-text`);
+  const rs = await Promise.all(prompts.map((p, i) => request(cp.port, 'POST', '/v1/completions',
+    { model: 'sim-model', prompt: p, max_tokens: 4, stream: i % 2 === 1 }, {}, { timeoutMs: 20000 })));
+  assert.ok(up.seen.some((c) => Array.isArray(c.prompt) && c.prompt.length === 4),
+    `the four clients were not merged into one call: ${JSON.stringify(up.seen.map((c) => c.prompt))}`);
+  rs.forEach((r, i) => {
+    statusCheck(r.status, r.body);
+    assert.match(String(r.headers['content-type']), /^application\/json/, r.body);
+    const j = JSON.parse(r.body); // exactly one JSON value: JSON.parse refuses trailing bytes
+    assert.deepEqual(Object.keys(j), ['error'], r.body);
+    for (const k of ['message', 'type', 'param', 'code']) assert.ok(k in j.error, `error.${k} missing: ${r.body}`);
+    assert.ok(j.error.message.includes(up.url), `the message does not name the upstream: ${r.body}`);
+    for (const p of prompts) assert.ok(!r.body.includes(p), `client ${i} received prompt text "${p}": ${r.body}`);
+    assert.ok(!r.body.includes('UPSTREAM-BODY'), `client ${i} received the upstream's body: ${r.body}`);
+  });
+  await cp.stop();
+  return rs;
+}
+
+const completion = (j) => JSON.stringify({
+  id: 'cmpl-UPSTREAM-BODY', object: 'text_completion', model: j.model,
+  choices: j.prompt.map((p, i) => ({ index: i, text: ` answer to ${p}`, finish_reason: 'length' })),
+});
+
+test('isolation: a 200 that is not an event stream gives every member a clean 502, never the others\' completions', async (t) => {
+  const up = await echoUpstream((j) => ({ status: 200, type: 'application/json', body: completion(j) }));
+  t.after(() => up.close());
+  await mergedClients(t, up, 'json200', (s, body) => assert.equal(s, 502, body));
+  assert.equal(up.seen.length, 1, 'an unusable answer from the only upstream is not worth a retry');
+});
+
+test('isolation: an error page that echoes the merged request is not quoted to its members', async (t) => {
+  const up = await echoUpstream((j) => ({ status: 500, type: 'text/html', body: `<h1>UPSTREAM-BODY</h1>${JSON.stringify(j.prompt)}` }));
+  t.after(() => up.close());
+  await mergedClients(t, up, 'html500', (s, body) => assert.equal(s, 502, body));
+});
+
+test('isolation: an error JSON followed by more bytes is not forwarded as it came', async (t) => {
+  const up = await echoUpstream((j) => ({
+    status: 500, type: 'application/json',
+    body: `{"error":{"message":"x","type":"server_error"}}${completion(j)}`,
+  }));
+  t.after(() => up.close());
+  await mergedClients(t, up, 'trail500', (s, body) => assert.equal(s, 502, body));
+});

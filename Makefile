@@ -77,7 +77,35 @@ demo: all
 bench: all
 	bash bench/run-bench.sh
 
+# Install: the binary, the man page (where `man carpool` finds it), the example configs, the systemd
+# unit (its paths rewritten for PREFIX and SYSCONFDIR), and SYSCONFDIR/carpool/carpool.yaml when there
+# is none yet. DESTDIR stages the whole tree (packaging). `make uninstall` removes what install
+# wrote, except the config under SYSCONFDIR, which is the operator's.
+PREFIX     ?= /usr/local
+SYSCONFDIR ?= /etc
+BINDIR      = $(DESTDIR)$(PREFIX)/bin
+MANDIR      = $(DESTDIR)$(PREFIX)/share/man/man1
+SHAREDIR    = $(DESTDIR)$(PREFIX)/share/carpool
+UNITDIR     = $(DESTDIR)$(PREFIX)/lib/systemd/system
+CONFIGS     = $(wildcard configs/*.yaml)
+
+install: bin/carpool
+	install -d $(BINDIR) $(MANDIR) $(SHAREDIR)/configs $(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/carpool
+	install -m 0755 bin/carpool $(BINDIR)/carpool
+	install -m 0644 docs/carpool.1 $(MANDIR)/carpool.1
+	install -m 0644 $(CONFIGS) $(SHAREDIR)/configs/
+	sed -e 's|/usr/local/bin/carpool|$(PREFIX)/bin/carpool|g' -e 's|/etc/carpool|$(SYSCONFDIR)/carpool|g' \
+	    deploy/carpool.service > $(UNITDIR)/carpool.service
+	chmod 0644 $(UNITDIR)/carpool.service
+	test -e $(DESTDIR)$(SYSCONFDIR)/carpool/carpool.yaml || \
+	    install -m 0644 configs/carpool.yaml $(DESTDIR)$(SYSCONFDIR)/carpool/carpool.yaml
+
+uninstall:
+	rm -f $(BINDIR)/carpool $(MANDIR)/carpool.1 $(UNITDIR)/carpool.service
+	rm -f $(addprefix $(SHAREDIR)/,$(CONFIGS))
+	-rmdir $(SHAREDIR)/configs $(SHAREDIR) 2>/dev/null
+
 clean:
 	rm -rf build bin
 
-.PHONY: all unit e2e test demo bench fuzz clean
+.PHONY: all unit e2e test demo bench fuzz clean install uninstall

@@ -1,0 +1,29 @@
+// A client key's request budget is the token bucket the README and the man page describe: rpm/60 a
+// second, at most 10 s of budget (rpm/6 requests, at least 1) at once, then 429 with Retry-After.
+'use strict';
+const { test } = require('node:test');
+const assert = require('node:assert/strict');
+const { startSim, startCarpool, baseConfig, request } = require('./lib');
+
+const bearer = (k) => ({ Authorization: `Bearer ${k}` });
+
+test('limits: rpm=60 lets an idle key send 10 at once, the 11th gets 429 with Retry-After 1..2; rpm=2 allows no burst', async (t) => {
+  const sim = await startSim(['--step-ms', '1']);
+  const cp = await startCarpool(baseConfig(sim, {
+    auth: { clients: [{ key: 'sk-sixty', rate_limit_rpm: 60 }, { key: 'sk-two', rate_limit_rpm: 2 }] },
+  }));
+  t.after(async () => { await cp.stop(); await sim.kill(); });
+  const one = (k, i) => request(cp.port, 'POST', '/v1/completions', { model: 'm', prompt: `limit ${k} ${i}`, max_tokens: 1 }, bearer(k));
+  const rs = await Promise.all(Array.from({ length: 11 }, (_, i) => one('sk-sixty', i)));
+  const statuses = rs.map((x) => x.status).sort();
+  assert.deepEqual(statuses, [...Array(10).fill(200), 429], `a burst of 11 from an idle key: ${statuses}`);
+  const r = rs.find((x) => x.status === 429);
+  assert.equal(r.status, 429, r.body);
+  const ra = Number(r.headers['retry-after']);
+  assert.ok(ra >= 1 && ra <= 2, `Retry-After ${ra}`);
+  assert.equal(JSON.parse(r.body).error.code, 'rate_limit_exceeded');
+  assert.equal((await one('sk-two', 0)).status, 200);
+  const r2 = await one('sk-two', 1);
+  assert.equal(r2.status, 429, 'rpm=2 allows one request, then waits 30 s');
+  assert.ok(Number(r2.headers['retry-after']) >= 29 && Number(r2.headers['retry-after']) <= 31, `Retry-After ${r2.headers['retry-after']}`);
+});

@@ -404,6 +404,17 @@ static void metrics(struct router *rt, struct creq *r)
 	sbuf_free(&b);
 }
 
+/* The same answer on every route for a model no upstream serves: 404 model_not_found, naming it. */
+static void no_such_model(struct creq *r, const char *model)
+{
+	char msg[300];
+	if (model)
+		snprintf(msg, sizeof msg, "The model '%.200s' is not served here: no upstream lists it.", model);
+	else
+		snprintf(msg, sizeof msg, "No upstream serves requests without a model; name one in 'model'.");
+	creq_reply_error(r, 404, msg, "invalid_request_error", "model", "model_not_found");
+}
+
 static void completions(struct router *rt, struct creq *r, bool embed)
 {
 	struct intake_req req;
@@ -418,9 +429,8 @@ static void completions(struct router *rt, struct creq *r, bool embed)
 	const cJSON *model = cJSON_GetObjectItemCaseSensitive(req.body, "model");
 	unsigned cands = router_candidates(rt, cJSON_IsString(model) ? model->valuestring : NULL);
 	if (!cands) {
+		no_such_model(r, cJSON_IsString(model) ? model->valuestring : NULL);
 		intake_free(&req);
-		creq_reply_error(r, 404, "No upstream serves this model.", "invalid_request_error", "model",
-				 "model_not_found");
 		return;
 	}
 	/* A forwarded client credential keys the batch. An upstream with a credential of its own never
@@ -486,8 +496,12 @@ void router_handle(struct creq *r, void *arg)
 		cJSON *model = j ? cJSON_GetObjectItemCaseSensitive(j, "model") : NULL;
 		if (cJSON_IsString(model)) {
 			struct upstream *u = router_pick(rt, model->valuestring);
-			if (u)
-				up = u;
+			if (!u) {
+				no_such_model(r, model->valuestring);
+				cJSON_Delete(j);
+				return;
+			}
+			up = u;
 		}
 		cJSON_Delete(j);
 	}

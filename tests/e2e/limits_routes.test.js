@@ -1,5 +1,6 @@
-// A client key's request budget is the token bucket the README and the man page describe: rpm/60 a
-// second, at most 10 s of budget (rpm/6 requests, at least 1) at once, then 429 with Retry-After.
+// What a client is told at the limits: a key's request budget is the token bucket the README and the
+// man page describe (rpm/60 a second, at most 10 s of budget, then 429 with Retry-After), and a model
+// that no upstream serves gets one answer on every route.
 'use strict';
 const { test } = require('node:test');
 const assert = require('node:assert/strict');
@@ -26,4 +27,27 @@ test('limits: rpm=60 lets an idle key send 10 at once, the 11th gets 429 with Re
   const r2 = await one('sk-two', 1);
   assert.equal(r2.status, 429, 'rpm=2 allows one request, then waits 30 s');
   assert.ok(Number(r2.headers['retry-after']) >= 29 && Number(r2.headers['retry-after']) <= 31, `Retry-After ${r2.headers['retry-after']}`);
+});
+
+test('routes: a model no upstream serves gets the same 404 model_not_found, naming it, on every route', async (t) => {
+  const sim = await startSim();
+  const cfg = baseConfig(sim, { upstream: { models: ['sim-model'] } });
+  const cp = await startCarpool(cfg);
+  t.after(async () => { await cp.stop(); await sim.kill(); });
+  const routes = [
+    ['/v1/completions', { model: 'gpt-unknown', prompt: 'x', max_tokens: 1 }],
+    ['/v1/embeddings', { model: 'gpt-unknown', input: 'x' }],
+    ['/v1/chat/completions', { model: 'gpt-unknown', messages: [{ role: 'user', content: 'x' }] }],
+  ];
+  for (const [p, body] of routes) {
+    const r = await request(cp.port, 'POST', p, body);
+    assert.equal(r.status, 404, `${p}: ${r.status} ${r.body}`);
+    const e = JSON.parse(r.body).error;
+    assert.equal(e.code, 'model_not_found', p);
+    assert.equal(e.param, 'model', p);
+    assert.equal(e.type, 'invalid_request_error', p);
+    assert.ok(e.message.includes("'gpt-unknown'"), `${p}: the message does not name the model: ${e.message}`);
+  }
+  const ok = await request(cp.port, 'POST', '/v1/chat/completions', { model: 'sim-model', messages: [{ role: 'user', content: 'x' }] });
+  assert.notEqual(ok.status, 404, `a served model on chat: ${ok.body}`);
 });

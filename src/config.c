@@ -11,6 +11,7 @@
 #include <yaml.h>
 #include <event2/util.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 
 enum cfg_type { CT_INT, CT_BOOL, CT_STR, CT_ENUM, CT_STRLIST, CT_SECTION, CT_LIST };
 
@@ -147,6 +148,7 @@ struct loader {
 	yaml_document_t *doc;
 	char *err;
 	size_t errlen;
+	int nerr;		/* errors so far: each is one line of err, all are reported */
 	yaml_node_t *listen_nodes[CFG_MAX_LISTEN]; /* each list item's mapping, for messages */
 	yaml_node_t *upstream_nodes[CFG_MAX_UPSTREAMS];
 };
@@ -161,9 +163,41 @@ static int fail(struct loader *ld, const yaml_node_t *node, const char *fmt, ...
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof msg, fmt, ap);
 	va_end(ap);
-	snprintf(ld->err, ld->errlen, "%s:%zu:%zu: %s", ld->name, node ? node->start_mark.line + 1 : 0,
-		 node ? node->start_mark.column + 1 : 0, msg);
+	size_t used = strlen(ld->err);
+	if (ld->nerr++ == 0)
+		used = 0;
+	else if (used + 1 < ld->errlen)
+		ld->err[used++] = '\n';
+	if (used < ld->errlen)
+		snprintf(ld->err + used, ld->errlen - used, "%s:%zu:%zu: %s", ld->name,
+			 node ? node->start_mark.line + 1 : 0, node ? node->start_mark.column + 1 : 0, msg);
 	return CP_ERROR;
+}
+
+/* Edit distance of two short names (for "did you mean"); saturates at 9. */
+static unsigned name_distance(const char *a, const char *b)
+{
+	size_t la = strlen(a), lb = strlen(b);
+	if (la > 63 || lb > 63)
+		return 9;
+	unsigned row[64];
+	for (size_t j = 0; j <= lb; j++)
+		row[j] = (unsigned)j;
+	for (size_t i = 1; i <= la; i++) {
+		unsigned diag = row[0];
+		row[0] = (unsigned)i;
+		for (size_t j = 1; j <= lb; j++) {
+			unsigned up = row[j];
+			unsigned best = diag + (a[i - 1] != b[j - 1]);
+			if (row[j] + 1 < best)
+				best = row[j] + 1;
+			if (row[j - 1] + 1 < best)
+				best = row[j - 1] + 1;
+			row[j] = best;
+			diag = up;
+		}
+	}
+	return row[lb] > 9 ? 9 : row[lb];
 }
 
 static int set_scalar(struct loader *ld, const struct cfg_key *k, void *base, const char *text,
@@ -244,22 +278,26 @@ static void apply_defaults(const struct cfg_section *sec, void *base)
 	}
 }
 
-static int load_section(struct loader *ld, const struct cfg_section *sec, void *base, yaml_node_t *map);
+static int load_section(struct loader *ld, const struct cfg_section *sec, void *base, yaml_node_t *map,
+			const char *where);
 
-static int load_value(struct loader *ld, const struct cfg_key *k, void *base, yaml_node_t *v)
+static int load_value(struct loader *ld, const struct cfg_key *k, void *base, yaml_node_t *v, const char *where)
 {
+	char path[160];
+	snprintf(path, sizeof path, "%s%s%s", where, *where ? "." : "", k->name);
 	char *p = (char *)base + k->off;
 	switch (k->type) {
 	case CT_SECTION:
 		if (v->type != YAML_MAPPING_NODE)
 			return fail(ld, v, "%s: expected a mapping", k->name);
-		return load_section(ld, k->sub, p, v);
+		return load_section(ld, k->sub, p, v, path);
 	case CT_LIST:
 	case CT_STRLIST: {
 		if (v->type != YAML_SEQUENCE_NODE)
 			return fail(ld, v, "%s: expected a list", k->name);
 		int *count = (int *)((char *)base + k->count_off);
 		*count = 0;
+		int rc = CP_OK;
 		for (yaml_node_item_t *it = v->data.sequence.items.start; it < v->data.sequence.items.top; it++) {
 			yaml_node_t *item = yaml_document_get_node(ld->doc, *it);
 			if (*count >= k->max)
@@ -281,12 +319,14 @@ static int load_value(struct loader *ld, const struct cfg_key *k, void *base, ya
 				void *elem = p + (size_t)*count * k->sub->elem_size;
 				memset(elem, 0, k->sub->elem_size);
 				apply_defaults(k->sub, elem);
-				if (load_section(ld, k->sub, elem, item) != CP_OK)
-					return CP_ERROR;
+				char ipath[176];
+				snprintf(ipath, sizeof ipath, "%s[%d]", path, *count);
+				if (load_section(ld, k->sub, elem, item, ipath) != CP_OK)
+					rc = CP_ERROR; /* the next items are still read: every error is reported */
 			}
 			(*count)++;
 		}
-		return CP_OK;
+		return rc;
 	}
 	default:
 		if (v->type != YAML_SCALAR_NODE)
@@ -295,28 +335,47 @@ static int load_value(struct loader *ld, const struct cfg_key *k, void *base, ya
 	}
 }
 
-static int load_section(struct loader *ld, const struct cfg_section *sec, void *base, yaml_node_t *map)
+static int load_section(struct loader *ld, const struct cfg_section *sec, void *base, yaml_node_t *map,
+			const char *where)
 {
 	bool seen[32] = {false};
+	int rc = CP_OK;
 	for (yaml_node_pair_t *pr = map->data.mapping.pairs.start; pr < map->data.mapping.pairs.top; pr++) {
 		yaml_node_t *kn = yaml_document_get_node(ld->doc, pr->key);
 		yaml_node_t *vn = yaml_document_get_node(ld->doc, pr->value);
-		if (kn->type != YAML_SCALAR_NODE)
-			return fail(ld, kn, "keys must be plain names");
+		if (kn->type != YAML_SCALAR_NODE) {
+			rc = fail(ld, kn, "keys must be plain names");
+			continue;
+		}
 		const char *name = (const char *)kn->data.scalar.value;
 		size_t i;
 		for (i = 0; i < sec->nkeys; i++)
 			if (!strcmp(sec->keys[i].name, name))
 				break;
-		if (i == sec->nkeys)
-			return fail(ld, kn, "unknown key \"%s\"", name);
-		if (seen[i])
-			return fail(ld, kn, "duplicate key \"%s\"", name);
+		if (i == sec->nkeys) {
+			const char *near = NULL;
+			size_t len = strlen(name);
+			unsigned best = len / 3 + 1 > 3 ? (unsigned)(len / 3 + 1) : 3; /* only a close name */
+			for (size_t j = 0; j < sec->nkeys; j++) {
+				unsigned d = name_distance(name, sec->keys[j].name);
+				if (d < best) {
+					best = d;
+					near = sec->keys[j].name;
+				}
+			}
+			rc = fail(ld, kn, "unknown key \"%s\" %s%s%s%s%s", name, *where ? "in " : "at the top level",
+				  where, near ? "; did you mean \"" : "", near ? near : "", near ? "\"?" : "");
+			continue;
+		}
+		if (seen[i]) {
+			rc = fail(ld, kn, "duplicate key \"%s\"", name);
+			continue;
+		}
 		seen[i] = true;
-		if (load_value(ld, &sec->keys[i], base, vn) != CP_OK)
-			return CP_ERROR;
+		if (load_value(ld, &sec->keys[i], base, vn, where) != CP_OK)
+			rc = CP_ERROR;
 	}
-	return CP_OK;
+	return rc;
 }
 
 /* The value node of key in map (one level, or "a.b" for a nested mapping); map itself if absent. */
@@ -337,77 +396,87 @@ static yaml_node_t *value_node(struct loader *ld, yaml_node_t *map, const char *
 	return map;
 }
 
-/* A listen address: unix:/path, host:port or [v6]:port (port 0: any). */
-static bool address_ok(const char *a)
+/* A listen address: unix:/path, host:port or [v6]:port (port 0: any, numeric addresses only). NULL
+ * when it is one; else what is wrong with it, in words. */
+static const char *address_problem(const char *a)
 {
-	if (!strncmp(a, "unix:", 5))
-		return a[5] == '/' && strlen(a + 5) < 100;
+	if (!strncmp(a, "unix:", 5)) {
+		if (a[5] != '/')
+			return "a unix socket needs an absolute path (unix:/run/carpool/carpool.sock)";
+		return strlen(a + 5) < 100 ? NULL : "a unix socket path must be shorter than 100 bytes";
+	}
 	char buf[CFG_STR];
 	snprintf(buf, sizeof buf, "%s", a);
-	size_t n = strlen(buf);
-	if (n > 2 && !strcmp(buf + n - 2, ":0"))
-		buf[n - 2] = 0;
-	else if (!strrchr(buf, ':') || (buf[0] == '[' && !strstr(buf, "]:")))
-		return false; /* a port is required */
+	char *colon = strrchr(buf, ':');
+	if (!colon || (buf[0] == '[' && !strstr(buf, "]:")))
+		return "a port is required: host:port, [v6]:port or unix:/path";
+	char *end;
+	errno = 0;
+	long port = strtol(colon + 1, &end, 10);
+	if (colon[1] == 0 || *end || errno)
+		return "the port is not a number";
+	if (port < 0 || port > 65535)
+		return "the port is out of range (0-65535)";
+	*colon = 0;
 	struct sockaddr_storage ss;
 	int len = sizeof ss;
-	if (evutil_parse_sockaddr_port(buf, (struct sockaddr *)&ss, &len) == 0)
-		return true;
-	/* a host name: resolved when the listener opens */
-	char *colon = strrchr(buf, ':');
-	if (!colon || colon == buf)
-		return false;
-	char *end;
-	long port = strtol(colon + 1, &end, 10);
-	if (*end || port < 0 || port > 65535)
-		return false;
-	for (char *p = buf; p < colon; p++)
+	char numeric[CFG_STR + 8];
+	snprintf(numeric, sizeof numeric, "%s:1", buf);
+	if (evutil_parse_sockaddr_port(numeric, (struct sockaddr *)&ss, &len) == 0)
+		return NULL;
+	if (port == 0)
+		return "port 0 (any free port) needs a numeric address such as 127.0.0.1:0 or [::1]:0: a host name "
+		       "may resolve to several addresses, each of which would get another port";
+	if (!buf[0])
+		return "the host is missing: host:port, [v6]:port or unix:/path";
+	for (char *p = buf; *p; p++)
 		if (!(isalnum((unsigned char)*p) || *p == '-' || *p == '.'))
-			return false;
-	return true;
+			return "the host is neither an IP address nor a host name";
+	return NULL; /* a host name: resolved when the listener opens */
 }
 
-static int validate(struct loader *ld, struct config *cfg, yaml_node_t *root)
+/* Every rule across keys; each broken one is reported (fail appends), none stops the others. */
+static void validate(struct loader *ld, struct config *cfg, yaml_node_t *root)
 {
 	if (cfg->nlisten == 0)
-		return fail(ld, value_node(ld, root, "listen"), "listen: at least one listener is required");
+		fail(ld, value_node(ld, root, "listen"), "listen: at least one listener is required");
 	if (cfg->nupstreams == 0)
-		return fail(ld, value_node(ld, root, "upstreams"), "upstreams: at least one upstream is required");
+		fail(ld, value_node(ld, root, "upstreams"), "upstreams: at least one upstream is required");
 	for (int i = 0; i < cfg->nlisten; i++) {
 		struct cfg_listen *l = &cfg->listen[i];
 		yaml_node_t *n = ld->listen_nodes[i];
+		const char *why = l->address[0] ? address_problem(l->address) : NULL;
 		if (!l->address[0])
-			return fail(ld, n, "listen[%d]: address is required", i);
-		if (!address_ok(l->address))
-			return fail(ld, value_node(ld, n, "address"),
-				    "listen[%d]: address \"%s\" is not host:port, [v6]:port or unix:/path", i, l->address);
+			fail(ld, n, "listen[%d]: address is required", i);
+		else if (why)
+			fail(ld, value_node(ld, n, "address"), "listen[%d]: address \"%s\": %s", i, l->address, why);
 		if ((l->tls.cert[0] != 0) != (l->tls.key[0] != 0))
-			return fail(ld, value_node(ld, n, "tls"), "listen[%d]: tls needs both cert and key", i);
+			fail(ld, value_node(ld, n, "tls"), "listen[%d]: tls needs both cert and key", i);
 		char *end;
 		long mode = strtol(l->mode, &end, 8);
 		if (*end || !l->mode[0] || mode < 0 || mode > 0777)
-			return fail(ld, value_node(ld, n, "mode"), "listen[%d]: mode \"%s\" is not an octal file mode", i,
-				    l->mode);
+			fail(ld, value_node(ld, n, "mode"), "listen[%d]: mode \"%s\" is not an octal file mode", i, l->mode);
 	}
 	for (int i = 0; i < cfg->nupstreams; i++) {
 		struct cfg_upstream *u = &cfg->upstreams[i];
 		yaml_node_t *n = ld->upstream_nodes[i];
-		if (strncmp(u->url, "http://", 7) && strncmp(u->url, "https://", 8))
-			return fail(ld, value_node(ld, n, "url"), "upstreams[%d]: url must start with http:// or https://", i);
-		const char *host = u->url + (u->url[4] == 's' ? 8 : 7);
-		if (!*host || *host == '/' || *host == ':')
-			return fail(ld, value_node(ld, n, "url"), "upstreams[%d]: url has no host", i);
+		if (strncmp(u->url, "http://", 7) && strncmp(u->url, "https://", 8)) {
+			fail(ld, value_node(ld, n, "url"), "upstreams[%d]: url must start with http:// or https://", i);
+		} else {
+			const char *host = u->url + (u->url[4] == 's' ? 8 : 7);
+			if (!*host || *host == '/' || *host == ':')
+				fail(ld, value_node(ld, n, "url"), "upstreams[%d]: url has no host", i);
+		}
 		if (u->nmodels == 0)
-			return fail(ld, value_node(ld, n, "models"), "upstreams[%d]: models must not be empty", i);
+			fail(ld, value_node(ld, n, "models"), "upstreams[%d]: models must not be empty", i);
 		if (u->health_path[0] && u->health_path[0] != '/')
-			return fail(ld, value_node(ld, n, "health_path"), "upstreams[%d]: health_path must start with /", i);
+			fail(ld, value_node(ld, n, "health_path"), "upstreams[%d]: health_path must start with /", i);
 	}
 	for (int i = 0; i < cfg->auth.nclients; i++)
 		if (!cfg->auth.clients[i].key[0])
-			return fail(ld, value_node(ld, root, "auth"), "auth.clients[%d]: key is required", i);
+			fail(ld, value_node(ld, root, "auth"), "auth.clients[%d]: key is required", i);
 	if (cfg->nupstreams > 32)
-		return fail(ld, root, "at most 32 upstreams");
-	return CP_OK;
+		fail(ld, root, "at most 32 upstreams");
 }
 
 static void config_defaults(struct config *cfg)
@@ -442,8 +511,11 @@ int config_load_string(const char *name, const char *yaml, size_t len, struct co
 		snprintf(err, errlen, "%s:1:1: the file is empty", name);
 	else if (root->type != YAML_MAPPING_NODE)
 		fail(&ld, root, "the top level must be a mapping");
-	else if (load_section(&ld, &root_sec, cfg, root) == CP_OK && validate(&ld, cfg, root) == CP_OK)
-		rc = CP_OK;
+	else {
+		load_section(&ld, &root_sec, cfg, root, "");
+		validate(&ld, cfg, root);
+		rc = ld.nerr ? CP_ERROR : CP_OK;
+	}
 	yaml_document_delete(&doc);
 	yaml_parser_delete(&parser);
 	return rc;
@@ -454,6 +526,12 @@ int config_load(const char *file, struct config *cfg, char *err, size_t errlen)
 	FILE *f = fopen(file, "rb");
 	if (!f) {
 		snprintf(err, errlen, "%s: %s", file, strerror(errno));
+		return CP_ERROR;
+	}
+	struct stat st;
+	if (fstat(fileno(f), &st) == 0 && !S_ISREG(st.st_mode)) {
+		fclose(f);
+		snprintf(err, errlen, "%s: %s, not a config file", file, S_ISDIR(st.st_mode) ? "a directory" : "not a regular file");
 		return CP_ERROR;
 	}
 	struct sbuf b = {0};

@@ -4,6 +4,7 @@
 #include "carpool/common.h"
 #include "carpool/config.h"
 #include "carpool/metrics.h"
+#include "carpool/preflight.h"
 #include "carpool/relay.h"
 #include "carpool/router.h"
 #include "carpool/server.h"
@@ -270,13 +271,22 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	static struct config cfg; /* large: keep it off the stack */
-	char err[1024];
+	static char err[8192];
 	if (config_load(file, &cfg, err, sizeof err) != CP_OK) {
 		fprintf(stderr, "%s\n", err);
 		return 1;
 	}
+	/* What a start would trip over (files, keys, the environment): all of it, in check mode too. */
+	int problems = preflight(&cfg, err, sizeof err);
+	if (problems)
+		fprintf(stderr, "%s\n", err);
 	if (auth_load(&cfg, &g_auth, err, sizeof err) != CP_OK) {
 		fprintf(stderr, "%s\n", err);
+		return 1;
+	}
+	if (problems) {
+		fprintf(stderr, "%s: %d problem%s found\n", file, problems, problems == 1 ? "" : "s");
+		auth_free(g_auth);
 		return 1;
 	}
 	if (check) {

@@ -23,9 +23,9 @@ function sub(text, re, replacement, count = 1) {
   return text.replace(re, replacement);
 }
 
-function checkConfig(file) {
+function checkConfig(file, env = process.env) {
   return new Promise((resolve) => {
-    const p = spawn(path.join(BIN, 'carpool'), ['--check-config', '-c', file], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const p = spawn(path.join(BIN, 'carpool'), ['--check-config', '-c', file], { stdio: ['ignore', 'pipe', 'pipe'], env });
     let out = '';
     let err = '';
     p.stdout.on('data', (d) => { out += d; });
@@ -51,19 +51,28 @@ test('configs/ holds the documented example and the four ready configs', () => {
 for (const f of files) {
   test(`carpool --check-config -c configs/${f} exits 0`, async (t) => {
     const file = path.join(CONFIGS, f);
-    const r = await checkConfig(file);
-    // --check-config also reads auth.keys_file. A ready config names the production path
-    // (/etc/carpool/keys), which does not exist on a test machine: only then is the check repeated
-    // with that one path pointed at a temp keys file, everything else as written.
-    const m = fs.readFileSync(file, 'utf8').match(/^\s*keys_file: (\/\S+)/m);
-    if (r.code !== 0 && m && !fs.existsSync(m[1])) {
-      assert.match(r.err, new RegExp(`${m[1]}: No such file`), `${r.out}${r.err}`);
+    const text = fs.readFileSync(file, 'utf8');
+    // --check-config checks what a start would: the credential named by api_key_env must be set
+    // (it is, here, to a dummy), and every file and directory the config names must be usable.
+    const env = { ...process.env };
+    for (const [, name] of text.matchAll(/^\s*api_key_env: ([A-Z_][A-Z0-9_]*)/gm)) env[name] = 'sk-dummy-for-check';
+    const r = await checkConfig(file, env);
+    // A ready config may name production paths (/etc/carpool/keys, /run/carpool/) that do not exist
+    // on a test machine: only then is the check repeated with those paths pointed at a temp dir,
+    // everything else as written — and the first check must have named exactly those paths.
+    const m = text.match(/^\s*keys_file: (\/\S+)/m);
+    const u = text.match(/^\s*- address: unix:(\/run\/carpool)\//m);
+    if (r.code !== 0 && ((m && !fs.existsSync(m[1])) || (u && !fs.existsSync(u[1])))) {
+      if (m && !fs.existsSync(m[1])) assert.match(r.err, new RegExp(`${m[1]}: No such file`), `${r.out}${r.err}`);
+      if (u && !fs.existsSync(u[1])) assert.match(r.err, new RegExp(`directory ${u[1]}: No such file`), `${r.out}${r.err}`);
       const dir = tmpdir();
       t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
       fs.writeFileSync(path.join(dir, 'keys'), 'sk-check-config\n');
       const copy = path.join(dir, f);
-      fs.writeFileSync(copy, sub(fs.readFileSync(file, 'utf8'), /^(\s*keys_file: )\/\S+/gm, `$1${path.join(dir, 'keys')}`));
-      const r2 = await checkConfig(copy);
+      let edited = m ? sub(text, /^(\s*keys_file: )\/\S+/gm, `$1${path.join(dir, 'keys')}`) : text;
+      if (u) edited = edited.replace(/unix:\/run\/carpool\//g, `unix:${dir}/`);
+      fs.writeFileSync(copy, edited);
+      const r2 = await checkConfig(copy, env);
       assert.equal(r2.code, 0, `${r2.out}${r2.err}`);
       assert.match(r2.out, /: ok$/m);
       return;

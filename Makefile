@@ -65,6 +65,7 @@ e2e: all tests/e2e/node_modules
 	bash tests/e2e/run.sh
 
 tests/e2e/node_modules: tests/e2e/package.json tests/e2e/package-lock.json
+	@echo "npm ci: installing the e2e tests' npm packages (the openai SDK) into tests/e2e/node_modules; the first time may take a minute"
 	cd tests/e2e && npm ci --no-audit --no-fund --silent
 	touch $@
 

@@ -9,9 +9,19 @@ done
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
 if [ ${#need[@]} -gt 0 ]; then
-  echo "installing: ${need[*]}"
+  echo "install-deps: installing with apt-get: ${need[*]}"
+  echo "install-deps: (compiler, libevent/cJSON/libyaml/OpenSSL headers, cmocka, curl, Node.js and npm for the"
+  echo "install-deps:  end-to-end tests); on a fresh machine this may take a few minutes"
   SUDO=""
   [ "$(id -u)" -ne 0 ] && SUDO=sudo
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+  echo "install-deps: done"
+else
+  echo "install-deps: every package needed is installed"
+fi
+node_major=$(node -p 'process.versions.node.split(".")[0]')
+if [ "$node_major" -lt 18 ]; then
+  echo "install-deps: node $(node --version) is too old for the end-to-end tests (18 or later)" >&2
+  exit 1
 fi

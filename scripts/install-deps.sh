@@ -22,6 +22,5 @@ else
 fi
 node_major=$(node -p 'process.versions.node.split(".")[0]')
 if [ "$node_major" -lt 18 ]; then
-  echo "install-deps: node $(node --version) is too old for the end-to-end tests (18 or later)" >&2
-  exit 1
+  echo "install-deps: warning: node $(node --version) is too old for the end-to-end tests (18 or later)" >&2
 fi

@@ -435,6 +435,19 @@ static const char *address_problem(const char *a)
 	return NULL; /* a host name: resolved when the listener opens */
 }
 
+/* How much of url to keep when its path ends in a /v1 segment (trailing slashes aside), else 0:
+ * carpool appends each request's own /v1/... path, so such a url would ask for /v1/v1/completions. */
+static size_t url_before_v1(const char *url, const char *host)
+{
+	const char *path = strchr(host, '/');
+	if (!path)
+		return 0;
+	size_t start = (size_t)(path - url), n = strlen(url);
+	while (n > start && url[n - 1] == '/')
+		n--;
+	return n - start >= 3 && !strncmp(url + n - 3, "/v1", 3) ? n - 3 : 0;
+}
+
 /* Every rule across keys; each broken one is reported (fail appends), none stops the others. */
 static void validate(struct loader *ld, struct config *cfg, yaml_node_t *root)
 {
@@ -464,8 +477,14 @@ static void validate(struct loader *ld, struct config *cfg, yaml_node_t *root)
 			fail(ld, value_node(ld, n, "url"), "upstreams[%d]: url must start with http:// or https://", i);
 		} else {
 			const char *host = u->url + (u->url[4] == 's' ? 8 : 7);
+			size_t keep = url_before_v1(u->url, host);
 			if (!*host || *host == '/' || *host == ':')
 				fail(ld, value_node(ld, n, "url"), "upstreams[%d]: url has no host", i);
+			else if (keep)
+				fail(ld, value_node(ld, n, "url"),
+				     "upstreams[%d]: url \"%s\" ends in /v1, but carpool adds each request's /v1/... path "
+				     "itself (this url would get /v1/v1/completions): write \"%.*s\"",
+				     i, u->url, (int)keep, u->url);
 		}
 		if (u->nmodels == 0)
 			fail(ld, value_node(ld, n, "models"), "upstreams[%d]: models must not be empty", i);

@@ -125,6 +125,16 @@ const BAD = [
     token: 'sometimes', msg: /policy/,
   },
   {
+    name: 'upstream url ending in /v1 (carpool adds /v1/... itself)',
+    text: GOOD.replace('"http://127.0.0.1:9"', '"http://127.0.0.1:9/v1/"'),
+    token: '"http://127.0.0.1:9/v1/"', msg: /upstreams\[0\]: url "http:\/\/127\.0\.0\.1:9\/v1\/" ends in \/v1.*\/v1\/v1\/completions.*write "http:\/\/127\.0\.0\.1:9"$/,
+  },
+  {
+    name: 'upstream url with a path prefix ending in /v1',
+    text: GOOD.replace('"http://127.0.0.1:9"', '"http://127.0.0.1:9/openai/v1"'),
+    token: '"http://127.0.0.1:9/openai/v1"', msg: /ends in \/v1.*write "http:\/\/127\.0\.0\.1:9\/openai"$/,
+  },
+  {
     name: 'missing upstreams',
     text: GOOD.replace('upstreams:\n  - url: "http://127.0.0.1:9"\n    dialect: vllm\n    max_inflight: 4\n', ''),
     at: [1, 1], msg: /upstream/,

@@ -48,7 +48,7 @@ static const char full_yaml[] =
 	"  - address: 0.0.0.0:8443\n"					/* 7 */
 	"    tls: { cert: /etc/c.pem, key: /etc/k.pem }\n"		/* 8 */
 	"upstreams:\n"							/* 9 */
-	"  - url: https://api.example.com/v1\n"				/* 10 */
+	"  - url: https://api.example.com/openai\n"				/* 10 */
 	"    dialect: vllm\n"						/* 11 */
 	"    api_key_env: UPSTREAM_API_KEY\n"				/* 12 */
 	"    max_inflight: 16\n"					/* 13 */
@@ -89,7 +89,7 @@ static void test_full_config(void **state)
 
 	assert_int_equal(cfg.nupstreams, 2);
 	struct cfg_upstream *u = &cfg.upstreams[0];
-	assert_string_equal(u->url, "https://api.example.com/v1");
+	assert_string_equal(u->url, "https://api.example.com/openai");
 	assert_int_equal(u->dialect, DIALECT_VLLM);
 	assert_string_equal(u->api_key_env, "UPSTREAM_API_KEY");
 	assert_int_equal(u->max_inflight, 16);
@@ -281,6 +281,19 @@ static void test_bad_url_scheme(void **state)
 		   "url");
 }
 
+/* carpool adds /v1/... itself: a url whose path ends in a /v1 segment is refused at the url */
+static void test_url_ending_in_v1(void **state)
+{
+	(void)state;
+	load_fails("listen:\n  - address: a:1\nupstreams:\n  - url: http://h:1/v1\n", "test.yaml:4:10:",
+		   "write \"http://h:1\"");
+	load_fails("listen:\n  - address: a:1\nupstreams:\n  - url: https://h/p/v1//\n", "test.yaml:4:10:",
+		   "write \"https://h/p\"");
+	assert_int_equal(load("listen:\n  - address: a:1\nupstreams:\n  - url: http://h:1/v10\n"), CP_OK);
+	assert_int_equal(load("listen:\n  - address: a:1\nupstreams:\n  - url: http://h:1/xv1\n"), CP_OK);
+	assert_int_equal(load("listen:\n  - address: a:1\nupstreams:\n  - url: http://h:1/\n"), CP_OK);
+}
+
 /* a listener without an address: the listener's mapping */
 static void test_pos_listen_no_address(void **state)
 {
@@ -446,6 +459,7 @@ int main(void)
 		cmocka_unit_test(test_bad_enum),
 		cmocka_unit_test(test_missing_listen_upstreams),
 		cmocka_unit_test(test_bad_url_scheme),
+		cmocka_unit_test(test_url_ending_in_v1),
 		cmocka_unit_test(test_pos_listen_no_address),
 		cmocka_unit_test(test_pos_listen_bad_mode),
 		cmocka_unit_test(test_pos_listen_tls_half),

@@ -15,6 +15,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -838,6 +839,15 @@ void upcall_cancel(struct upcall *c)
 
 /* --- dialect detection ------------------------------------------------------------------- */
 
+/* Every worker probes its own copy of each upstream; of the workers that learn the same thing, only
+ * the first says it in the log. said holds what was last said about one upstream. */
+static atomic_uint dialect_said[CFG_MAX_UPSTREAMS], info_said[CFG_MAX_UPSTREAMS];
+
+static bool say_once(atomic_uint *said, unsigned what)
+{
+	return atomic_exchange(said, what) != what;
+}
+
 struct probe {
 	struct upstream *up;
 	struct sbuf body;
@@ -881,11 +891,20 @@ static void probe_done(void *arg, enum upcall_error err)
 	}
 	if (p->llama_server)
 		d = DIALECT_LLAMACPP;
-	if (up->dialect == DIALECT_AUTO || !up->detected) {
+	/* only a server that answered /v1/models (or named itself) was detected: a 404 says the url is
+	 * wrong, not that the server speaks plain openai */
+	if (err == UPE_NONE && (p->status == 200 || p->llama_server)) {
 		up->dialect = d;
 		up->detected = true;
-		log_info("upstream %s: dialect %s (detected%s)", up->cfg->url, dialect_name(d),
-			 err == UPE_NONE ? "" : "; /v1/models unreachable, assuming openai");
+		if (say_once(&dialect_said[up->index], 1 + (unsigned)d))
+			log_info("upstream %s: dialect %s (detected)", up->cfg->url, dialect_name(d));
+	} else if (say_once(&dialect_said[up->index], 0x100 + (unsigned)(err == UPE_NONE ? p->status : -1))) {
+		if (err == UPE_NONE)
+			log_warn("upstream %s: GET %s/v1/models answered %d: dialect not detected, using openai",
+				 up->cfg->url, up->prefix, p->status);
+		else
+			log_warn("upstream %s: GET %s/v1/models failed (%s): dialect not detected, using openai",
+				 up->cfg->url, up->prefix, upcall_error_name(err));
 	}
 	sbuf_free(&p->body);
 	free(p);
@@ -902,7 +921,8 @@ static void info_done(void *arg, enum upcall_error err)
 		cJSON *m = j ? cJSON_GetObjectItemCaseSensitive(j, "max_client_batch_size") : NULL;
 		if (cJSON_IsNumber(m) && m->valuedouble >= 1 && m->valuedouble < (double)up->max_inputs) {
 			up->max_inputs = (unsigned)m->valuedouble;
-			log_info("upstream %s: /info says at most %u inputs per call", up->cfg->url, up->max_inputs);
+			if (say_once(&info_said[up->index], up->max_inputs))
+				log_info("upstream %s: /info says at most %u inputs per call", up->cfg->url, up->max_inputs);
 		}
 		cJSON_Delete(j);
 	}

@@ -11,6 +11,8 @@ endif
 
 VERSION = 0.1.0
 CFLAGS += -DCARPOOL_VERSION=\"$(VERSION)\"
+# The git revision --version prints; build/revision changes only when it does, to rebuild main.o.
+REVISION := $(shell git describe --always --dirty --abbrev=12 2>/dev/null || echo unknown)
 
 CORE_SRC = $(filter-out src/main.c,$(wildcard src/*.c))
 CORE_OBJ = $(CORE_SRC:src/%.c=build/%.o)
@@ -21,6 +23,12 @@ all: bin/carpool bin/carpool-sim bin/carpool-loadgen bin/carpool-writefloor
 
 build/%.o: src/%.c $(wildcard include/carpool/*.h) | build
 	$(CC) $(CFLAGS) -c -o $@ $<
+
+build/main.o: CFLAGS += -DCARPOOL_REVISION=\"$(REVISION)\"
+build/main.o: build/revision
+build/revision: FORCE | build
+	@echo '$(REVISION)' | cmp -s - $@ || echo '$(REVISION)' > $@
+FORCE:
 
 build/bench_%.o: bench/%.c bench/simgen.h | build
 	$(CC) $(CFLAGS) -c -o $@ $<
@@ -109,4 +117,4 @@ uninstall:
 clean:
 	rm -rf build bin
 
-.PHONY: all unit e2e test demo bench fuzz clean install uninstall
+.PHONY: all unit e2e test demo bench fuzz clean install uninstall FORCE

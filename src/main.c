@@ -10,10 +10,12 @@
 #include "carpool/server.h"
 #include "carpool/upstream.h"
 
+#include <cjson/cJSON.h>
 #include <event2/dns.h>
 #include <event2/event.h>
 #include <event2/thread.h>
 #include <getopt.h>
+#include <openssl/crypto.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -22,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <yaml.h>
 
 #define DRAIN_DEADLINE_MS 10000
 #define MAX_WORKERS 64
@@ -58,9 +61,13 @@ static struct auth_table *g_auth;
 
 static void usage(FILE *f)
 {
-	fputs("usage: carpool -c FILE          run with the config FILE\n"
-	      "       carpool --check-config -c FILE   validate FILE and exit (0: valid)\n"
-	      "       carpool --help | --version\n"
+	fputs("usage: carpool [-t] -c FILE\n"
+	      "\n"
+	      "  -c, --config FILE     the config file (required)\n"
+	      "  -t, --check-config    validate FILE (and its client keys file), print \"FILE: ok\" and exit 0;\n"
+	      "                        on an error print FILE:LINE:COLUMN: message and exit 1\n"
+	      "  -h, --help            print this help and exit\n"
+	      "  -V, --version         print the version, git revision and library versions, and exit\n"
 	      "\n"
 	      "carpool is a request-batching reverse proxy for OpenAI-compatible LLM servers: it holds\n"
 	      "compatible /v1/completions and /v1/embeddings requests for a short window, sends them\n"
@@ -68,6 +75,14 @@ static void usage(FILE *f)
 	      "Every config key is documented in configs/carpool.yaml; see also carpool(1).\n"
 	      "Signals: SIGTERM/SIGINT drain and stop (10 s deadline), SIGHUP reloads the config.\n",
 	      f);
+}
+
+/* The build (version, git revision) and the libraries as loaded at run time. */
+static void version(void)
+{
+	printf("carpool %s (git %s)\n", CARPOOL_VERSION, CARPOOL_REVISION);
+	printf("libevent %s, %s, cJSON %s, libyaml %s\n", event_get_version(), OpenSSL_version(OPENSSL_VERSION),
+	       cJSON_Version(), yaml_get_version_string());
 }
 
 static void drain_cb(evutil_socket_t fd, short what, void *arg)
@@ -262,7 +277,7 @@ int main(int argc, char **argv)
 		case 'c': file = optarg; break;
 		case 't': check = true; break;
 		case 'h': usage(stdout); return 0;
-		case 'V': printf("carpool %s\n", CARPOOL_VERSION); return 0;
+		case 'V': version(); return 0;
 		default: usage(stderr); return 2;
 		}
 	}

@@ -7,7 +7,7 @@ const fs = require('node:fs');
 const path = require('node:path');
 const http = require('node:http');
 const { spawn, execFileSync } = require('node:child_process');
-const { BIN, startSim, startCarpool, baseConfig, request, parseSse, collect, curl, tmpdir, makeCerts } = require('./lib');
+const { ROOT, BIN, startSim, startCarpool, baseConfig, request, parseSse, collect, curl, tmpdir, makeCerts } = require('./lib');
 const { expected } = require('./simgen');
 
 const CARPOOL = path.join(BIN, 'carpool');
@@ -30,10 +30,22 @@ function prompt(tag) {
   return `cli ${tag} #${uniq} pid${process.pid}`;
 }
 
-test('--version prints a version and exits 0', async () => {
+test('--version (and -V): version, git revision, and the versions of the libraries loaded', async () => {
   const r = await run(['--version']);
   assert.equal(r.code, 0, r.err);
-  assert.match(r.out, /^carpool \d+\.\d+\.\d+/);
+  assert.deepEqual(await run(['-V']), r);
+  const [first, libs, ...rest] = r.out.trimEnd().split('\n');
+  assert.equal(rest.length, 0, r.out);
+  const m = first.match(/^carpool \d+\.\d+\.\d+ \(git (unknown|[0-9a-f]{7,40}(?:-dirty)?)\)$/);
+  assert.ok(m, first);
+  if (m[1] !== 'unknown') // a commit of this repository
+    execFileSync('git', ['-C', ROOT, 'cat-file', '-e', `${m[1].replace(/-dirty$/, '')}^{commit}`]);
+  const l = libs.match(/^libevent (\S+), OpenSSL (\d+\.\d+\.\d+)\S* .*, cJSON (\S+), libyaml (\S+)$/);
+  assert.ok(l, libs);
+  // the same as the installed development packages (pkg-config) and the openssl command say
+  const pc = (mod) => execFileSync('pkg-config', ['--modversion', mod]).toString().trim();
+  assert.deepEqual([l[1], l[3], l[4]], [pc('libevent'), pc('libcjson'), pc('yaml-0.1')]);
+  assert.match(execFileSync('openssl', ['version']).toString(), new RegExp(`^OpenSSL ${l[2].replace(/\./g, '\\.')}\\b`));
 });
 
 test('--help exits 0 and shows usage', async () => {
@@ -41,6 +53,7 @@ test('--help exits 0 and shows usage', async () => {
   assert.equal(r.code, 0, r.err);
   assert.match(r.out, /usage: carpool/);
   assert.match(r.out, /--check-config/);
+  assert.deepEqual(await run(['-h']), r);
 });
 
 test('no arguments -> non-zero exit and a usage message', async () => {
@@ -86,6 +99,28 @@ test('--check-config -c good.yaml exits 0', async () => {
     fs.writeFileSync(f, GOOD);
     const r = await run(['--check-config', '-c', f]);
     assert.equal(r.code, 0, r.err + r.out);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('--help lists every flag, short and long, and each one listed works', async () => {
+  const help = (await run(['--help'])).out;
+  const flags = [...help.matchAll(/^ {2}-(\w), --([\w-]+)/gm)].map((m) => `-${m[1]} --${m[2]}`);
+  // getopt's option table in src/main.c, every entry
+  const src = fs.readFileSync(path.join(ROOT, 'src', 'main.c'), 'utf8');
+  const table = [...src.matchAll(/\{"([\w-]+)", \w+_argument, NULL, '(\w)'\}/g)].map((m) => `-${m[2]} --${m[1]}`);
+  assert.ok(table.length >= 4, 'the option table was not found in src/main.c');
+  assert.deepEqual(flags.sort(), table.sort(), help);
+  const dir = tmpdir();
+  try {
+    const f = path.join(dir, 'good.yaml');
+    fs.writeFileSync(f, GOOD);
+    for (const args of [['-t', '-c', f], ['--check-config', '--config', f], [`--config=${f}`, '-t']]) {
+      const r = await run(args);
+      assert.equal(r.code, 0, `${args.join(' ')}: ${r.err}`);
+      assert.equal(r.out, `${f}: ok\n`);
+    }
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }

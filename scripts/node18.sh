@@ -67,6 +67,7 @@ setup() {
   cat > "$wrapper" <<EOF
 #!/usr/bin/env bash
 # Debian's node $ver from .cache/node18 (made by scripts/node18.sh)
+[ "\$(ulimit -S -n)" = unlimited ] || [ "\$(ulimit -S -n)" -gt 999 ] || ulimit -S -n 1024
 exec 999<"$cache/root/usr/share/nodejs"
 LD_LIBRARY_PATH="$cache/lib:$libdir\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
 export LD_LIBRARY_PATH

@@ -893,12 +893,15 @@ static void probe_done(void *arg, enum upcall_error err)
 		d = DIALECT_LLAMACPP;
 	/* only a server that answered /v1/models (or named itself) was detected: a 404 says the url is
 	 * wrong, not that the server speaks plain openai */
-	if (err == UPE_NONE && (p->status == 200 || p->llama_server)) {
+	bool detected = err == UPE_NONE && (p->status == 200 || p->llama_server);
+	/* what was learnt, for say_once: a dialect (never auto, so not 0), a status, or an error */
+	unsigned learnt = detected ? (unsigned)d : err == UPE_NONE ? 0x100u + (unsigned)p->status : 0x10000u + err;
+	if (detected) {
 		up->dialect = d;
 		up->detected = true;
-		if (say_once(&dialect_said[up->index], 1 + (unsigned)d))
+		if (say_once(&dialect_said[up->index], learnt))
 			log_info("upstream %s: dialect %s (detected)", up->cfg->url, dialect_name(d));
-	} else if (say_once(&dialect_said[up->index], 0x100 + (unsigned)(err == UPE_NONE ? p->status : -1))) {
+	} else if (say_once(&dialect_said[up->index], learnt)) {
 		if (err == UPE_NONE)
 			log_warn("upstream %s: GET %s/v1/models answered %d: dialect not detected, using openai",
 				 up->cfg->url, up->prefix, p->status);

@@ -62,6 +62,17 @@ test('GET /v1/models answering 404 is not a detection: one warning, no "(detecte
   assert.equal(JSON.parse(r.body).choices[0].text, expected('after a 404 probe', { maxTokens: 5 }).text);
 });
 
+test('an upstream down at start: the failed probe is a warning, said once, and not a detection', async (t) => {
+  const closed = http.createServer();
+  await new Promise((r) => closed.listen(0, '127.0.0.1', r));
+  const port = closed.address().port;
+  await new Promise((r) => closed.close(r));
+  const cp = await startCarpool(baseConfig({ url: `http://127.0.0.1:${port}` }, { workers: 2 }));
+  t.after(() => cp.stop());
+  assert.equal(await logged(cp, / warn .*GET \/v1\/models failed \(\w+\): dialect not detected, using openai/), 1, cp.log());
+  assert.ok(!/detected\)/.test(cp.log()), cp.log());
+});
+
 test('two workers: a reload that fails is logged once', async (t) => {
   const sim = await startSim(['--dialect', 'vllm']);
   const cp = await startCarpool(baseConfig(sim, { workers: 2 }));

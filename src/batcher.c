@@ -85,6 +85,8 @@ struct batch {
 	char retry_after[32];
 	char content_type[128];
 	uint64_t t_sent;
+	unsigned seqs_held;	/* sequences taken on up when sent (prompts x n) */
+	unsigned seqs_ended;	/* of which ended (finish_reason seen) and given back */
 	bool embed;
 	bool unusable;		/* a 200 that is no event stream: its body is never kept or forwarded */
 	struct event *ka_timer;	/* SSE keep-alive comments until the first upstream event */
@@ -101,6 +103,8 @@ struct batcher {
 	struct batch *all;
 	uint64_t next_id;
 	unsigned active;
+	uint64_t last_arrival;	/* now_us() of the last request */
+	uint64_t gap_ewma;	/* average gap between requests, us (recent ones weigh most) */
 	struct batcher_stats st;
 	struct metrics *metrics;
 };
@@ -108,6 +112,7 @@ struct batcher {
 void batcher_set_metrics(struct batcher *bt, struct metrics *m) { bt->metrics = m; }
 
 static void batch_send(struct batch *b);
+static void batch_compact(struct batch *b);
 static void batch_ready(struct batch *b);
 static int flush_members(struct batch *b);
 
@@ -276,6 +281,32 @@ static void batch_add(struct batch *b, struct member *m)
 	b->nprompts += m->req.nprompts;
 }
 
+/* Sequences of a member: its prompts times n. */
+static unsigned member_seqs(const struct member *m) { return m->req.nprompts * (m->req.n ? m->req.n : 1); }
+
+/* Gives back to the upstream the sequences of b's call that have not ended yet (the call is over). */
+static void batch_release_seqs(struct batch *b)
+{
+	if (b->seqs_held > b->seqs_ended)
+		upstream_seqs_end(b->up, b->seqs_held - b->seqs_ended);
+	b->seqs_held = b->seqs_ended = 0;
+}
+
+/* Gives back the slot of each sequence that ended since the last look (contract: room is counted
+ * in sequences, and a short member frees its own at once, not when its call ends). */
+static void batch_note_ended(struct batch *b)
+{
+	unsigned ended = 0;
+	for (unsigned i = 0; i < b->nmembers; i++)
+		ended += b->members[i]->sm.finished;
+	if (ended > b->seqs_held)
+		ended = b->seqs_held;
+	if (ended > b->seqs_ended) {
+		upstream_seqs_end(b->up, ended - b->seqs_ended);
+		b->seqs_ended = ended;
+	}
+}
+
 /* Frees the batch and every member; members still connected get an error first. */
 static void batch_free(struct batch *b)
 {
@@ -288,6 +319,7 @@ static void batch_free(struct batch *b)
 		event_free(b->ka_timer);
 	if (b->call)
 		upcall_cancel(b->call);
+	batch_release_seqs(b);
 	for (unsigned i = 0; i < b->nmembers; i++) {
 		struct member *m = b->members[i];
 		if (m->parent && !m->part_done)
@@ -331,7 +363,20 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 	batch_ready(b);
 }
 
-/* The least-loaded candidate upstream with room (in-flight calls per unit of weight), preferring
+static void ka_cb(evutil_socket_t fd, short what, void *arg);
+
+/* Starts SSE keep-alive comments for b's streaming clients until the upstream's first event. */
+static void batch_keepalive(struct batch *b)
+{
+	long ka = b->bt->cfg->timeouts.sse_keepalive_ms;
+	if (ka <= 0)
+		return;
+	b->ka_timer = evtimer_new(b->bt->base, ka_cb, b);
+	struct timeval tv = {ka / 1000, (ka % 1000) * 1000};
+	evtimer_add(b->ka_timer, &tv);
+}
+
+/* The least-loaded candidate upstream with room (sequences on it per unit of weight), preferring
  * upstreams that have not already failed this batch; NULL if none has room now. */
 static struct upstream *choose(struct batch *b)
 {
@@ -346,7 +391,7 @@ static struct upstream *choose(struct batch *b)
 		if (!upstream_has_room(up))
 			continue;
 		bool tried = b->tried & (1u << i);
-		double load = (double)up->inflight / (double)up->cfg->weight;
+		double load = (double)upstream_load(up) / (double)up->cfg->weight;
 		if (!best || (best_tried && !tried) || (tried == best_tried && load < best_load)) {
 			best = up;
 			best_load = load;
@@ -390,25 +435,71 @@ static bool fail_if_none_live(struct batch *b)
 	return true;
 }
 
-/* The batch may go: now if an upstream has room (and nobody queued before it), else it waits in
- * the queue - still open to new members until it is full. */
-/* Sends b on up when there is one, or fails it when no upstream is live: true when b is done with. */
-static bool send_or_fail(struct batch *b, struct upstream *up)
+/* Moves b's leading members, as many as fit in room sequences (at least one when one_anyway), into
+ * a new batch of the same key, which the caller sends; b keeps the rest and its place. NULL: none
+ * fits; b itself: all of it goes. */
+static struct batch *batch_take_front(struct batch *b, unsigned room, bool one_anyway)
 {
-	if (up) {
+	unsigned k = 0, seqs = 0;
+	while (k < b->nmembers && seqs + member_seqs(b->members[k]) <= room)
+		seqs += member_seqs(b->members[k++]);
+	if (!k && one_anyway)
+		k = 1;
+	if (!k)
+		return NULL;
+	if (k == b->nmembers)
+		return b;
+	struct batch *nb = batch_new(b->bt, b->cands, b->key);
+	nb->auth = b->auth ? xstrdup(b->auth) : NULL;
+	nb->attempt = b->attempt;
+	nb->tried = b->tried;
+	for (unsigned i = 0; i < k; i++) {
+		b->members[i]->sm.owner = nb;
+		batch_add(nb, b->members[i]);
+	}
+	memmove(b->members, b->members + k, (b->nmembers - k) * sizeof *b->members);
+	b->nmembers -= k;
+	b->nprompts -= nb->nprompts;
+	if (b->ka_timer)
+		batch_keepalive(nb);
+	return nb;
+}
+
+/* Sends b, or the part of it that fits in the sequences free on up (packed into what freed), or
+ * fails it when no upstream is live (up NULL). true: b is done with; false: b, or what is left of
+ * it, must wait for room. */
+static bool dispatch(struct batch *b, struct upstream *up)
+{
+	if (!up)
+		return fail_if_none_live(b);
+	unsigned room = upstream_free_seqs(up);
+	unsigned need = 0;
+	for (unsigned i = 0; i < b->nmembers && need <= room; i++)
+		if (member_alive(b->members[i]))
+			need += member_seqs(b->members[i]);
+	if (b->embed || need <= room) {
 		b->up = up;
 		batch_send(b);
 		return true;
 	}
-	return fail_if_none_live(b);
+	batch_compact(b);
+	/* a request larger than the whole capacity still goes, once carpool has nothing else there */
+	struct batch *front = batch_take_front(b, room, up->seqs == 0);
+	if (!front)
+		return false;
+	front->up = up;
+	batch_send(front);
+	return front == b;
 }
 
+/* The batch may go: now if an upstream has room (and nobody queued before it), else it waits in
+ * the queue - still open to new members until it is full. */
 static void batch_ready(struct batch *b)
 {
 	struct batcher *bt = b->bt;
 	if (b->in_queue || b->sent)
 		return;
-	if (send_or_fail(b, bt->qhead ? NULL : choose(b)))
+	if (bt->qhead ? fail_if_none_live(b) : dispatch(b, choose(b)))
 		return;
 	b->in_queue = true;
 	b->qnext = NULL;
@@ -423,7 +514,7 @@ static void batch_ready(struct batch *b)
 static void batch_ready_first(struct batch *b)
 {
 	struct batcher *bt = b->bt;
-	if (send_or_fail(b, choose(b)))
+	if (dispatch(b, choose(b)))
 		return;
 	b->in_queue = true;
 	b->qnext = bt->qhead;
@@ -432,7 +523,8 @@ static void batch_ready_first(struct batch *b)
 		bt->qtail = b;
 }
 
-/* An upstream has room again: send what waits, oldest first, where a candidate has room. */
+/* An upstream has room again (a sequence or call ended, a budget refilled, a backoff ended): send
+ * what waits, oldest first, packed into the room that freed. */
 static void on_room(struct upstream *up, void *arg)
 {
 	(void)up;
@@ -442,9 +534,7 @@ static void on_room(struct upstream *up, void *arg)
 		struct batch *next = b->qnext;
 		struct upstream *to = choose(b);
 		if (to) {
-			queue_remove(b);
-			b->up = to;
-			batch_send(b);
+			dispatch(b, to);
 		} else if (soonest_ms(b) > MAX_HOLD_MS) {
 			queue_remove(b);
 			fail_if_none_live(b);
@@ -558,7 +648,13 @@ static void batch_send(struct batch *b)
 		for (unsigned i = 0; i < b->nmembers; i++)
 			member_reply_error(b->members[i], 502, "carpool could not reach the upstream", "server_error", NULL);
 		batch_free(b);
+		return;
 	}
+	b->seqs_held = 0;
+	for (unsigned i = 0; i < b->nmembers; i++)
+		b->seqs_held += member_seqs(b->members[i]);
+	b->seqs_ended = 0;
+	upstream_seqs_take(b->up, b->seqs_held);
 }
 
 static void batch_extra_headers(struct batch *b, struct member *m, char *buf, size_t len)
@@ -770,7 +866,8 @@ static void call_data(void *arg, const char *data, size_t len)
 			batch_free(b);
 		return;
 	}
-	flush_members(b);
+	if (flush_members(b) == CP_OK)
+		batch_note_ended(b);
 }
 
 /* The upstream refused a batch of several members: send two halves apart, so that only the
@@ -1040,6 +1137,7 @@ static void call_done(void *arg, enum upcall_error err)
 	struct batch *b = arg;
 	struct batcher *bt = b->bt;
 	b->call = NULL;
+	batch_release_seqs(b); /* the call is over: whatever had not ended has */
 	if (err != UPE_NONE)
 		CNT_ADD(bt->st.upstream_errors, 1);
 	if (b->embed && b->status == 200 && err == UPE_NONE) {
@@ -1173,6 +1271,25 @@ static unsigned long member_tokens(const struct member *m)
 	return t;
 }
 
+/* Light load: a companion is not likely within the window - the recent gaps between requests are
+ * longer than max_wait_ms, or no other request is in carpool. */
+static bool light_load(const struct batcher *bt)
+{
+	return bt->active <= 1 || bt->gap_ewma > (uint64_t)bt->cfg->batching.max_wait_ms * 1000u;
+}
+
+/* Notes a request's arrival in the average gap (each gap counted up to twice the window, so that
+ * a burst after a quiet spell is seen within a few requests). */
+static void note_arrival(struct batcher *bt)
+{
+	uint64_t now = now_us(), cap = (uint64_t)bt->cfg->batching.max_wait_ms * 2000u;
+	uint64_t gap = bt->last_arrival ? now - bt->last_arrival : cap;
+	if (gap > cap)
+		gap = cap;
+	bt->gap_ewma = bt->last_arrival ? (bt->gap_ewma * 3 + gap) / 4 : gap;
+	bt->last_arrival = now;
+}
+
 /* tok_cap: a limit on the batch's estimated input tokens (0: none). */
 static void place(struct batcher *bt, struct member *m, unsigned cands, const char *auth, unsigned cap,
 		  unsigned long tok_cap)
@@ -1192,12 +1309,8 @@ static void place(struct batcher *bt, struct member *m, unsigned cands, const ch
 		b = batch_new(bt, cands, key.data);
 		b->auth = auth ? xstrdup(auth) : NULL;
 		b->embed = m->parent != NULL;
-		long ka = cfg->timeouts.sse_keepalive_ms;
-		if (ka > 0 && !b->embed) {
-			b->ka_timer = evtimer_new(bt->base, ka_cb, b);
-			struct timeval tv = {ka / 1000, (ka % 1000) * 1000};
-			evtimer_add(b->ka_timer, &tv);
-		}
+		if (!b->embed)
+			batch_keepalive(b);
 		b->in_map = true;
 		unsigned h = bucket_of(b->key);
 		b->hnext = bt->buckets[h];
@@ -1216,7 +1329,10 @@ static void place(struct batcher *bt, struct member *m, unsigned cands, const ch
 	}
 	if (!fresh)
 		return;
-	if (cfg->batching.policy == POLICY_ADAPTIVE || cfg->batching.max_wait_ms == 0) {
+	/* adaptive: at light load (no companion likely within the window) or with no room (it waits
+	 * in the queue, filling, and goes when sequences free) at once; otherwise the window */
+	if (cfg->batching.max_wait_ms == 0 ||
+	    (cfg->batching.policy == POLICY_ADAPTIVE && (light_load(bt) || bt->qhead || !choose(b)))) {
 		batch_ready(b);
 		return;
 	}
@@ -1244,6 +1360,7 @@ void batcher_submit(struct batcher *bt, struct creq *creq, struct intake_req *r,
 	CNT_ADD(bt->active, 1);
 	CNT_ADD(bt->st.requests, 1);
 	CNT_ADD(bt->st.prompts, m->req.nprompts);
+	note_arrival(bt);
 	creq_on_gone(creq, member_gone_cb, m);
 	place(bt, m, cands, auth, (unsigned)bt->cfg->batching.max_batch_size, 0);
 }
@@ -1309,6 +1426,7 @@ void batcher_submit_embed(struct batcher *bt, struct creq *creq, struct intake_r
 	ep->items = xcalloc(r->nprompts, sizeof *ep->items);
 	ep->exact = true;
 	ep->parts_left = ep->refs = nparts;
+	note_arrival(bt);
 	CNT_ADD(bt->active, 1);
 	CNT_ADD(bt->st.requests, 1);
 	CNT_ADD(bt->st.prompts, r->nprompts);

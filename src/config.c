@@ -68,7 +68,8 @@ static const struct cfg_key upstream_keys[] = {
 	{"url", CT_STR, F(U, url), FS(U, url), 0, 0, "", 0, 0, 0},
 	{"dialect", CT_ENUM, F(U, dialect), 0, 0, 0, "auto", dialect_names, 0, 0},
 	{"api_key_env", CT_STR, F(U, api_key_env), FS(U, api_key_env), 0, 0, "", 0, 0, 0},
-	{"max_inflight", CT_INT, F(U, max_inflight), 0, 1, 4096, "8", 0, 0, 0},
+	{"max_sequences", CT_INT, F(U, max_sequences), 0, 0, 1000000, "0", 0, 0, 0},
+	{"max_inflight", CT_INT, F(U, max_inflight), 0, 0, 1000000, "0", 0, 0, 0},
 	{"rate_limit_rpm", CT_INT, F(U, rate_limit_rpm), 0, 0, 100000000, "0", 0, 0, 0},
 	{"weight", CT_INT, F(U, weight), 0, 1, 1000, "1", 0, 0, 0},
 	{"models", CT_STRLIST, F(U, models), FS(U, models[0]), 0, CFG_MAX_MODELS, "*", 0, 0, F(U, nmodels)},
@@ -76,6 +77,7 @@ static const struct cfg_key upstream_keys[] = {
 	{"max_tokens_per_call", CT_INT, F(U, max_tokens_per_call), 0, 1, 100000000, "300000", 0, 0, 0},
 	{"health_path", CT_STR, F(U, health_path), FS(U, health_path), 0, 0, "", 0, 0, 0},
 	{"health_interval_ms", CT_INT, F(U, health_interval_ms), 0, 100, 3600000, "5000", 0, 0, 0},
+	{"load_poll_ms", CT_INT, F(U, load_poll_ms), 0, 0, 3600000, "500", 0, 0, 0},
 	{"tls", CT_SECTION, F(U, tls), 0, 0, 0, NULL, 0, &tls_client_sec, 0},
 };
 #undef U

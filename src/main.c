@@ -353,8 +353,9 @@ int main(int argc, char **argv)
 		evsignal_add(sigs[i], NULL);
 	}
 	for (int i = 0; i < cfg.nupstreams; i++)
-		log_info("upstream %s (dialect %s, max_inflight %ld%s)", cfg.upstreams[i].url,
-			 dialect_name((enum dialect)cfg.upstreams[i].dialect), cfg.upstreams[i].max_inflight,
+		log_info("upstream %s (dialect %s, max_sequences %ld, max_inflight %ld%s)", cfg.upstreams[i].url,
+			 dialect_name((enum dialect)cfg.upstreams[i].dialect), cfg.upstreams[i].max_sequences,
+			 cfg.upstreams[i].max_inflight,
 			 g_workers[0]->relay || g_nworkers == 1 ? "" : " per worker");
 	log_info("carpool %s ready (%d workers, %s queue, policy %s, max_wait_ms %ld, max_batch_size %ld)",
 		 CARPOOL_VERSION, g_nworkers, g_workers[0]->relay ? "one shared" : "per-worker",

@@ -3,6 +3,7 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <limits.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
@@ -25,6 +26,7 @@
 
 #define MAX_RESP_HEAD 65536 /* bytes of one response head (status line and headers) */
 #define MAX_LINE 8192	    /* one head line or chunk-size line */
+#define MAX_IDLE 64	    /* idle connections kept when max_inflight does not bound them */
 
 /* Where the response on a connection is: carpool reads upstream responses itself, so that a streamed
  * body costs no allocation per chunk (evhttp's client allocates a line for every chunk size). */
@@ -282,9 +284,39 @@ static void refill(struct upstream *up)
 	up->tokens_at = now;
 }
 
+unsigned upstream_capacity(const struct upstream *up)
+{
+	return up->cfg->max_sequences ? (unsigned)up->cfg->max_sequences : up->learned_cap;
+}
+
+unsigned upstream_load(const struct upstream *up)
+{
+	return up->seqs + (up->sig_fresh ? up->sig_others : 0);
+}
+
+unsigned upstream_free_seqs(const struct upstream *up)
+{
+	unsigned cap = upstream_capacity(up), load = upstream_load(up);
+	if (!cap)
+		return UINT_MAX;
+	return load < cap ? cap - load : 0;
+}
+
+void upstream_seqs_take(struct upstream *up, unsigned n) { CNT_ADD(up->seqs, n); }
+
+void upstream_seqs_end(struct upstream *up, unsigned n)
+{
+	if (!n)
+		return;
+	CNT_ADD(up->seqs, -(int)(n < up->seqs ? n : up->seqs));
+	event_active(up->room_ev, 0, 0);
+}
+
 bool upstream_has_room(struct upstream *up)
 {
-	if (up->inflight >= (unsigned)up->cfg->max_inflight)
+	if (up->cfg->max_inflight && up->inflight >= (unsigned)up->cfg->max_inflight)
+		return false;
+	if (!upstream_free_seqs(up))
 		return false;
 	if (!upstream_healthy(up)) {
 		wake_at(up, up->backoff_until); /* whoever asked is asked again when it ends */
@@ -384,7 +416,8 @@ static struct upconn *conn_get(struct upstream *up)
 
 static void conn_put(struct upstream *up, struct upconn *uc)
 {
-	if (uc->dead || up->nidle >= (unsigned)up->cfg->max_inflight) {
+	unsigned keep = up->cfg->max_inflight ? (unsigned)up->cfg->max_inflight : MAX_IDLE;
+	if (uc->dead || up->nidle >= keep) {
 		upconn_free_later(uc);
 		return;
 	}

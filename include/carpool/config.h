@@ -38,7 +38,8 @@ struct cfg_upstream {
 	char url[CFG_STR];
 	long dialect; /* enum dialect */
 	char api_key_env[128];
-	long max_inflight;
+	long max_sequences; /* sequences the upstream decodes at once; 0: learned from its signals, else unbounded */
+	long max_inflight;  /* hard cap on calls open at once; 0: none */
 	long rate_limit_rpm;
 	long weight;
 	char models[CFG_MAX_MODELS][128];
@@ -47,6 +48,7 @@ struct cfg_upstream {
 	long max_tokens_per_call;
 	char health_path[256];
 	long health_interval_ms;
+	long load_poll_ms; /* how often the upstream's load signals are read; 0: never */
 	struct cfg_tls_client tls;
 };
 

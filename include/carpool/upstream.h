@@ -44,7 +44,14 @@ struct upstream {
 	enum dialect dialect;	/* as configured, or detected when configured auto */
 	bool detected;
 	unsigned max_inputs;		/* embeddings inputs per call: the config's, or less if /info says so */
-	unsigned inflight;
+	unsigned inflight;		/* calls open now */
+	unsigned seqs;			/* sequences carpool has in flight on it (prompts x n); each frees as it ends */
+	/* what the upstream says of its load (signals.c); between polls, carpool's own accounting */
+	unsigned learned_cap;		/* sequences it can decode at once, as it told or showed (0: unknown) */
+	unsigned sig_others;		/* at the last good poll: its running + waiting sequences not carpool's */
+	bool sig_fresh;			/* the last poll answered with figures */
+	uint64_t sig_at;		/* now_us() of the last good poll (0: never) */
+	struct signals *signals;	/* the poller (NULL: not polling) */
 	struct upconn *idle;
 	unsigned nidle;
 	struct upcall *open_calls;	/* every call not yet freed (so that shutdown frees them all) */
@@ -71,8 +78,18 @@ int upstream_init(struct upstream *up, int index, struct event_base *base, struc
 		  const struct config *root, const struct cfg_upstream *cfg);
 void upstream_free(struct upstream *up);
 
-/* May a call start now: not backed off, under max_inflight, and within the request budget. */
+/* May a call start now: not backed off, a sequence free, under max_inflight (when set), and within
+ * the request budget. */
 bool upstream_has_room(struct upstream *up);
+/* Sequences the upstream decodes at once: max_sequences, else what it told or showed; 0: unbounded. */
+unsigned upstream_capacity(const struct upstream *up);
+/* Sequences on the upstream now: carpool's own, plus others' as of the last fresh signal. */
+unsigned upstream_load(const struct upstream *up);
+/* Sequences that may start now (UINT_MAX: unbounded). */
+unsigned upstream_free_seqs(const struct upstream *up);
+/* A call of n sequences starts / n of its sequences ended (the room they free is offered at once). */
+void upstream_seqs_take(struct upstream *up, unsigned n);
+void upstream_seqs_end(struct upstream *up, unsigned n);
 /* Healthy: not ejected (3 calls in a row that failed to connect or broke eject it, with a
  * doubling backoff from 1 s to 30 s; a success or a good health check restores it). */
 bool upstream_healthy(const struct upstream *up);

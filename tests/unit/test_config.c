@@ -105,7 +105,9 @@ static void test_full_config(void **state)
 	u = &cfg.upstreams[1];
 	assert_string_equal(u->url, "http://10.0.0.2:8000");
 	assert_int_equal(u->dialect, DIALECT_LLAMACPP);
-	assert_int_equal(u->max_inflight, 8);
+	assert_int_equal(u->max_inflight, 0);
+	assert_int_equal(u->max_sequences, 0);
+	assert_int_equal(u->load_poll_ms, 500);
 	assert_int_equal(u->weight, 1);
 	assert_int_equal(u->nmodels, 1);
 	assert_string_equal(u->models[0], "*");
@@ -142,7 +144,8 @@ static void test_defaults(void **state)
 	assert_int_equal(cfg.nupstreams, 1);
 	struct cfg_upstream *u = &cfg.upstreams[0];
 	assert_int_equal(u->dialect, DIALECT_AUTO);
-	assert_int_equal(u->max_inflight, 8);
+	assert_int_equal(u->max_inflight, 0); /* no cap on calls: room is counted in sequences */
+	assert_int_equal(u->max_sequences, 0);
 	assert_int_equal(u->rate_limit_rpm, 0);
 	assert_int_equal(u->weight, 1);
 	assert_int_equal(u->nmodels, 1);
@@ -235,7 +238,8 @@ static void test_out_of_range(void **state)
 	load_fails(MIN_OK "batching:\n  max_batch_size: 0\n", "test.yaml:6:19:", "max_batch_size");
 	load_fails(MIN_OK "batching:\n  max_batch_size: 4097\n", "test.yaml:6:19:", "max_batch_size");
 	load_fails(MIN_OK "batching:\n  max_wait_ms: -1\n", "test.yaml:6:16:", "max_wait_ms");
-	load_fails(MIN_OK "    max_inflight: 0\n", "test.yaml:5:19:", "max_inflight");
+	load_fails(MIN_OK "    max_inflight: -1\n", "test.yaml:5:19:", "max_inflight");
+	load_fails(MIN_OK "    max_sequences: -1\n", "test.yaml:5:20:", "max_sequences");
 	load_fails(MIN_OK "limits: { max_body_bytes: 10 }\n", "test.yaml:5:27:", "max_body_bytes");
 	load_fails(MIN_OK "batching:\n  max_wait_ms: 99999999999999999999999\n", "test.yaml:6:16:", "max_wait_ms");
 	/* the bounds themselves are fine */

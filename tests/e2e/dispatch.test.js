@@ -1,0 +1,147 @@
+// Dispatch: room counted in sequences that free one by one, the adaptive window, and policy: fixed.
+// The real carpool in front of the simulator; timings carry wide margins for a loaded 2-core machine.
+'use strict';
+const { test } = require('node:test');
+const assert = require('node:assert/strict');
+const http = require('node:http');
+const { startSim, startCarpool, baseConfig, request, parseSse, collect } = require('./lib');
+const { expected } = require('./simgen');
+
+// The first prompt `${prefix} ${i}` whose natural answer is `len` tokens long.
+function promptOfLength(prefix, len) {
+  for (let i = 0; ; i++) if (expected(`${prefix} ${i}`).tokens.length === len) return `${prefix} ${i}`;
+}
+
+// A streamed completion, with the times (ms since t0) of its first token and of its end.
+function timedStream(port, t0, body) {
+  return new Promise((resolve, reject) => {
+    const data = JSON.stringify({ model: 'sim-model', stream: true, ...body });
+    const req = http.request({ host: '127.0.0.1', port, method: 'POST', path: '/v1/completions',
+      headers: { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(data) } }, (res) => {
+      let text = '';
+      let first = null;
+      res.on('data', (c) => {
+        text += c;
+        if (first === null && /"text"/.test(text)) first = Date.now() - t0;
+      });
+      res.on('end', () => resolve({ status: res.statusCode, headers: res.headers, first, end: Date.now() - t0,
+        ...collect(parseSse(text)) }));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end(data);
+  });
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const queueMs = (h) => Number((/queue;dur=([\d.]+)/.exec(h['server-timing'] || '') || [])[1]);
+
+for (const dialect of ['vllm', 'llamacpp']) {
+  test(`${dialect}: a short member's end frees its slot at once; a queued request starts then, not when the call ends`, async (t) => {
+    // 2 slots, 150 ms per token: the short member (3 tokens) ends ~2 s before the long one (16)
+    const sim = await startSim(['--dialect', dialect, '--step-ms', '150', '--slots', '2']);
+    const cp = await startCarpool(baseConfig(sim, {
+      upstream: { dialect, max_sequences: 2, load_poll_ms: 0 },
+      batching: { policy: 'fixed', max_wait_ms: 100 },
+    }));
+    t.after(async () => { await cp.stop(); await sim.kill(); });
+    const short = promptOfLength(`${dialect} short`, 3);
+    const long = promptOfLength(`${dialect} long`, 16);
+    const late = promptOfLength(`${dialect} late`, 3);
+    const t0 = Date.now();
+    const a = timedStream(cp.port, t0, { prompt: short });
+    const b = timedStream(cp.port, t0, { prompt: long });
+    await sleep(200); // a and b went together as one call of 2 sequences: the upstream is full
+    const c = timedStream(cp.port, t0, { prompt: late });
+    const [ra, rb, rc] = await Promise.all([a, b, c]);
+    for (const [r, p] of [[ra, short], [rb, long], [rc, late]]) {
+      assert.equal(r.status, 200);
+      assert.equal(r.text[0], expected(p).text);
+      assert.equal(r.done, 1);
+    }
+    assert.equal(ra.headers['x-carpool-batch'], rb.headers['x-carpool-batch'], 'a and b shared a call');
+    assert.match(ra.headers['x-carpool-batch'], /size=2/);
+    // c waited for room (it had none), then went when a's sequence ended - long before b's end
+    assert.ok(queueMs(rc.headers) >= 100, `c queued ${queueMs(rc.headers)} ms: it should have waited for room`);
+    assert.ok(rc.first >= ra.end - 100, `c's first token at ${rc.first} ms, a ended at ${ra.end} ms`);
+    assert.ok(rc.end < rb.end - 500, `c ended at ${rc.end} ms, b (the long member) at ${rb.end} ms`);
+    const st = await sim.stats();
+    assert.equal(st.completion_calls, 2);
+    assert.equal(st.prompts, 3);
+  });
+}
+
+test('no room: queued requests pack into what freed, one call per freed set, up to max_batch_size', async (t) => {
+  const sim = await startSim(['--step-ms', '100', '--slots', '4']);
+  const cp = await startCarpool(baseConfig(sim, {
+    upstream: { dialect: 'vllm', max_sequences: 4, load_poll_ms: 0 },
+    batching: { policy: 'adaptive', max_wait_ms: 10, max_batch_size: 3 },
+  }));
+  t.after(async () => { await cp.stop(); await sim.kill(); });
+  const t0 = Date.now();
+  // four long ones fill the 4 slots; then 10 more wait in carpool
+  const first = [0, 1, 2, 3].map((i) => timedStream(cp.port, t0, { prompt: `fill ${i}`, max_tokens: 6 }));
+  await sleep(150);
+  const rest = Array.from({ length: 10 }, (_, i) => timedStream(cp.port, t0, { prompt: `wait ${i}`, max_tokens: 6 }));
+  const all = await Promise.all([...first, ...rest]);
+  all.forEach((r, i) => {
+    const p = i < 4 ? `fill ${i}` : `wait ${i - 4}`;
+    assert.equal(r.status, 200);
+    assert.equal(r.text[0], expected(p, { maxTokens: 6 }).text, p);
+  });
+  const st = await sim.stats();
+  assert.equal(st.prompts, 14);
+  assert.ok(st.max_prompts_per_call <= 4, `a call carried ${st.max_prompts_per_call} prompts (4 slots)`);
+  // never more sequences on the upstream than its 4 slots: nothing queued inside the simulator
+  assert.ok(st.max_inflight <= 4, `${st.max_inflight} calls at once`);
+  for (const r of all.slice(4)) assert.ok(queueMs(r.headers) > 100, 'the late ones waited in carpool, not upstream');
+});
+
+test('adaptive: one request at a time goes at once, with no window wait', async (t) => {
+  const sim = await startSim(['--step-ms', '2']);
+  const cp = await startCarpool(baseConfig(sim, {
+    upstream: { dialect: 'vllm', load_poll_ms: 0 }, batching: { policy: 'adaptive', max_wait_ms: 500 },
+  }));
+  t.after(async () => { await cp.stop(); await sim.kill(); });
+  for (let i = 0; i < 8; i++) {
+    const t0 = Date.now();
+    const r = await timedStream(cp.port, t0, { prompt: `one at a time ${i}`, max_tokens: 3 });
+    assert.equal(r.status, 200);
+    assert.ok(queueMs(r.headers) < 50, `request ${i} queued ${r.headers['server-timing']}`);
+    assert.ok(r.first < 400, `request ${i}: first token after ${r.first} ms (window 500)`);
+  }
+  assert.equal((await sim.stats()).completion_calls, 8);
+});
+
+test('adaptive: under load prompts share calls, and none waits past the window while there is room', async (t) => {
+  const sim = await startSim(['--step-ms', '5']);
+  const cp = await startCarpool(baseConfig(sim, {
+    upstream: { dialect: 'vllm', load_poll_ms: 0 }, batching: { policy: 'adaptive', max_wait_ms: 150 },
+  }));
+  t.after(async () => { await cp.stop(); await sim.kill(); });
+  const N = 40;
+  const t0 = Date.now();
+  const res = await Promise.all(Array.from({ length: N }, (_, i) =>
+    timedStream(cp.port, t0, { prompt: `burst ${i}`, max_tokens: 5 })));
+  res.forEach((r, i) => {
+    assert.equal(r.status, 200);
+    assert.equal(r.text[0], expected(`burst ${i}`, { maxTokens: 5 }).text);
+    assert.ok(queueMs(r.headers) <= 150 + 100, `request ${i} queued ${queueMs(r.headers)} ms (window 150)`);
+  });
+  const st = await sim.stats();
+  assert.equal(st.prompts, N);
+  assert.ok(st.completion_calls <= 12, `${st.completion_calls} calls for ${N} requests arriving together`);
+});
+
+test('policy fixed still holds each batch for max_wait_ms', async (t) => {
+  const sim = await startSim(['--step-ms', '2']);
+  const cp = await startCarpool(baseConfig(sim, {
+    upstream: { dialect: 'vllm', load_poll_ms: 0 }, batching: { policy: 'fixed', max_wait_ms: 300 },
+  }));
+  t.after(async () => { await cp.stop(); await sim.kill(); });
+  const t0 = Date.now();
+  const r = await timedStream(cp.port, t0, { prompt: 'held', max_tokens: 3 });
+  assert.equal(r.status, 200);
+  assert.ok(r.first >= 290, `first token after ${r.first} ms, window 300`);
+  assert.ok(queueMs(r.headers) >= 290, r.headers['server-timing']);
+});

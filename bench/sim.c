@@ -1346,6 +1346,94 @@ static void handle_models(struct evhttp_request *req)
 	cJSON_Delete(o);
 }
 
+/* ------------------------------------------------------------------ load signals */
+
+/* What the load endpoints do (--metrics): on: like the real server; off: like llama-server without
+ * --metrics (/metrics 501, /props and /slots on); none: the server exports nothing (404 on all);
+ * hang: /metrics accepts and never answers (also after --metrics-hang-after N answers). */
+enum metrics_mode { M_ON, M_OFF, M_NONE, M_HANG };
+static enum metrics_mode g_metrics_mode = M_ON;
+static long g_metrics_hang_after = -1;
+static unsigned long g_metrics_answered;
+
+static unsigned long waiting_seqs(void)
+{
+	unsigned long n = 0;
+	struct seq *s;
+	TAILQ_FOREACH(s, &g_waitq, qlink)
+		n++;
+	return n;
+}
+
+/* vLLM and llama.cpp name their gauges differently; vLLM labels each with model_name. */
+static void handle_metrics(struct evhttp_request *req)
+{
+	if (g_metrics_mode == M_HANG || (g_metrics_hang_after >= 0 && (long)g_metrics_answered >= g_metrics_hang_after))
+		return; /* accepted, never answered: the request stays with its connection */
+	g_metrics_answered++;
+	struct evbuffer *b = evbuffer_new();
+	if (cfg.dialect == D_VLLM) {
+		evbuffer_add_printf(b,
+			"# HELP vllm:num_requests_running Number of requests in model execution batches.\n"
+			"# TYPE vllm:num_requests_running gauge\n"
+			"vllm:num_requests_running{engine=\"0\",model_name=\"%s\"} %lu.0\n"
+			"# HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n"
+			"# TYPE vllm:num_requests_waiting gauge\n"
+			"vllm:num_requests_waiting{engine=\"0\",model_name=\"%s\"} %lu.0\n"
+			"# HELP vllm:num_preemptions_total Cumulative number of preemption from the engine.\n"
+			"# TYPE vllm:num_preemptions_total counter\n"
+			"vllm:num_preemptions_total{engine=\"0\",model_name=\"%s\"} 0.0\n",
+			DEFAULT_MODEL, g_active, DEFAULT_MODEL, waiting_seqs(), DEFAULT_MODEL);
+	} else {
+		evbuffer_add_printf(b,
+			"# HELP llamacpp:requests_processing Number of requests processing.\n"
+			"# TYPE llamacpp:requests_processing gauge\n"
+			"llamacpp:requests_processing %lu\n"
+			"# HELP llamacpp:requests_deferred Number of requests deferred.\n"
+			"# TYPE llamacpp:requests_deferred gauge\n"
+			"llamacpp:requests_deferred %lu\n",
+			g_active, waiting_seqs());
+	}
+	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "text/plain; version=0.0.4; charset=utf-8");
+	evhttp_send_reply(req, 200, "OK", b);
+	evbuffer_free(b);
+}
+
+/* llama.cpp's /props (total_slots) and /slots (is_processing per slot); --slots 0 has no slot count. */
+static void handle_slots(struct evhttp_request *req, bool list)
+{
+	cJSON *o = list ? cJSON_CreateArray() : cJSON_CreateObject();
+	if (!list) {
+		if (cfg.slots > 0)
+			cJSON_AddNumberToObject(o, "total_slots", (double)cfg.slots);
+		cJSON_AddStringToObject(o, "model_path", DEFAULT_MODEL);
+		cJSON_AddStringToObject(o, "build_info", FINGERPRINT);
+	}
+	for (long i = 0; list && i < cfg.slots; i++) {
+		cJSON *e = cJSON_CreateObject();
+		cJSON_AddNumberToObject(e, "id", (double)i);
+		cJSON_AddBoolToObject(e, "is_processing", (unsigned long)i < g_active);
+		cJSON_AddItemToArray(o, e);
+	}
+	send_json(req, 200, o);
+	cJSON_Delete(o);
+}
+
+/* GET /metrics, /props, /slots as the dialect's server serves them, or not (--metrics). */
+static void handle_load(struct evhttp_request *req, const char *path)
+{
+	bool metrics = !strcmp(path, "/metrics");
+	bool llama = cfg.dialect == D_LLAMACPP;
+	if (g_metrics_mode == M_NONE || cfg.dialect == D_OPENAI || (!llama && !metrics) || (!strcmp(path, "/slots") && cfg.slots <= 0))
+		send_error(req, 404, NULL, "Not found: %s", path);
+	else if (metrics && g_metrics_mode == M_OFF)
+		send_error(req, 501, NULL, "This server does not support metrics endpoint.");
+	else if (metrics)
+		handle_metrics(req);
+	else
+		handle_slots(req, !strcmp(path, "/slots"));
+}
+
 static void on_request(struct evhttp_request *req, void *arg)
 {
 	/* Streams flow: no Nagle delay on the simulator's side either. */
@@ -1378,7 +1466,9 @@ static void on_request(struct evhttp_request *req, void *arg)
 		char info[160];
 		snprintf(info, sizeof info, "{\"model_id\":\"sim-model\",\"max_client_batch_size\":%ld}", cfg.max_inputs);
 		send_body(req, 200, json_ctype(), info);
-	} else if (get && !strcmp(path, "/stats"))
+	} else if (get && (!strcmp(path, "/metrics") || !strcmp(path, "/props") || !strcmp(path, "/slots")))
+		handle_load(req, path);
+	else if (get && !strcmp(path, "/stats"))
 		handle_stats(req);
 	else if (post && !strcmp(path, "/stats/reset"))
 		handle_stats_reset(req);
@@ -1425,6 +1515,9 @@ static void usage(FILE *f)
 		"  --port-file FILE         write the bound port number to FILE\n"
 		"  --tls-cert FILE          serve HTTPS with this certificate chain (needs --tls-key)\n"
 		"  --tls-key FILE           private key for --tls-cert\n"
+		"  --metrics MODE           load endpoints: on (like the server), off (llama-server without --metrics:\n"
+		"                           /metrics 501), none (404 on all), hang (/metrics never answers)\n"
+		"  --metrics-hang-after N   /metrics answers N times, then never again\n"
 		"  --help                   show this help\n"
 		"\n"
 		"Endpoints: POST /v1/completions, /v1/chat/completions, /v1/embeddings; GET /v1/models, /health,\n"
@@ -1536,6 +1629,8 @@ int main(int argc, char **argv)
 		{ "port-file", required_argument, NULL, 'p' },
 		{ "tls-cert", required_argument, NULL, 'C' },
 		{ "tls-key", required_argument, NULL, 'K' },
+		{ "metrics", required_argument, NULL, 'M' },
+		{ "metrics-hang-after", required_argument, NULL, 'H' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -1580,6 +1675,23 @@ int main(int argc, char **argv)
 			break;
 		case 'K':
 			cfg.tls_key = optarg;
+			break;
+		case 'M':
+			if (!strcmp(optarg, "on"))
+				g_metrics_mode = M_ON;
+			else if (!strcmp(optarg, "off"))
+				g_metrics_mode = M_OFF;
+			else if (!strcmp(optarg, "none"))
+				g_metrics_mode = M_NONE;
+			else if (!strcmp(optarg, "hang"))
+				g_metrics_mode = M_HANG;
+			else {
+				fprintf(stderr, "carpool-sim: --metrics must be on, off, none or hang\n");
+				return 2;
+			}
+			break;
+		case 'H':
+			g_metrics_hang_after = parse_long_opt("metrics-hang-after", optarg);
 			break;
 		case 'h':
 			usage(stdout);

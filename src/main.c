@@ -6,6 +6,7 @@
 #include "carpool/metrics.h"
 #include "carpool/preflight.h"
 #include "carpool/relay.h"
+#include "carpool/signals.h"
 #include "carpool/router.h"
 #include "carpool/server.h"
 #include "carpool/upstream.h"
@@ -228,6 +229,9 @@ static int worker_init(struct worker *w, int id, const struct config *cfg, struc
 		upstream_probe_info(&w->ups[i]);
 		if (id == 0)
 			upstream_start_health(&w->ups[i]);
+		/* the load signals are read where batches are dispatched */
+		if (id == 0 || w->cfg.batching.queue != QUEUE_SHARED)
+			signals_start(&w->ups[i]);
 	}
 	return CP_OK;
 }
@@ -237,8 +241,10 @@ static void worker_free(struct worker *w)
 	server_free(w->srv);
 	batcher_free(w->bt);
 	relay_free(w->relay); /* after the server and batcher, whose callbacks post to it */
-	for (int i = 0; i < w->nups; i++)
+	for (int i = 0; i < w->nups; i++) {
+		signals_stop(&w->ups[i]);
 		upstream_free(&w->ups[i]);
+	}
 	if (w->stop_ev)
 		event_free(w->stop_ev);
 	if (w->reload_ev)

@@ -295,6 +295,44 @@ static void models_union(struct router *rt, struct creq *r)
 	models_release(f);
 }
 
+/* Per upstream: sequences in flight and capacity, and how fresh its own load signals are. The
+ * worker that polls (worker 0, or each one with per_worker queues) holds the signals. */
+static void upstream_load_metrics(struct sbuf *b, struct router *rt, struct router *const *peers, int npeers)
+{
+	sbuf_printf(b, "# HELP carpool_upstream_sequences Sequences carpool has in flight on the upstream now.\n"
+		       "# TYPE carpool_upstream_sequences gauge\n");
+	for (int i = 0; i < rt->nups; i++) {
+		unsigned n = 0;
+		for (int p = 0; p < npeers; p++)
+			n += CNT_GET(peers[p]->ups[i].seqs);
+		sbuf_printf(b, "carpool_upstream_sequences{upstream=\"%s\"} %u\n", rt->ups[i].cfg->url, n);
+	}
+	sbuf_printf(b, "# HELP carpool_upstream_sequence_capacity Sequences the upstream decodes at once "
+		       "(max_sequences, or learned from it; 0: unknown, unbounded).\n"
+		       "# TYPE carpool_upstream_sequence_capacity gauge\n");
+	for (int i = 0; i < rt->nups; i++) {
+		unsigned cap = 0;
+		for (int p = 0; p < npeers; p++)
+			if (upstream_capacity(&peers[p]->ups[i]) > cap)
+				cap = upstream_capacity(&peers[p]->ups[i]);
+		sbuf_printf(b, "carpool_upstream_sequence_capacity{upstream=\"%s\"} %u\n", rt->ups[i].cfg->url, cap);
+	}
+	sbuf_printf(b, "# HELP carpool_upstream_load_signal_age_seconds Age of the upstream's last load figures "
+		       "(-1: none fresh; carpool counts its load from its own calls).\n"
+		       "# TYPE carpool_upstream_load_signal_age_seconds gauge\n");
+	uint64_t now = now_us();
+	for (int i = 0; i < rt->nups; i++) {
+		double age = -1;
+		for (int p = 0; p < npeers; p++) {
+			const struct upstream *u = &peers[p]->ups[i];
+			uint64_t at = CNT_GET(u->sig_at);
+			if (CNT_GET(u->sig_fresh) && at && (age < 0 || (double)(now - at) / 1e6 < age))
+				age = now > at ? (double)(now - at) / 1e6 : 0;
+		}
+		sbuf_printf(b, "carpool_upstream_load_signal_age_seconds{upstream=\"%s\"} %.3f\n", rt->ups[i].cfg->url, age);
+	}
+}
+
 /* --- local endpoints ---------------------------------------------------------------------------- */
 
 /* Prometheus text. With several workers the figures are totals over all of them, read without
@@ -362,6 +400,7 @@ static void metrics(struct router *rt, struct creq *r)
 			inflight += CNT_GET(peers[p]->ups[i].inflight);
 		sbuf_printf(&b, "carpool_upstream_inflight{upstream=\"%s\"} %u\n", rt->ups[i].cfg->url, inflight);
 	}
+	upstream_load_metrics(&b, rt, peers, npeers);
 	static const char *const per[][2] = {
 		{"carpool_upstream_http_calls_total", "HTTP calls made to the upstream (batches, pass-through, probes)."},
 		{"carpool_upstream_failures_total", "Upstream calls that failed (connect, timeout, broken)."},

@@ -286,12 +286,12 @@ static void refill(struct upstream *up)
 
 unsigned upstream_capacity(const struct upstream *up)
 {
-	return up->cfg->max_sequences ? (unsigned)up->cfg->max_sequences : up->learned_cap;
+	return up->cfg->max_sequences ? (unsigned)up->cfg->max_sequences : CNT_GET(up->learned_cap);
 }
 
 unsigned upstream_load(const struct upstream *up)
 {
-	return up->seqs + (up->sig_fresh ? up->sig_others : 0);
+	return CNT_GET(up->seqs) + (CNT_GET(up->sig_fresh) ? CNT_GET(up->sig_others) : 0);
 }
 
 unsigned upstream_free_seqs(const struct upstream *up)
@@ -812,9 +812,10 @@ static bool method_ok(const char *m)
 	return false;
 }
 
-struct upcall *upstream_call(struct upstream *up, const char *method, const char *path,
-			     const char *const *hdrs, size_t nhdrs, const char *client_auth, const char *body,
-			     size_t len, const struct upcall_ops *ops, void *arg)
+/* counted: the call takes a call slot (max_inflight) and a request of the budget (rate_limit_rpm). */
+static struct upcall *call_start(struct upstream *up, const char *method, const char *path,
+				 const char *const *hdrs, size_t nhdrs, const char *client_auth, const char *body,
+				 size_t len, const struct upcall_ops *ops, void *arg, bool counted)
 {
 	if (!method_ok(method))
 		return NULL;
@@ -851,9 +852,12 @@ struct upcall *upstream_call(struct upstream *up, const char *method, const char
 	evbuffer_add(out, "\r\n", 2);
 	if (body && len)
 		evbuffer_add(out, body, len);
-	CNT_ADD(up->inflight, 1);
-	CNT_ADD(up->calls, 1);
-	if (up->cfg->rate_limit_rpm) {
+	c->slot_freed = !counted;
+	if (counted) {
+		CNT_ADD(up->inflight, 1);
+		CNT_ADD(up->calls, 1);
+	}
+	if (counted && up->cfg->rate_limit_rpm) {
 		refill(up);
 		up->tokens -= 1.0;
 	}
@@ -861,6 +865,18 @@ struct upcall *upstream_call(struct upstream *up, const char *method, const char
 	c->phase = uc->connected ? PH_FIRST_BYTE : PH_CONNECT;
 	call_arm_next(c);
 	return c;
+}
+
+struct upcall *upstream_call(struct upstream *up, const char *method, const char *path,
+			     const char *const *hdrs, size_t nhdrs, const char *client_auth, const char *body,
+			     size_t len, const struct upcall_ops *ops, void *arg)
+{
+	return call_start(up, method, path, hdrs, nhdrs, client_auth, body, len, ops, arg, true);
+}
+
+struct upcall *upstream_side_get(struct upstream *up, const char *path, const struct upcall_ops *ops, void *arg)
+{
+	return call_start(up, "GET", path, NULL, 0, NULL, NULL, 0, ops, arg, false);
 }
 
 void upcall_cancel(struct upcall *c)

@@ -24,6 +24,7 @@ void log_msg(enum log_level lvl, const char *fmt, ...) __attribute__((format(pri
  * races. Only the owning thread may write. */
 #define CNT_ADD(x, n) __atomic_store_n(&(x), __atomic_load_n(&(x), __ATOMIC_RELAXED) + (n), __ATOMIC_RELAXED)
 #define CNT_GET(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
+#define CNT_SET(x, v) __atomic_store_n(&(x), (v), __ATOMIC_RELAXED)
 
 /* Intrusive doubly linked lists with a head pointer; PREV and NEXT name the node's link fields.
  * DLIST_UNLINK is harmless on a node that is not in the list (both links NULL, not the head). */

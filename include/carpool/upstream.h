@@ -108,6 +108,8 @@ void upstream_probe(struct upstream *up);
 struct upcall *upstream_call(struct upstream *up, const char *method, const char *path,
 			     const char *const *hdrs, size_t nhdrs, const char *client_auth, const char *body,
 			     size_t len, const struct upcall_ops *ops, void *arg);
+/* A GET of carpool's own (the load signals): it takes no call slot and no request of the budget. */
+struct upcall *upstream_side_get(struct upstream *up, const char *path, const struct upcall_ops *ops, void *arg);
 /* Abandons a call: no callback is made after this; its connection is closed. */
 void upcall_cancel(struct upcall *c);
 

@@ -145,3 +145,107 @@ test('policy fixed still holds each batch for max_wait_ms', async (t) => {
   assert.ok(r.first >= 290, `first token after ${r.first} ms, window 300`);
   assert.ok(queueMs(r.headers) >= 290, r.headers['server-timing']);
 });
+
+// --- the upstream's own load signals ---
+
+const gauge = async (cp, sim, name) => (await cp.metrics())[`${name}{upstream="${sim.url}"}`];
+const count = (log, re) => (log.match(new RegExp(re, 'g')) || []).length;
+
+async function until(what, fn, ms = 5000) {
+  const t0 = Date.now();
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() - t0 > ms) throw new Error(`timed out waiting for ${what}`);
+    await sleep(25);
+  }
+}
+
+test('vllm /metrics: a server that queues shows its capacity; carpool then waits in its own queue', async (t) => {
+  const sim = await startSim(['--dialect', 'vllm', '--step-ms', '100', '--slots', '2']);
+  const cp = await startCarpool(baseConfig(sim, {
+    upstream: { dialect: 'vllm', load_poll_ms: 100 }, batching: { policy: 'adaptive', max_wait_ms: 10 },
+  }));
+  t.after(async () => { await cp.stop(); await sim.kill(); });
+  assert.equal(await gauge(cp, sim, 'carpool_upstream_sequence_capacity'), 0, 'unknown until the server shows it');
+  // another client of the same server fills its 2 slots and queues a third request there
+  const t0 = Date.now();
+  const others = ['o1', 'o2', 'o3'].map((p) => timedStream(sim.port, t0, { prompt: p, max_tokens: 12 }));
+  await until('capacity 2 learned', async () => (await gauge(cp, sim, 'carpool_upstream_sequence_capacity')) === 2);
+  const age = await gauge(cp, sim, 'carpool_upstream_load_signal_age_seconds');
+  assert.ok(age >= 0 && age < 1, `signal age ${age}`);
+  // the server is full with others' work: carpool's request waits in carpool, not in the server
+  const mine = await timedStream(cp.port, Date.now(), { prompt: 'mine', max_tokens: 3 });
+  assert.equal(mine.status, 200);
+  assert.equal(mine.text[0], expected('mine', { maxTokens: 3 }).text);
+  assert.ok(queueMs(mine.headers) > 500, `queued in carpool ${queueMs(mine.headers)} ms`);
+  for (const r of await Promise.all(others)) assert.equal(r.status, 200);
+  assert.match(cp.log(), /saturated at 2 running \(1 waiting\): capacity 2 sequences/);
+  assert.doesNotMatch(cp.log(), /no load signals/);
+});
+
+test('llamacpp /props: total_slots is the capacity; requests past it wait in carpool', async (t) => {
+  const sim = await startSim(['--dialect', 'llamacpp', '--step-ms', '60', '--slots', '3']);
+  const cp = await startCarpool(baseConfig(sim, {
+    upstream: { dialect: 'llamacpp', load_poll_ms: 100 }, batching: { policy: 'adaptive', max_wait_ms: 10 },
+  }));
+  t.after(async () => { await cp.stop(); await sim.kill(); });
+  await until('capacity 3 from /props', async () => (await gauge(cp, sim, 'carpool_upstream_sequence_capacity')) === 3);
+  assert.match(cp.log(), /\/props says 3 slots/);
+  const t0 = Date.now();
+  const res = await Promise.all(Array.from({ length: 6 }, (_, i) =>
+    timedStream(cp.port, t0, { prompt: `slot ${i}`, max_tokens: 8 })));
+  res.forEach((r, i) => assert.equal(r.text[0], expected(`slot ${i}`, { maxTokens: 8 }).text));
+  const waited = res.filter((r) => queueMs(r.headers) > 200).length;
+  assert.equal(waited, 3, `requests that waited in carpool: ${res.map((r) => queueMs(r.headers)).join(', ')}`);
+});
+
+test('a server that exports nothing: said once in the log, carpool counts from its own calls', async (t) => {
+  const sim = await startSim(['--dialect', 'vllm', '--step-ms', '2', '--metrics', 'none']);
+  const cp = await startCarpool(baseConfig(sim, {
+    upstream: { dialect: 'vllm', load_poll_ms: 50, max_sequences: 4 }, batching: { policy: 'adaptive', max_wait_ms: 10 },
+  }));
+  t.after(async () => { await cp.stop(); await sim.kill(); });
+  await sleep(400); // several polls, all 404
+  const res = await Promise.all(Array.from({ length: 12 }, (_, i) =>
+    request(cp.port, 'POST', '/v1/completions', { model: 'm', prompt: `plain ${i}`, max_tokens: 4 })));
+  res.forEach((r, i) => assert.equal(JSON.parse(r.body).choices[0].text, expected(`plain ${i}`, { maxTokens: 4 }).text));
+  assert.equal(count(cp.log(), 'no load signals \\(GET /metrics: status 404\\)'), 1, cp.log());
+  assert.equal(await gauge(cp, sim, 'carpool_upstream_load_signal_age_seconds'), -1);
+  assert.equal(await gauge(cp, sim, 'carpool_upstream_sequence_capacity'), 4);
+  assert.ok((await sim.stats()).max_prompts_per_call <= 4);
+});
+
+test('llama-server without --metrics: carpool reads /slots instead, and says the signals are back', async (t) => {
+  const sim = await startSim(['--dialect', 'llamacpp', '--step-ms', '2', '--slots', '2', '--metrics', 'off']);
+  const cp = await startCarpool(baseConfig(sim, {
+    upstream: { dialect: 'llamacpp', load_poll_ms: 50 }, batching: { policy: 'adaptive', max_wait_ms: 10 },
+  }));
+  t.after(async () => { await cp.stop(); await sim.kill(); });
+  await until('signals back from /slots', async () => /load signals back \(GET \/slots/.test(cp.log()));
+  assert.equal(count(cp.log(), 'no load signals \\(GET /metrics: status 501\\)'), 1, cp.log());
+  assert.ok((await gauge(cp, sim, 'carpool_upstream_load_signal_age_seconds')) >= 0);
+  assert.equal(await gauge(cp, sim, 'carpool_upstream_sequence_capacity'), 2);
+  const r = await request(cp.port, 'POST', '/v1/completions', { model: 'm', prompt: 'via slots', max_tokens: 3 });
+  assert.equal(JSON.parse(r.body).choices[0].text, expected('via slots', { maxTokens: 3 }).text);
+});
+
+test('a metrics endpoint that stops answering: the poll times out, said once, dispatch never waits for it', async (t) => {
+  const sim = await startSim(['--dialect', 'vllm', '--step-ms', '2', '--metrics-hang-after', '3']);
+  // one call at a time: a hanging poll must not hold that call slot
+  const cp = await startCarpool(baseConfig(sim, {
+    upstream: { dialect: 'vllm', load_poll_ms: 100, max_inflight: 1 }, batching: { policy: 'adaptive', max_wait_ms: 10 },
+  }));
+  t.after(async () => { await cp.stop(); await sim.kill(); });
+  for (let i = 0; i < 8; i++) { // across the polls that answer, hang, and time out (1 s)
+    const t0 = Date.now();
+    const r = await request(cp.port, 'POST', '/v1/completions', { model: 'm', prompt: `during ${i}`, max_tokens: 3 });
+    assert.equal(JSON.parse(r.body).choices[0].text, expected(`during ${i}`, { maxTokens: 3 }).text);
+    assert.ok(Date.now() - t0 < 400, `request ${i} took ${Date.now() - t0} ms`);
+    await sleep(200);
+  }
+  await until('the poll timed out', async () => /no load signals \(GET \/metrics: no answer in time\)/.test(cp.log()), 4000);
+  await sleep(1500); // more polls time out: still said once
+  assert.equal(count(cp.log(), 'no load signals'), 1, cp.log());
+  assert.equal(await gauge(cp, sim, 'carpool_upstream_load_signal_age_seconds'), -1);
+});

@@ -63,6 +63,7 @@ struct upcall {
 	bool cancelled;
 	bool over;
 	bool slot_freed;
+	bool side;		/* carpool's own GET (load signals): no slot, no budget, no failure counts */
 	struct upcall *next, *prev; /* on up->open_calls */
 };
 
@@ -459,10 +460,13 @@ static void call_over(struct upcall *c, enum upcall_error err)
 	if (c->over)
 		return;
 	c->over = true;
-	if (err != UPE_NONE) {
+	if (err != UPE_NONE)
+		c->conn->dead = true;
+	if (c->side) {
+		/* health is judged by real calls and health checks, not by a load poll */
+	} else if (err != UPE_NONE) {
 		CNT_ADD(c->up->errors, 1);
 		CNT_ADD(c->up->errors_by[err], 1);
-		c->conn->dead = true;
 		if (err == UPE_CONNECT || err == UPE_BROKEN || err == UPE_FIRST_BYTE)
 			note_failure(c->up);
 	} else {
@@ -498,7 +502,7 @@ static void resp_end(struct upconn *uc, enum upcall_error err)
 		uc->dead = true;
 	if (uc->dead)
 		bufferevent_disable(uc->bev, EV_READ | EV_WRITE);
-	if (err == UPE_CONNECT)
+	if (err == UPE_CONNECT && !c->side)
 		log_tls_failure(c);
 	call_over(c, err);
 	conn_put(c->up, uc);
@@ -852,7 +856,7 @@ static struct upcall *call_start(struct upstream *up, const char *method, const 
 	evbuffer_add(out, "\r\n", 2);
 	if (body && len)
 		evbuffer_add(out, body, len);
-	c->slot_freed = !counted;
+	c->slot_freed = c->side = !counted;
 	if (counted) {
 		CNT_ADD(up->inflight, 1);
 		CNT_ADD(up->calls, 1);

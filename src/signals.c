@@ -189,7 +189,7 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 	struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
 	if (up->dialect == DIALECT_OPENAI) { /* a hosted API: no load figures; its room is its budget */
 		if (!s->said_none)
-			log_info("upstream %s: dialect openai exports no load signals; counting its load from carpool's own calls",
+			log_info("upstream %s: dialect openai: no load figures to read (room: its budget and carpool's own calls)",
 				 up->cfg->url);
 		s->said_none = true;
 		return;

@@ -249,3 +249,29 @@ test('a metrics endpoint that stops answering: the poll times out, said once, di
   assert.equal(count(cp.log(), 'no load signals'), 1, cp.log());
   assert.equal(await gauge(cp, sim, 'carpool_upstream_load_signal_age_seconds'), -1);
 });
+
+test('a hosted API under a request budget: arrivals at 10x the budget are all served, calls stay within it', async (t) => {
+  const sim = await startSim(['--dialect', 'openai', '--step-ms', '5']);
+  // 120 rpm: 2 calls a second, bursting up to 12 (6 s of budget)
+  const cp = await startCarpool(baseConfig(sim, {
+    upstream: { dialect: 'openai', rate_limit_rpm: 120 }, batching: { policy: 'adaptive', max_wait_ms: 10 },
+  }));
+  t.after(async () => { await cp.stop(); await sim.kill(); });
+  const t0 = Date.now();
+  const jobs = [];
+  for (let i = 0; i < 60; i++) { // 20 a second for 3 s: ten times the budget
+    jobs.push(timedStream(cp.port, t0, { prompt: `budget ${i}`, max_tokens: 4 }));
+    await sleep(50);
+  }
+  const res = await Promise.all(jobs);
+  const elapsed = (Date.now() - t0) / 1000;
+  res.forEach((r, i) => {
+    assert.equal(r.status, 200, `client ${i} got ${r.status}`);
+    assert.equal(r.text[0], expected(`budget ${i}`, { maxTokens: 4 }).text);
+  });
+  const st = await sim.stats();
+  assert.equal(st.prompts, 60);
+  assert.ok(st.completion_calls <= 12 + Math.ceil(2 * elapsed), `${st.completion_calls} calls in ${elapsed} s`);
+  assert.match(cp.log(), /dialect openai: no load figures to read/);
+  assert.doesNotMatch(cp.log(), /GET \/metrics/, 'a hosted API is never polled');
+});

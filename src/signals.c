@@ -67,12 +67,19 @@ static void signals_got(struct signals *s, double running, double waiting)
 	if (!s->cap_told) {
 		/* requests waiting in the server, poll after poll: it decodes what it runs, no more */
 		s->saturated = w > 0 ? s->saturated + 1 : 0;
-		if (s->saturated >= SATURATED_POLLS && r > 0 && r != up->learned_cap) {
+		unsigned cap = up->learned_cap;
+		if (s->saturated >= SATURATED_POLLS && r > 0 && r != cap) {
 			log_info("upstream %s: saturated at %u running (%u waiting): capacity %u sequences", up->cfg->url, r,
 				 w, r);
 			CNT_SET(up->learned_cap, r);
-		} else if (up->learned_cap && r > up->learned_cap) {
+		} else if (cap && r > cap) {
 			CNT_SET(up->learned_cap, r);
+		} else if (cap && !w && !upstream_free_seqs(up)) {
+			/* carpool holds work back and the server queues nothing: the capacity learned may be
+			 * low (requests briefly waiting for a step look like saturation); probe a little above
+			 * it - a server really full queues the extra, and the next polls bring it back down */
+			CNT_SET(up->learned_cap, cap + (cap / 8 ? cap / 8 : 1));
+			log_debug("upstream %s: nothing waiting at capacity %u: trying %u", up->cfg->url, cap, up->learned_cap);
 		}
 	}
 	if (s->missing)

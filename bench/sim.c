@@ -130,7 +130,12 @@ static struct {
 	unsigned long calls, completion_calls, embedding_calls, chat_calls, prompts, max_prompts;
 	unsigned long inflight, max_inflight, disconnects;
 	cJSON *auth;
+	cJSON *requests;	   /* the request log (created on first use), MAX_LOGGED_REQUESTS at most */
+	unsigned long unlogged;	   /* requests past that bound */
 } stats;
+
+#define MAX_LOGGED_REQUESTS 1000
+static cJSON *g_logged; /* the log entry of the request being handled, NULL when not logged */
 
 /* ------------------------------------------------------------------ helpers */
 
@@ -398,8 +403,46 @@ static int find_magic(const struct prompt *ps, unsigned n, const char *word)
 
 /* ------------------------------------------------------------------ stats */
 
-static void stats_count_call(struct evhttp_request *req, enum kind kind, unsigned prompts)
+/* Every request but /stats gets an entry {method, path, auth} in /stats "requests" (auth "" when
+ * the header is absent), so that a test can tell which credential reached which route. */
+static void log_request(struct evhttp_request *req, const char *path)
 {
+	static const struct {
+		enum evhttp_cmd_type cmd;
+		const char *name;
+	} methods[] = {{EVHTTP_REQ_GET, "GET"},	      {EVHTTP_REQ_POST, "POST"}, {EVHTTP_REQ_HEAD, "HEAD"},
+		       {EVHTTP_REQ_PUT, "PUT"},	      {EVHTTP_REQ_DELETE, "DELETE"}, {EVHTTP_REQ_OPTIONS, "OPTIONS"},
+		       {EVHTTP_REQ_PATCH, "PATCH"}};
+	g_logged = NULL;
+	if (!strcmp(path, "/stats") || !strcmp(path, "/stats/reset"))
+		return;
+	if (!stats.requests)
+		stats.requests = cJSON_CreateArray();
+	if (cJSON_GetArraySize(stats.requests) >= MAX_LOGGED_REQUESTS) {
+		stats.unlogged++;
+		return;
+	}
+	const char *method = "?";
+	for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++)
+		if (methods[i].cmd == evhttp_request_get_command(req))
+			method = methods[i].name;
+	const char *auth = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
+	g_logged = cJSON_CreateObject();
+	cJSON_AddStringToObject(g_logged, "method", method);
+	cJSON_AddStringToObject(g_logged, "path", path);
+	cJSON_AddStringToObject(g_logged, "auth", auth ? auth : "");
+	cJSON_AddItemToArray(stats.requests, g_logged);
+}
+
+/* Counts a call that passed validation; its prompt keys (token prompts: ids joined with ",") go into
+ * its log entry. */
+static void stats_count_call(struct evhttp_request *req, enum kind kind, const struct prompt *ps, unsigned prompts)
+{
+	if (g_logged) {
+		cJSON *arr = cJSON_AddArrayToObject(g_logged, "prompts");
+		for (unsigned i = 0; i < prompts; i++)
+			cJSON_AddItemToArray(arr, cJSON_CreateString(ps[i].key));
+	}
 	if (kind == K_CHAT) {
 		stats.chat_calls++;
 		return;
@@ -438,6 +481,8 @@ static void handle_stats(struct evhttp_request *req)
 	cJSON_AddNumberToObject(o, "max_inflight", (double)stats.max_inflight);
 	cJSON_AddNumberToObject(o, "disconnects", (double)stats.disconnects);
 	cJSON_AddItemToObject(o, "auth", cJSON_Duplicate(stats.auth, 1));
+	cJSON_AddItemToObject(o, "requests", stats.requests ? cJSON_Duplicate(stats.requests, 1) : cJSON_CreateArray());
+	cJSON_AddNumberToObject(o, "unlogged_requests", (double)stats.unlogged);
 	send_json(req, 200, o);
 	cJSON_Delete(o);
 }
@@ -446,6 +491,7 @@ static void handle_stats_reset(struct evhttp_request *req)
 {
 	unsigned long inflight = stats.inflight;
 	cJSON_Delete(stats.auth);
+	cJSON_Delete(stats.requests);
 	memset(&stats, 0, sizeof stats);
 	stats.auth = cJSON_CreateObject();
 	stats.inflight = inflight; /* still really in flight */
@@ -1226,7 +1272,7 @@ static void handle_completion(struct evhttp_request *req, bool chat)
 		}
 	}
 	cJSON_Delete(root);
-	stats_count_call(req, c->kind, np);
+	stats_count_call(req, c->kind, ps, np);
 	c->counted = c->kind != K_CHAT;
 	c->timer = evtimer_new(g_base, call_start_cb, c);
 	struct timeval tv = ms_tv(cfg.call_ms);
@@ -1325,7 +1371,7 @@ ok:;
 	c->nprompts = np;
 	c->body = cJSON_PrintUnformatted(o);
 	cJSON_Delete(o);
-	stats_count_call(req, K_EMBED, np);
+	stats_count_call(req, K_EMBED, ps, np);
 	c->counted = true;
 	c->timer = evtimer_new(g_base, embed_done_cb, c);
 	struct timeval tv = ms_tv(cfg.step_ms > 0 ? cfg.call_ms + cfg.step_ms : cfg.call_ms);
@@ -1449,6 +1495,7 @@ static void on_request(struct evhttp_request *req, void *arg)
 	const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
 	if (!path || !*path)
 		path = "/";
+	log_request(req, path);
 	enum evhttp_cmd_type m = evhttp_request_get_command(req);
 	bool get = m == EVHTTP_REQ_GET, post = m == EVHTTP_REQ_POST;
 	if (post && !strcmp(path, "/v1/completions"))
@@ -1474,6 +1521,7 @@ static void on_request(struct evhttp_request *req, void *arg)
 		handle_stats_reset(req);
 	else
 		send_error(req, 404, NULL, "Not found: %s", path);
+	g_logged = NULL;
 }
 
 /* ------------------------------------------------------------------ setup */
@@ -1789,6 +1837,7 @@ int main(int argc, char **argv)
 	event_base_free(g_base);
 	SSL_CTX_free(g_ssl_ctx);
 	cJSON_Delete(stats.auth);
+	cJSON_Delete(stats.requests);
 	libevent_global_shutdown();
 	return 0;
 }

@@ -1,11 +1,11 @@
 // Bad client input: every malformed request gets the right 4xx and an OpenAI-style error body,
 // and carpool keeps serving everyone else.
 'use strict';
-const { test, before, after } = require('node:test');
+const { before, after } = require('node:test');
 const assert = require('node:assert/strict');
 const http = require('node:http');
 const net = require('node:net');
-const { startSim, startCarpool, baseConfig, request, parseSse, collect, curl } = require('./lib');
+const { test, startSim, startCarpool, baseConfig, request, parseSse, collect, curl } = require('./lib');
 const { expected } = require('./simgen');
 
 let sim;

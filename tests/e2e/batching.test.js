@@ -1,8 +1,7 @@
 // Batching and splitting, end to end: the real carpool in front of the simulator.
 'use strict';
-const { test } = require('node:test');
 const assert = require('node:assert/strict');
-const { startSim, startCarpool, baseConfig, request, parseSse, collect } = require('./lib');
+const { test, startSim, startCarpool, baseConfig, request, parseSse, collect } = require('./lib');
 const { expected } = require('./simgen');
 
 async function streamCompletion(port, body) {

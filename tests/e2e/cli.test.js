@@ -1,13 +1,12 @@
 // The command line, config validation errors (file:line:column), https upstreams with a test CA,
 // the unix socket listener, and stopping on signals.
 'use strict';
-const { test } = require('node:test');
 const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const path = require('node:path');
 const http = require('node:http');
 const { spawn, execFileSync } = require('node:child_process');
-const { ROOT, BIN, startSim, startCarpool, baseConfig, request, parseSse, collect, curl, tmpdir, makeCerts } = require('./lib');
+const { test, ROOT, BIN, startSim, startCarpool, baseConfig, request, parseSse, collect, curl, tmpdir, makeCerts } = require('./lib');
 const { expected } = require('./simgen');
 
 const CARPOOL = path.join(BIN, 'carpool');

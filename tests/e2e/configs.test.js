@@ -3,12 +3,11 @@
 // carpool-sim of the matching dialect, listen addresses → loopback port 0 / a temp unix socket,
 // file paths → temp files, https → http for the sim); every other setting is kept.
 'use strict';
-const { test } = require('node:test');
 const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const path = require('node:path');
 const { spawn } = require('node:child_process');
-const { ROOT, BIN, startSim, startCarpool, request, parseSse, collect, curl, tmpdir } = require('./lib');
+const { test, ROOT, BIN, startSim, startCarpool, request, parseSse, collect, curl, tmpdir } = require('./lib');
 const { expected, embedding } = require('./simgen');
 
 const CONFIGS = path.join(ROOT, 'configs');

@@ -1,9 +1,8 @@
 // /v1/embeddings batching: the official SDK, float and base64, inputs over the upstream's limit.
 'use strict';
-const { test } = require('node:test');
 const assert = require('node:assert/strict');
 const OpenAI = require('openai');
-const { startSim, startCarpool, baseConfig, request } = require('./lib');
+const { test, startSim, startCarpool, baseConfig, request } = require('./lib');
 const { embedding } = require('./simgen');
 
 const close = (a, b) => a.length === b.length && a.every((x, i) => Math.abs(x - b[i]) < 1e-6);

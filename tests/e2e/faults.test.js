@@ -1,11 +1,10 @@
 // Faults: upstreams that die, crash, error mid-stream, refuse, hang or never existed; clients that
 // leave or read too slowly. Nobody may hang, see another client's text, or take carpool down.
 'use strict';
-const { test } = require('node:test');
 const assert = require('node:assert/strict');
 const http = require('node:http');
 const net = require('node:net');
-const { startSim, startCarpool, baseConfig, request, parseSse, collect } = require('./lib');
+const { test, startSim, startCarpool, baseConfig, request, parseSse, collect } = require('./lib');
 const { expected } = require('./simgen');
 
 let uniq = 0;

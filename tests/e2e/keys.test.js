@@ -1,10 +1,9 @@
 // Client keys (constant-time check, per-key limits), carpool's own upstream credential, reload.
 'use strict';
-const { test } = require('node:test');
 const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const path = require('node:path');
-const { startSim, startCarpool, request, toYaml, parseSse, collect } = require('./lib');
+const { test, startSim, startCarpool, request, toYaml, parseSse, collect } = require('./lib');
 const { expected } = require('./simgen');
 
 const SECRET = 'upstream-secret-9f3a';

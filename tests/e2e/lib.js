@@ -7,9 +7,18 @@ const os = require('node:os');
 const path = require('node:path');
 const http = require('node:http');
 const assert = require('node:assert/strict');
+const nodeTest = require('node:test');
 
 const ROOT = path.resolve(__dirname, '..', '..');
 const BIN = process.env.CARPOOL_BIN_DIR || path.join(ROOT, 'bin');
+
+// node:test's test() with a timeout by default: a hang fails the test with a message, never a stuck
+// run. Every e2e file takes `test` from here; a test that needs longer passes its own { timeout }.
+const TEST_TIMEOUT_MS = Number(process.env.CARPOOL_TEST_TIMEOUT_MS) || 60000;
+function test(name, opts, fn) {
+  if (typeof opts === 'function') return nodeTest.test(name, { timeout: TEST_TIMEOUT_MS }, opts);
+  return nodeTest.test(name, { timeout: TEST_TIMEOUT_MS, ...opts }, fn);
+}
 
 function tmpdir() {
   return fs.mkdtempSync(path.join(os.tmpdir(), 'carpool-e2e-'));
@@ -201,6 +210,20 @@ function collect(events) {
   return out;
 }
 
+// Asserts an embeddings response's `data` against the simulator's vectors for `inputs`: one entry
+// per input, in order, numbered from 0, each vector of the full length and within 1e-6 (the sim
+// writes exact doubles; float32 or rounding upstream would still pass).
+function assertEmbeddings(data, inputs, what = 'embeddings') {
+  const { embedding } = require('./simgen');
+  assert.equal(data.length, inputs.length, `${what}: ${data.length} vectors for ${inputs.length} inputs`);
+  data.forEach((d, k) => {
+    const want = embedding(inputs[k]);
+    assert.equal(d.index, k, `${what}: entry ${k} has index ${d.index}`);
+    assert.equal(d.embedding.length, want.length, `${what}: input ${k} has ${d.embedding.length} dimensions`);
+    d.embedding.forEach((v, x) => assert.ok(Math.abs(v - want[x]) < 1e-6, `${what}: input ${k}, dimension ${x}: ${v} != ${want[x]}`));
+  });
+}
+
 // A test CA and a server certificate for 127.0.0.1 and localhost, made with the openssl command.
 function makeCerts(dir) {
   const { execFileSync } = require('node:child_process');
@@ -230,6 +253,6 @@ function curl(args, input) {
 }
 
 module.exports = {
-  ROOT, BIN, startSim, startCarpool, baseConfig, request, parseSse, collect, curl, toYaml, tmpdir,
-  assertCleanLog, agent, makeCerts,
+  test, TEST_TIMEOUT_MS, ROOT, BIN, startSim, startCarpool, baseConfig, request, parseSse, collect, curl, toYaml, tmpdir,
+  assertCleanLog, assertEmbeddings, agent, makeCerts,
 };

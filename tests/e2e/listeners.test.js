@@ -1,12 +1,11 @@
 // Listeners and client limits: TLS termination, IPv6, several listeners at once, max_clients, the
 // client idle timeout; and the request budget (rate_limit_rpm) packing prompts instead of refusing.
 'use strict';
-const { test } = require('node:test');
 const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const net = require('node:net');
 const path = require('node:path');
-const { startSim, startCarpool, baseConfig, request, curl, tmpdir, parseSse, collect, makeCerts } = require('./lib');
+const { test, startSim, startCarpool, baseConfig, request, curl, tmpdir, parseSse, collect, makeCerts } = require('./lib');
 const { expected } = require('./simgen');
 
 

@@ -1,10 +1,9 @@
 // Operations: SSE keep-alive comments, access log, Server-Timing, /healthz, /readyz, /metrics.
 'use strict';
-const { test } = require('node:test');
 const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const path = require('node:path');
-const { startSim, startCarpool, baseConfig, request, parseSse, collect, tmpdir } = require('./lib');
+const { test, startSim, startCarpool, baseConfig, request, parseSse, collect, tmpdir } = require('./lib');
 const { expected } = require('./simgen');
 
 test('keep-alive comments while a client waits for its first token', async (t) => {

@@ -1,9 +1,8 @@
 // A pool of upstreams: least-loaded routing, failover when one dies, 429 with Retry-After, ejection.
 'use strict';
-const { test } = require('node:test');
 const assert = require('node:assert/strict');
 const http = require('node:http');
-const { startSim, startCarpool, request, parseSse, collect } = require('./lib');
+const { test, startSim, startCarpool, request, parseSse, collect } = require('./lib');
 const { expected } = require('./simgen');
 
 function poolConfig(urls, extra = {}) {

@@ -1,14 +1,13 @@
 // Faults around the shared batch queue (src/relay.c) and the staged client writes (src/server.c):
 // slow and fast readers, bursts, pipelining, drain past the deadline, on both workers.
 'use strict';
-const { test } = require('node:test');
 const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const http = require('node:http');
 const net = require('node:net');
 const path = require('node:path');
 const { spawn } = require('node:child_process');
-const { startSim, startCarpool, baseConfig, request, parseSse, collect, tmpdir } = require('./lib');
+const { test, startSim, startCarpool, baseConfig, request, parseSse, collect, tmpdir } = require('./lib');
 const { expected } = require('./simgen');
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));

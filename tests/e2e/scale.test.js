@@ -1,11 +1,10 @@
 // 500 concurrent streaming clients with unique prompts through carpool: each verifies every token
 // (bin/carpool-loadgen checks them against the simulator's deterministic output).
 'use strict';
-const { test } = require('node:test');
 const assert = require('node:assert/strict');
 const { spawn } = require('node:child_process');
 const path = require('node:path');
-const { startSim, startCarpool, baseConfig, BIN } = require('./lib');
+const { test, startSim, startCarpool, baseConfig, BIN } = require('./lib');
 
 function loadgen(args) {
   return new Promise((resolve) => {

@@ -1,10 +1,9 @@
 // The official OpenAI SDK (npm "openai") and curl as clients of carpool: only the base URL changes.
 'use strict';
-const { test } = require('node:test');
 const assert = require('node:assert/strict');
 const OpenAI = require('openai');
 const { VERSION } = require('openai/version');
-const { startSim, startCarpool, baseConfig, curl, parseSse, collect } = require('./lib');
+const { test, startSim, startCarpool, baseConfig, curl, parseSse, collect } = require('./lib');
 const { expected } = require('./simgen');
 
 test('openai SDK: streaming and non-streaming completions, concurrently, through one batch', async (t) => {

@@ -1,10 +1,9 @@
 // carpool's own HTTP/1.1 client (src/upstream.c): response framing as upstreams really send it, and
 // as they should not. A raw TCP upstream writes each answer byte for byte as the test scripts it.
 'use strict';
-const { test } = require('node:test');
 const assert = require('node:assert/strict');
 const net = require('node:net');
-const { startCarpool, baseConfig, request, parseSse, collect } = require('./lib');
+const { test, startCarpool, baseConfig, request, parseSse, collect } = require('./lib');
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 

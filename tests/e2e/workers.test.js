@@ -1,11 +1,10 @@
 // Several workers: one shared batch queue (the default) against a queue per worker.
 'use strict';
-const { test } = require('node:test');
 const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const http = require('node:http');
 const path = require('node:path');
-const { startSim, startCarpool, baseConfig, request, parseSse, collect, tmpdir } = require('./lib');
+const { test, startSim, startCarpool, baseConfig, request, parseSse, collect, tmpdir } = require('./lib');
 const { expected, embedding } = require('./simgen');
 
 function config(sim, queue, file, extra = {}) {

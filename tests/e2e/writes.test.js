@@ -1,9 +1,8 @@
 // The write path: whatever reaches carpool for a client in one loop turn leaves in one write.
 'use strict';
-const { test } = require('node:test');
 const assert = require('node:assert/strict');
 const http = require('node:http');
-const { startCarpool, baseConfig, request, parseSse, collect } = require('./lib');
+const { test, startCarpool, baseConfig, request, parseSse, collect } = require('./lib');
 
 // An OpenAI-dialect upstream that sends a whole streamed answer (20 events and [DONE]) in one write.
 async function burstUpstream() {

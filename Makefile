@@ -79,6 +79,11 @@ tests/e2e/node_modules: tests/e2e/package.json tests/e2e/package-lock.json
 
 test: all unit e2e
 
+# Mutation check (not in CI: a few minutes): each tests/mutants/*.patch, a deliberate bug, applied
+# alone to a scratch copy must make the tests it names fail.
+mutants: tests/e2e/node_modules
+	bash tests/mutants/run.sh
+
 demo: all
 	bash bench/demo.sh
 
@@ -117,4 +122,4 @@ uninstall:
 clean:
 	rm -rf build bin
 
-.PHONY: all unit e2e test demo bench fuzz clean install uninstall FORCE
+.PHONY: all unit e2e test mutants demo bench fuzz clean install uninstall FORCE

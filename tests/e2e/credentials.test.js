@@ -58,7 +58,7 @@ function checkCalls(setup, path, calls, owner) {
       assert.ok(owners.size <= 1, `two keys never share a call: ${path} carried prompts of ${[...owners]} with "${e.auth}"`);
     const who = owners.size ? [...owners][0] : owner;
     assert.equal(e.auth, setup.want(who), `${setup.promise}: ${e.method} ${path} reached the upstream with ` +
-      `Authorization "${e.auth}" (prompts of ${who})`);
+      `Authorization "${e.auth}" (from the client with key ${who})`);
     for (const k of KEYS) {
       if (setup.keys) assert.ok(!e.auth.includes(k), `client keys never reach an upstream: ${path} got "${e.auth}"`);
     }

@@ -66,7 +66,8 @@ test('mixed n, array prompts, token ids, stream and non-stream in one window', a
       const idx = j.choices.map((c) => c.index);
       assert.deepEqual(idx, [...idx].sort((a, b) => a - b), 'choices sorted by index');
       for (const c of j.choices) { got.text[c.index] = c.text; got.finish[c.index] = c.finish_reason; }
-      assert.ok(j.usage && j.usage.completion_tokens > 0);
+      const completion = prompts.reduce((a, p) => a + Array.from({ length: q.n }, (_, j) => expected(p, { choice: j, maxTokens: 10 }).tokens.length).reduce((x, y) => x + y, 0), 0);
+      assert.equal(j.usage.completion_tokens, completion, `usage belongs to its owner: request ${k} completion_tokens`);
     }
     assert.equal(Object.keys(got.text).length, prompts.length * q.n, `request ${k}`);
     prompts.forEach((p, pi) => {
@@ -81,6 +82,58 @@ test('mixed n, array prompts, token ids, stream and non-stream in one window', a
   // n and the prompt kind are part of the batch key: n=1 text, n=2 text, n=1 token ids
   assert.ok(st.completion_calls <= 4, `calls: ${st.completion_calls}`);
 });
+
+// Several prompts with n >= 2 in one call: the upstream numbers choice j of slot p as p * n + j, the
+// client gets (p - s) * n + j back, with its own usage only, exact (vLLM's continuous usage stats) or
+// counted from its own choices (OpenAI). max_tokens 12: most choices stream more than 5 events.
+for (const dialect of ['vllm', 'openai']) {
+  test(`${dialect}: several prompts with n >= 2, streamed and not, each client gets its own choices and exact usage`, async (t) => {
+    const sim = await startSim(['--dialect', dialect, '--step-ms', '3']);
+    const cp = await startCarpool(baseConfig(sim, { batching: { policy: 'fixed', max_wait_ms: 80 } }));
+    t.after(async () => { await cp.stop(); await sim.kill(); });
+    const reqs = Array.from({ length: 8 }, (_, k) => ({
+      prompt: Array.from({ length: 2 + (k % 2) }, (_, p) => `${dialect} multi ${k} p${p}`),
+      n: k < 6 ? 2 : 3,
+      stream: k % 3 !== 2,
+    }));
+    const res = await Promise.all(reqs.map((q) => request(cp.port, 'POST', '/v1/completions', { model: 'sim-model',
+      max_tokens: 12, ...q, ...(q.stream ? { stream_options: { include_usage: true } } : {}) })));
+    let long = 0;
+    res.forEach((r, k) => {
+      const q = reqs[k];
+      assert.equal(r.status, 200, r.body);
+      const want = q.prompt.flatMap((p) => Array.from({ length: q.n }, (_, j) => expected(p, { choice: j, maxTokens: 12 })));
+      long += want.filter((w) => w.tokens.length > 5).length;
+      let got, usage;
+      if (q.stream) {
+        got = collect(parseSse(r.body));
+        assert.equal(got.done, 1, `client ${k}: one [DONE]`);
+        usage = got.usage;
+      } else {
+        const j = JSON.parse(r.body);
+        got = { text: {}, finish: {} };
+        for (const c of j.choices) { got.text[c.index] = c.text; got.finish[c.index] = c.finish_reason; }
+        assert.deepEqual(j.choices.map((c) => c.index), want.map((_, i) => i), `client ${k}: choices in index order`);
+        usage = j.usage;
+      }
+      assert.deepEqual(Object.keys(got.text).map(Number), want.map((_, i) => i), `client ${k}: its own ${want.length} choices, indexed from 0`);
+      want.forEach((w, i) => {
+        const where = `client ${k} (${q.prompt.length} prompts, n=${q.n}${q.stream ? ', streamed' : ''}) choice ${i} = prompt ${Math.floor(i / q.n)} choice ${i % q.n}`;
+        assert.equal(got.text[i], w.text, `index mapping (p - s) * n + j: ${where}`);
+        assert.equal(got.finish[i], w.finish_reason, where);
+      });
+      const completion = want.reduce((a, w) => a + w.tokens.length, 0);
+      const prompt = q.prompt.reduce((a, p) => a + Math.max(1, Math.ceil(Buffer.byteLength(p) / 4)), 0);
+      assert.ok(usage, `client ${k}: usage`);
+      assert.equal(usage.completion_tokens, completion, `usage belongs to its owner: client ${k} completion_tokens (all ${want.length} choices)`);
+      assert.equal(usage.prompt_tokens, prompt, `usage belongs to its owner: client ${k} prompt_tokens`);
+      assert.equal(usage.total_tokens, prompt + completion, `client ${k} total_tokens`);
+    });
+    assert.ok(long >= 10, `only ${long} choices longer than 5 tokens`);
+    const st = await sim.stats();
+    assert.equal(st.completion_calls, 2, 'one call for n = 2, one for n = 3');
+  });
+}
 
 test('nobody waits for the slowest: an early finisher ends at once', async (t) => {
   const sim = await startSim(['--dialect', 'vllm', '--step-ms', '25']);

@@ -116,7 +116,7 @@ for (const dialect of ['vllm', 'openai']) {
         assert.deepEqual(j.choices.map((c) => c.index), want.map((_, i) => i), `client ${k}: choices in index order`);
         usage = j.usage;
       }
-      assert.deepEqual(Object.keys(got.text).map(Number), want.map((_, i) => i), `client ${k}: its own ${want.length} choices, indexed from 0`);
+      assert.deepEqual(Object.keys(got.text).map(Number), want.map((_, i) => i), `index mapping: client ${k} gets its own ${want.length} choices, indexed from 0`);
       want.forEach((w, i) => {
         const where = `client ${k} (${q.prompt.length} prompts, n=${q.n}${q.stream ? ', streamed' : ''}) choice ${i} = prompt ${Math.floor(i / q.n)} choice ${i % q.n}`;
         assert.equal(got.text[i], w.text, `index mapping (p - s) * n + j: ${where}`);
@@ -156,7 +156,7 @@ test('nobody waits for the slowest: an early finisher ends at once', async (t) =
   assert.equal(JSON.parse(c.body).choices[0].text, expected(short).text);
   assert.equal((await sim.stats()).completion_calls, 1, 'all three shared one call');
   // 3 tokens vs 16 tokens at 25 ms a step: the short stream must end long before the long one
-  assert.ok(a.elapsed + 200 < b.elapsed, `short ${a.elapsed} ms, long ${b.elapsed} ms`);
+  assert.ok(a.elapsed + 200 < b.elapsed, `nobody waits for the slowest: the 3-token stream ended after ${a.elapsed} ms, the 16-token one after ${b.elapsed} ms`);
 });
 
 test('one invalid prompt fails only its own client (bisection)', async (t) => {

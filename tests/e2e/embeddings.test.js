@@ -2,7 +2,7 @@
 'use strict';
 const assert = require('node:assert/strict');
 const OpenAI = require('openai');
-const { test, startSim, startCarpool, baseConfig, request } = require('./lib');
+const { test, startSim, startCarpool, baseConfig, request, assertEmbeddings } = require('./lib');
 const { embedding } = require('./simgen');
 
 const close = (a, b) => a.length === b.length && a.every((x, i) => Math.abs(x - b[i]) < 1e-6);
@@ -78,8 +78,9 @@ test('max_tokens_per_call: no call carries more (estimated) input tokens than th
     ...inputs.map((s) => request(cp.port, 'POST', '/v1/embeddings', { model: 'm', input: s })),
   ]);
   const j = JSON.parse(whole.body);
-  j.data.forEach((d, k) => assert.ok(close(d.embedding, embedding(inputs[k])), `input ${k}`));
-  singles.forEach((r, k) => assert.ok(close(JSON.parse(r.body).data[0].embedding, embedding(inputs[k]))));
+  assertEmbeddings(j.data, inputs, 'the whole request');
+  assert.equal(singles.length, inputs.length);
+  singles.forEach((r, k) => assertEmbeddings(JSON.parse(r.body).data, [inputs[k]], `single ${k}`));
   assert.ok((await sim.stats()).max_prompts_per_call <= 2);
 });
 

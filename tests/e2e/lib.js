@@ -224,6 +224,88 @@ function assertEmbeddings(data, inputs, what = 'embeddings') {
   });
 }
 
+// Opens raw connections to carpool until each of its `workers` has `perWorker` of them, and says
+// which worker holds each: a GET /healthz probe on every connection, then the access log line of
+// that probe (its client port). Which worker accepts a connection is the kernel's choice; this makes
+// "on both workers" a fact the test knows instead of a hope. Resolves [{sock, worker, client}] (client: the access log's "client"), the probes'
+// responses read; surplus connections are closed. `access()` returns the parsed access log lines.
+async function connectOnWorkers(port, access, { workers = 2, perWorker = 1, maxConns = 400 } = {}) {
+  const net = require('node:net');
+  const held = workers > 0 ? Array.from({ length: workers }, () => []) : [];
+  for (let n = 0; n < maxConns && held.some((h) => h.length < perWorker); n++) {
+    const sock = net.connect(port, '127.0.0.1');
+    await new Promise((resolve, reject) => { sock.once('connect', resolve); sock.once('error', reject); });
+    await new Promise((resolve, reject) => {
+      let buf = '';
+      const onData = (d) => {
+        buf += d.toString('latin1');
+        if (/\r\n\r\n[\s\S]*\}$/.test(buf)) { sock.off('data', onData); resolve(); }
+      };
+      sock.on('data', onData);
+      sock.once('error', reject);
+      sock.write('GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n');
+    });
+    const me = `127.0.0.1:${sock.localPort}`;
+    let line;
+    for (let i = 0; i < 100 && !line; i++) {
+      line = access().find((l) => l.client === me && l.route === '/healthz');
+      if (!line) await new Promise((r) => setTimeout(r, 10));
+    }
+    assert.ok(line, `no access log line for the probe from ${me}`);
+    if (held[line.worker].length < perWorker) held[line.worker].push({ sock, worker: line.worker, client: me });
+    else sock.destroy();
+  }
+  const counts = held.map((h) => h.length);
+  assert.ok(counts.every((c) => c >= perWorker), `in ${maxConns} connections the workers got ${counts}`);
+  return held.flat();
+}
+
+// Sends `text` on an open socket and resolves with everything read until the peer closes it.
+function sendUntilClose(sock, text) {
+  return new Promise((resolve) => {
+    let buf = '';
+    sock.on('data', (d) => { buf += d.toString('latin1'); });
+    sock.on('close', () => resolve(buf));
+    sock.on('error', () => {});
+    sock.write(text);
+  });
+}
+
+// Splits a byte string of consecutive HTTP/1.1 responses (Content-Length or chunked) into
+// [{status, headers, body}], in order; `rest` is what follows the last complete one.
+function splitResponses(buf) {
+  const out = [];
+  let i = 0;
+  while (i < buf.length) {
+    const he = buf.indexOf('\r\n\r\n', i);
+    if (he < 0) break;
+    const lines = buf.slice(i, he).split('\r\n');
+    const status = Number(lines[0].split(' ')[1]);
+    const headers = {};
+    for (const l of lines.slice(1)) { const k = l.indexOf(':'); headers[l.slice(0, k).toLowerCase()] = l.slice(k + 1).trim(); }
+    let j = he + 4;
+    let body = '';
+    if (/chunked/i.test(headers['transfer-encoding'] || '')) {
+      for (;;) {
+        const le = buf.indexOf('\r\n', j);
+        if (le < 0) return { responses: out, rest: buf.slice(i) };
+        const size = parseInt(buf.slice(j, le), 16);
+        j = le + 2;
+        if (size === 0) { j += 2; break; }
+        body += buf.slice(j, j + size);
+        j += size + 2;
+      }
+    } else {
+      const len = Number(headers['content-length'] || 0);
+      body = buf.slice(j, j + len);
+      j += len;
+    }
+    out.push({ status, headers, body: Buffer.from(body, 'latin1').toString('utf8') });
+    i = j;
+  }
+  return { responses: out, rest: buf.slice(i) };
+}
+
 // A test CA and a server certificate for 127.0.0.1 and localhost, made with the openssl command.
 function makeCerts(dir) {
   const { execFileSync } = require('node:child_process');
@@ -254,5 +336,5 @@ function curl(args, input) {
 
 module.exports = {
   test, TEST_TIMEOUT_MS, ROOT, BIN, startSim, startCarpool, baseConfig, request, parseSse, collect, curl, toYaml, tmpdir,
-  assertCleanLog, assertEmbeddings, agent, makeCerts,
+  assertCleanLog, assertEmbeddings, connectOnWorkers, sendUntilClose, splitResponses, agent, makeCerts,
 };

@@ -4,8 +4,8 @@ const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const http = require('node:http');
 const path = require('node:path');
-const { test, startSim, startCarpool, baseConfig, request, parseSse, collect, tmpdir } = require('./lib');
-const { expected, embedding } = require('./simgen');
+const { test, startSim, startCarpool, baseConfig, request, parseSse, collect, tmpdir, assertEmbeddings } = require('./lib');
+const { expected } = require('./simgen');
 
 function config(sim, queue, file, extra = {}) {
   const cfg = baseConfig(sim, { workers: 2, batching: { policy: 'fixed', max_wait_ms: 150, queue, ...(extra.batching || {}) } });
@@ -74,13 +74,29 @@ test('shared queue: clients of both workers ride one upstream call and each gets
 test('per_worker queue: each worker batches its own clients', async (t) => {
   const { sim, cp, file } = await start(t, 'per_worker', ['--step-ms', '5']);
   assert.match(cp.log(), /2 workers, per-worker queue/);
-  const res = await burst(cp.port, 48, 'own');
-  checkAnswers(res, 'own');
-  const lines = accessLines(file);
-  const busy = [0, 1].filter((w) => lines.some((l) => l.worker === w)).length;
-  const st = await sim.stats();
-  t.diagnostic(`workers with clients ${busy}, upstream calls ${st.completion_calls}`);
-  assert.equal(st.completion_calls, busy, 'one call per worker that had clients');
+  // as above: bursts until both workers took clients; each round, one call per worker with clients
+  for (let round = 0; ; round++) {
+    const tag = `own r${round}`;
+    await sim.reset();
+    fs.writeFileSync(file, '');
+    const res = await burst(cp.port, 48, tag);
+    checkAnswers(res, tag);
+    const lines = accessLines(file);
+    assert.equal(lines.length, 48);
+    const byWorker = [0, 1].map((w) => lines.filter((l) => l.worker === w));
+    const st = await sim.stats();
+    const calls = st.requests.filter((e) => e.path === '/v1/completions');
+    t.diagnostic(`round ${round}: clients per worker ${byWorker.map((b) => b.length)}, upstream calls ${calls.length}`);
+    // each upstream call carries exactly the clients of one worker (batch ids count per worker)
+    assert.equal(calls.length, byWorker.filter((b) => b.length).length, 'one call per worker that had clients');
+    for (const b of byWorker) {
+      if (b.length) assert.equal(new Set(b.map((l) => l.batch)).size, 1, `worker ${b[0].worker}: one batch`);
+    }
+    assert.deepEqual(calls.map((c) => c.prompts.length).sort((x, y) => x - y),
+      byWorker.map((b) => b.length).filter((n) => n).sort((x, y) => x - y), 'each call carries one worker\'s clients');
+    if (byWorker.every((b) => b.length)) break;
+    assert.ok(round < 5, 'in 6 bursts, never did both workers take clients');
+  }
 });
 
 test('shared queue: clients that leave mid-stream on either worker do not disturb the others', async (t) => {
@@ -122,8 +138,7 @@ test('shared queue: embeddings from both workers are batched and reassembled', a
   res.forEach((r, i) => {
     assert.equal(r.status, 200, r.body);
     const j = JSON.parse(r.body);
-    assert.deepEqual(j.data.map((d) => d.index), [0, 1]);
-    j.data.forEach((d, k) => d.embedding.forEach((v, x) => assert.ok(Math.abs(v - embedding(inputs[i][k])[x]) < 1e-6)));
+    assertEmbeddings(j.data, inputs[i], `client ${i}`);
   });
   const st = await sim.stats();
   assert.equal(st.embedding_calls, 1, `${st.embedding_calls} upstream calls for 20 clients on two workers`);

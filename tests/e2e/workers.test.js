@@ -43,40 +43,13 @@ async function start(t, queue, simArgs, extra) {
   return { sim, cp, file };
 }
 
-function accessLines(file) {
-  return fs.readFileSync(file, 'utf8').trim().split('\n').map((l) => JSON.parse(l)).filter((l) => l.route === '/v1/completions');
-}
-
-test('shared queue: clients of both workers ride one upstream call and each gets its own answer', async (t) => {
-  const { sim, cp, file } = await start(t, 'shared', ['--step-ms', '5']);
-  assert.match(cp.log(), /2 workers, one shared queue/);
-  // Which worker accepts a connection is the kernel's choice; a burst that all landed on one worker
-  // proves nothing about sharing, so a few bursts are tried until both workers took clients.
+// Which worker accepts a connection is the kernel's choice; a burst that all landed on one worker
+// proves nothing, so bursts of 48 clients are tried (at most 6) until both workers took clients.
+// check(byWorker, lines, stats) asserts each round: the access log lines of the burst, split by worker
+// and whole, and the sim's /stats.
+async function burstsUntilBothWorkers(t, { sim, cp, file }, name, check) {
   for (let round = 0; ; round++) {
-    const tag = `shared r${round}`;
-    await sim.reset();
-    fs.writeFileSync(file, '');
-    const res = await burst(cp.port, 48, tag);
-    checkAnswers(res, tag);
-    const st = await sim.stats();
-    const lines = accessLines(file);
-    const byWorker = [0, 1].map((w) => lines.filter((l) => l.worker === w).length);
-    t.diagnostic(`round ${round}: clients per worker ${byWorker}, upstream calls ${st.completion_calls}`);
-    assert.equal(lines.length, 48);
-    assert.equal(st.completion_calls, 1, 'one batch for all the clients');
-    assert.equal(new Set(lines.map((l) => l.batch)).size, 1);
-    for (const l of lines) assert.equal(l.batch_size, 48);
-    if (byWorker[0] > 0 && byWorker[1] > 0) break;
-    assert.ok(round < 5, 'in 6 bursts, never did both workers take clients');
-  }
-});
-
-test('per_worker queue: each worker batches its own clients', async (t) => {
-  const { sim, cp, file } = await start(t, 'per_worker', ['--step-ms', '5']);
-  assert.match(cp.log(), /2 workers, per-worker queue/);
-  // as above: bursts until both workers took clients; each round, one call per worker with clients
-  for (let round = 0; ; round++) {
-    const tag = `own r${round}`;
+    const tag = `${name} r${round}`;
     await sim.reset();
     fs.writeFileSync(file, '');
     const res = await burst(cp.port, 48, tag);
@@ -85,18 +58,40 @@ test('per_worker queue: each worker batches its own clients', async (t) => {
     assert.equal(lines.length, 48);
     const byWorker = [0, 1].map((w) => lines.filter((l) => l.worker === w));
     const st = await sim.stats();
-    const calls = st.requests.filter((e) => e.path === '/v1/completions');
-    t.diagnostic(`round ${round}: clients per worker ${byWorker.map((b) => b.length)}, upstream calls ${calls.length}`);
+    t.diagnostic(`round ${round}: clients per worker ${byWorker.map((b) => b.length)}, upstream calls ${st.completion_calls}`);
+    check(byWorker, lines, st);
+    if (byWorker.every((b) => b.length)) return;
+    assert.ok(round < 5, 'in 6 bursts, never did both workers take clients');
+  }
+}
+
+function accessLines(file) {
+  return fs.readFileSync(file, 'utf8').trim().split('\n').map((l) => JSON.parse(l)).filter((l) => l.route === '/v1/completions');
+}
+
+test('shared queue: clients of both workers ride one upstream call and each gets its own answer', async (t) => {
+  const { sim, cp, file } = await start(t, 'shared', ['--step-ms', '5']);
+  assert.match(cp.log(), /2 workers, one shared queue/);
+  await burstsUntilBothWorkers(t, { sim, cp, file }, 'shared', (byWorker, lines, st) => {
+    assert.equal(st.completion_calls, 1, 'one batch for all the clients');
+    assert.equal(new Set(lines.map((l) => l.batch)).size, 1);
+    for (const l of lines) assert.equal(l.batch_size, 48);
+  });
+});
+
+test('per_worker queue: each worker batches its own clients', async (t) => {
+  const { sim, cp, file } = await start(t, 'per_worker', ['--step-ms', '5']);
+  assert.match(cp.log(), /2 workers, per-worker queue/);
+  await burstsUntilBothWorkers(t, { sim, cp, file }, 'own', (byWorker, lines, st) => {
     // each upstream call carries exactly the clients of one worker (batch ids count per worker)
+    const calls = st.requests.filter((e) => e.path === '/v1/completions');
     assert.equal(calls.length, byWorker.filter((b) => b.length).length, 'one call per worker that had clients');
     for (const b of byWorker) {
       if (b.length) assert.equal(new Set(b.map((l) => l.batch)).size, 1, `worker ${b[0].worker}: one batch`);
     }
     assert.deepEqual(calls.map((c) => c.prompts.length).sort((x, y) => x - y),
       byWorker.map((b) => b.length).filter((n) => n).sort((x, y) => x - y), 'each call carries one worker\'s clients');
-    if (byWorker.every((b) => b.length)) break;
-    assert.ok(round < 5, 'in 6 bursts, never did both workers take clients');
-  }
+  });
 });
 
 test('shared queue: clients that leave mid-stream on either worker do not disturb the others', async (t) => {

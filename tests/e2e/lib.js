@@ -224,6 +224,16 @@ function assertEmbeddings(data, inputs, what = 'embeddings') {
   });
 }
 
+// The worker that answered the GET /healthz probe of `client` ("127.0.0.1:PORT"), from the access log.
+async function probeWorker(access, client) {
+  for (let i = 0; i < 200; i++) {
+    const line = access().find((l) => l.client === client && l.route === '/healthz');
+    if (line) return line.worker;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  throw new Error(`no access log line for the probe from ${client}`);
+}
+
 // Opens raw connections to carpool until each of its `workers` has `perWorker` of them, and says
 // which worker holds each: a GET /healthz probe on every connection, then the access log line of
 // that probe (its client port). Which worker accepts a connection is the kernel's choice; this makes
@@ -246,13 +256,8 @@ async function connectOnWorkers(port, access, { workers = 2, perWorker = 1, maxC
       sock.write('GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n');
     });
     const me = `127.0.0.1:${sock.localPort}`;
-    let line;
-    for (let i = 0; i < 100 && !line; i++) {
-      line = access().find((l) => l.client === me && l.route === '/healthz');
-      if (!line) await new Promise((r) => setTimeout(r, 10));
-    }
-    assert.ok(line, `no access log line for the probe from ${me}`);
-    if (held[line.worker].length < perWorker) held[line.worker].push({ sock, worker: line.worker, client: me });
+    const worker = await probeWorker(access, me);
+    if (held[worker].length < perWorker) held[worker].push({ sock, worker, client: me });
     else sock.destroy();
   }
   const counts = held.map((h) => h.length);
@@ -336,5 +341,5 @@ function curl(args, input) {
 
 module.exports = {
   test, TEST_TIMEOUT_MS, ROOT, BIN, startSim, startCarpool, baseConfig, request, parseSse, collect, curl, toYaml, tmpdir,
-  assertCleanLog, assertEmbeddings, connectOnWorkers, sendUntilClose, splitResponses, agent, makeCerts,
+  assertCleanLog, assertEmbeddings, probeWorker, connectOnWorkers, sendUntilClose, splitResponses, agent, makeCerts,
 };

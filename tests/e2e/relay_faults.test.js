@@ -6,7 +6,7 @@ const fs = require('node:fs');
 const http = require('node:http');
 const path = require('node:path');
 const { spawn } = require('node:child_process');
-const { test, startSim, startCarpool, baseConfig, request, parseSse, collect, tmpdir, connectOnWorkers, sendUntilClose,
+const { test, startSim, startCarpool, baseConfig, request, parseSse, collect, tmpdir, probeWorker, connectOnWorkers, sendUntilClose,
   splitResponses } = require('./lib');
 const { expected } = require('./simgen');
 
@@ -108,29 +108,60 @@ test('shared queue: slow readers on both workers are cut off; their batch-mates 
   const up = await scriptedUpstream({ stepMs: 2, pad: 100 });
   t.after(() => up.close());
   const { cp, access } = await startShared(t, up, { limits: { max_client_buffer: 4096 }, batching: { policy: 'fixed', max_wait_ms: 150 } });
-  // python3 sockets with a tiny receive buffer that never read (node cannot set SO_RCVBUF)
+  // the batch-mates: four connections on each worker, opened (and their worker known) first
+  const fastConns = await connectOnWorkers(cp.port, access, { perWorker: 4 });
+  // python3 sockets with a tiny receive buffer that never read (node cannot set SO_RCVBUF): each
+  // sends a /healthz probe and says its port; the test keeps four on each worker, then says "go"
   const slow = spawn('python3', ['-c', `
 import socket, sys, time, json
-port = int(sys.argv[1]); socks = []
-for i in range(8):
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048); s.connect(('127.0.0.1', port))
+port = int(sys.argv[1]); keep = []; last = None
+for cmd in sys.stdin:
+    cmd = cmd.strip()
+    if cmd == "open":
+        last = socket.socket(); last.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048); last.connect(("127.0.0.1", port))
+        last.sendall(b"GET /healthz HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n"); buf = b""
+        while not buf.endswith(b"}"): buf += last.recv(4096)
+        print(last.getsockname()[1], flush=True)
+    elif cmd == "keep": keep.append(last)
+    elif cmd == "drop": last.close()
+    else: break
+for i, s in enumerate(keep):
     body = json.dumps({"model": "m", "prompt": "T=4000 slow %d" % i, "stream": True})
     s.sendall(("POST /v1/completions HTTP/1.1\\r\\nHost: x\\r\\nContent-Type: application/json\\r\\nContent-Length: %d\\r\\nConnection: close\\r\\n\\r\\n%s" % (len(body), body)).encode())
-    socks.append(s); time.sleep(0.01)
 print("sent", flush=True)
 time.sleep(4)
-`, String(cp.port)], { stdio: ['ignore', 'pipe', 'inherit'] });
+`, String(cp.port)], { stdio: ['pipe', 'pipe', 'inherit'] });
   t.after(() => slow.kill('SIGKILL'));
-  await new Promise((r) => slow.stdout.once('data', r));
-  const fast = await Promise.all(Array.from({ length: 8 }, (_, i) => request(cp.port, 'POST', '/v1/completions',
-    { model: 'm', prompt: `T=300 fast ${i}`, stream: true }, {}, { agent: new http.Agent({ keepAlive: false }) })));
-  for (const r of fast) assert.equal(collect(parseSse(r.body)).text[0], scriptedText(300, 100));
+  const said = require('node:readline').createInterface({ input: slow.stdout })[Symbol.asyncIterator]();
+  const slowClients = [[], []];
+  for (let n = 0; n < 400 && slowClients.some((c) => c.length < 4); n++) {
+    slow.stdin.write('open\n');
+    const client = `127.0.0.1:${(await said.next()).value}`;
+    const w = await probeWorker(access, client);
+    const keep = slowClients[w].length < 4;
+    if (keep) slowClients[w].push(client);
+    slow.stdin.write(keep ? 'keep\n' : 'drop\n');
+  }
+  assert.deepEqual(slowClients.map((c) => c.length), [4, 4], 'four slow readers on each worker');
+  slow.stdin.write('go\n');
+  assert.equal((await said.next()).value, 'sent');
+  const fast = await Promise.all(fastConns.map(({ sock }, i) => sendUntilClose(sock,
+    post('/v1/completions', { model: 'm', prompt: `T=300 fast ${i}`, stream: true }, 'Connection: close\r\n'))));
+  fast.forEach((o, i) => {
+    const { responses: r } = splitResponses(o);
+    assert.equal(r.length, 1, `batch-mate ${i} (worker ${fastConns[i].worker}) got its answer`);
+    assert.equal(collect(parseSse(r[0].body)).text[0], scriptedText(300, 100), `batch-mate ${i} (worker ${fastConns[i].worker}) finished whole`);
+  });
   await new Promise((r) => slow.once('exit', r));
   await sleep(300);
   const lines = access().filter((l) => l.route === '/v1/completions');
   const gone = lines.filter((l) => l.status === 499);
-  t.diagnostic(`dropped per worker: ${[0, 1].map((w) => gone.filter((l) => l.worker === w).length)}`);
-  assert.equal(gone.length, 8);
+  // exactly the slow readers were cut off, each on the worker that took its connection
+  assert.deepEqual(gone.map((l) => `${l.worker} ${l.client}`).sort(),
+    slowClients.flatMap((c, w) => c.map((x) => `${w} ${x}`)).sort(), 'the slow readers on both workers are cut off, and only they');
+  const mates = lines.filter((l) => fastConns.some((c) => c.client === l.client));
+  assert.deepEqual(mates.map((l) => `${l.worker} ${l.status}`).sort(), fastConns.map((c) => `${c.worker} 200`).sort(), 'the batch-mates finish on their workers');
+  assert.equal(new Set([...gone, ...mates].map((l) => l.batch)).size, 1, 'slow readers and batch-mates shared one batch');
   const m = await cp.metrics();
   assert.equal(m.carpool_slow_clients_dropped_total, 8);
   assert.equal(m.carpool_open_streams || 0, 0);

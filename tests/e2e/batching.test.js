@@ -25,7 +25,7 @@ for (const dialect of ['vllm', 'openai', 'llamacpp']) {
       assert.equal(r.headers['cache-control'], 'no-cache');
       assert.equal(r.headers['x-accel-buffering'], 'no');
       assert.deepEqual(Object.keys(r.text), ['0'], `client ${i} saw indexes ${Object.keys(r.text)}`);
-      assert.equal(r.text[0], want.text, `client ${i}`);
+      assert.equal(r.text[0], want.text, `each client gets exactly its own tokens: client ${i}`);
       assert.equal(r.finish[0], want.finish_reason);
       assert.equal(r.done, 1);
       for (const c of r.chunks) assert.equal(typeof c.id, 'string');

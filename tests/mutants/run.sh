@@ -31,7 +31,7 @@ run_test() {
 		out="$("$scratch/bin/$name" 2>&1)" && return 0
 		printf 'unit:%s %s: %s\n' "$name" \
 			"$(grep -m1 -o '\[  FAILED  \] [a-z_0-9]*' <<<"$out" | sed 's/.*\] //')" \
-			"$(grep -m1 -iE 'error|fail|differ|!=' <<<"$out" | cut -c1-160)"
+			"$(grep -m1 -iE 'error|fail|differ|!=' <<<"$out" | sed -E 's/^\[  ERROR   \] --- //' | cut -c1-200)"
 		return 1
 	fi
 	out="$(cd "$scratch/tests/e2e" && node --test --test-concurrency=1 --test-timeout=120000 --test-force-exit \

@@ -2,12 +2,11 @@
 // names (TLS cert and key, and that they match; CA file; the access log's and a unix socket's
 // directory), the environment (api_key_env), and it reports every problem, not only the first.
 'use strict';
-const { test } = require('node:test');
 const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const path = require('node:path');
 const { spawnSync } = require('node:child_process');
-const { BIN, tmpdir, makeCerts: makeCertsIn } = require('./lib');
+const { test, BIN, tmpdir, makeCerts: makeCertsIn } = require('./lib');
 
 const makeCerts = (d) => { fs.mkdirSync(d, { recursive: true }); return makeCertsIn(d); };
 

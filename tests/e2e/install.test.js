@@ -1,12 +1,11 @@
 // `make install` / `make uninstall` with PREFIX and DESTDIR: what lands where, what the unit runs,
 // that the operator's config is never overwritten or removed, and that the installed binary works.
 'use strict';
-const { test } = require('node:test');
 const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const path = require('node:path');
 const { execFileSync } = require('node:child_process');
-const { tmpdir } = require('./lib');
+const { test, tmpdir } = require('./lib');
 
 const ROOT = path.resolve(__dirname, '..', '..');
 const make = (args) => execFileSync('make', ['-s', '-C', ROOT, ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });

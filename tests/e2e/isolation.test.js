@@ -2,10 +2,9 @@
 // carpool cannot split: a 200 that is not an event stream (a server that ignores `stream`), or an
 // error page that echoes the request. Each member gets carpool's own error JSON, naming the upstream.
 'use strict';
-const { test } = require('node:test');
 const assert = require('node:assert/strict');
 const http = require('node:http');
-const { startCarpool, baseConfig, request } = require('./lib');
+const { test, startCarpool, baseConfig, request } = require('./lib');
 
 // A fake upstream whose answer to every POST is made by `answer(parsedBody)` -> {status, type, body}.
 async function echoUpstream(answer) {

@@ -2,9 +2,8 @@
 // man page describe (rpm/60 a second, at most 10 s of budget, then 429 with Retry-After), and a model
 // that no upstream serves gets one answer on every route.
 'use strict';
-const { test } = require('node:test');
 const assert = require('node:assert/strict');
-const { startSim, startCarpool, baseConfig, request } = require('./lib');
+const { test, startSim, startCarpool, baseConfig, request } = require('./lib');
 
 const bearer = (k) => ({ Authorization: `Bearer ${k}` });
 

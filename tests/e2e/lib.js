@@ -265,6 +265,12 @@ async function connectOnWorkers(port, access, { workers = 2, perWorker = 1, maxC
   return held.flat();
 }
 
+// The bytes of one HTTP/1.1 POST with a JSON body (a string is sent as it is).
+function rawPost(p, body, extraHeaders = '') {
+  const b = typeof body === 'string' ? body : JSON.stringify(body);
+  return `POST ${p} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(b)}\r\n${extraHeaders}\r\n${b}`;
+}
+
 // Sends `text` on an open socket and resolves with everything read until the peer closes it.
 function sendUntilClose(sock, text) {
   return new Promise((resolve) => {
@@ -341,5 +347,5 @@ function curl(args, input) {
 
 module.exports = {
   test, TEST_TIMEOUT_MS, ROOT, BIN, startSim, startCarpool, baseConfig, request, parseSse, collect, curl, toYaml, tmpdir,
-  assertCleanLog, assertEmbeddings, probeWorker, connectOnWorkers, sendUntilClose, splitResponses, agent, makeCerts,
+  assertCleanLog, assertEmbeddings, probeWorker, connectOnWorkers, rawPost, sendUntilClose, splitResponses, agent, makeCerts,
 };

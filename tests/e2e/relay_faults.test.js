@@ -7,7 +7,7 @@ const http = require('node:http');
 const path = require('node:path');
 const { spawn } = require('node:child_process');
 const { test, startSim, startCarpool, baseConfig, request, parseSse, collect, tmpdir, probeWorker, connectOnWorkers, sendUntilClose,
-  splitResponses } = require('./lib');
+  splitResponses, rawPost: post } = require('./lib');
 const { expected } = require('./simgen');
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -74,11 +74,6 @@ async function startShared(t, up, extra = {}, workers = 2) {
     return text ? text.split('\n').map((l) => JSON.parse(l)) : [];
   };
   return { cp, access };
-}
-
-function post(p, body, extraHeaders = '') {
-  const b = typeof body === 'string' ? body : JSON.stringify(body);
-  return `POST ${p} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(b)}\r\n${extraHeaders}\r\n${b}`;
 }
 
 // BUG (server.c creq_stream_write): staged bytes (conn->pend) count as "unread" although nothing

@@ -4,7 +4,8 @@ const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const http = require('node:http');
 const path = require('node:path');
-const { test, startSim, startCarpool, baseConfig, request, parseSse, collect, tmpdir, assertEmbeddings } = require('./lib');
+const { test, startSim, startCarpool, baseConfig, request, parseSse, collect, tmpdir, assertEmbeddings, connectOnWorkers, rawPost,
+  sendUntilClose, splitResponses } = require('./lib');
 const { expected } = require('./simgen');
 
 function config(sim, queue, file, extra = {}) {
@@ -65,8 +66,24 @@ async function burstsUntilBothWorkers(t, { sim, cp, file }, name, check) {
   }
 }
 
+function accessAll(file) {
+  const text = fs.readFileSync(file, 'utf8').trim();
+  return text ? text.split('\n').map((l) => JSON.parse(l)) : [];
+}
+
 function accessLines(file) {
-  return fs.readFileSync(file, 'utf8').trim().split('\n').map((l) => JSON.parse(l)).filter((l) => l.route === '/v1/completions');
+  return accessAll(file).filter((l) => l.route === '/v1/completions');
+}
+
+// Asserts that each pinned connection's requests on `route` were logged by the worker holding it.
+function assertServedBy(file, conns, route, status) {
+  const lines = accessAll(file).filter((l) => l.route === route);
+  conns.forEach(({ client, worker }, k) => {
+    const mine = lines.filter((l) => l.client === client);
+    assert.equal(mine.length, 1, `connection ${k}: one ${route} request logged`);
+    assert.equal(mine[0].worker, worker, `connection ${k} was served by worker ${worker}, which took it`);
+    assert.equal(mine[0].status, typeof status === 'function' ? status(k) : status, `connection ${k}: status`);
+  });
 }
 
 test('shared queue: clients of both workers ride one upstream call and each gets its own answer', async (t) => {
@@ -95,55 +112,66 @@ test('per_worker queue: each worker batches its own clients', async (t) => {
 });
 
 test('shared queue: clients that leave mid-stream on either worker do not disturb the others', async (t) => {
-  const { cp } = await start(t, 'shared', ['--step-ms', '20']);
-  const N = 24;
-  const leave = (i) => i % 2 === 0;
-  const res = await Promise.all(Array.from({ length: N }, (_, i) => new Promise((resolve, reject) => {
-    const body = JSON.stringify({ model: 'sim-model', prompt: `leave ${i}`, max_tokens: 16, stream: true });
-    const req = http.request({ host: '127.0.0.1', port: cp.port, method: 'POST', path: '/v1/completions', agent: new http.Agent({ keepAlive: false }),
-      headers: { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(body) } }, (r) => {
+  const { cp, file } = await start(t, 'shared', ['--step-ms', '20']);
+  const conns = await connectOnWorkers(cp.port, () => accessAll(file), { perWorker: 12 });
+  const leave = (k) => k % 2 === 0; // half the clients of each worker leave at their first event
+  const res = await Promise.all(conns.map(({ sock }, k) => {
+    const req = rawPost('/v1/completions', { model: 'sim-model', prompt: `leave ${k}`, max_tokens: 16, stream: true }, 'Connection: close\r\n');
+    if (!leave(k)) return sendUntilClose(sock, req);
+    return new Promise((resolve) => {
       let text = '';
-      r.on('data', (c) => {
-        text += c;
-        if (leave(i) && text.includes('data: {')) { req.destroy(); resolve({ i, left: true }); }
-      });
-      r.on('end', () => resolve({ i, left: false, text }));
-      r.on('error', () => {});
+      sock.on('data', (d) => { text += d; if (text.includes('data: {')) { sock.destroy(); resolve(null); } });
+      sock.on('close', () => resolve(null));
+      sock.write(req);
     });
-    req.on('error', (e) => (leave(i) ? resolve({ i, left: true }) : reject(e)));
-    req.end(body);
-  })));
-  for (const r of res) {
-    if (leave(r.i)) continue;
-    assert.equal(collect(parseSse(r.text)).text[0], expected(`leave ${r.i}`, { maxTokens: 16 }).text, `client ${r.i}`);
-  }
+  }));
+  res.forEach((o, k) => {
+    if (leave(k)) return;
+    const { responses: r } = splitResponses(o);
+    assert.equal(r.length, 1, `client ${k} (worker ${conns[k].worker}) got its answer`);
+    assert.equal(collect(parseSse(r[0].body)).text[0], expected(`leave ${k}`, { maxTokens: 16 }).text, `client ${k} (worker ${conns[k].worker})`);
+  });
   // carpool is still well: a request after the departures is answered in full
   const after = await request(cp.port, 'POST', '/v1/completions', { model: 'sim-model', prompt: 'after', max_tokens: 5 });
   assert.equal(JSON.parse(after.body).choices[0].text, expected('after', { maxTokens: 5 }).text);
   await new Promise((r) => setTimeout(r, 300));
+  assertServedBy(file, conns, '/v1/completions', (k) => (leave(k) ? 499 : 200));
   const m = await cp.metrics();
   assert.equal(m.carpool_open_streams || 0, 0, 'no stream left open');
 });
 
 test('shared queue: embeddings from both workers are batched and reassembled', async (t) => {
-  const { sim, cp } = await start(t, 'shared', ['--step-ms', '5']);
-  const inputs = Array.from({ length: 20 }, (_, i) => [`emb ${i} a`, `emb ${i} b`]);
-  const res = await Promise.all(inputs.map((input) => request(cp.port, 'POST', '/v1/embeddings', { model: 'sim-model', input },
-    {}, { agent: new http.Agent({ keepAlive: false }) })));
-  res.forEach((r, i) => {
-    assert.equal(r.status, 200, r.body);
-    const j = JSON.parse(r.body);
-    assertEmbeddings(j.data, inputs[i], `client ${i}`);
+  const { sim, cp, file } = await start(t, 'shared', ['--step-ms', '5']);
+  const conns = await connectOnWorkers(cp.port, () => accessAll(file), { perWorker: 10 });
+  const inputs = conns.map((_, i) => [`emb ${i} a`, `emb ${i} b`]);
+  const res = await Promise.all(conns.map(({ sock }, i) => sendUntilClose(sock,
+    rawPost('/v1/embeddings', { model: 'sim-model', input: inputs[i] }, 'Connection: close\r\n'))));
+  res.forEach((o, i) => {
+    const { responses: r } = splitResponses(o);
+    assert.equal(r.length, 1, `client ${i}: one answer`);
+    assert.equal(r[0].status, 200, r[0].body);
+    assertEmbeddings(JSON.parse(r[0].body).data, inputs[i], `client ${i} (worker ${conns[i].worker})`);
   });
   const st = await sim.stats();
   assert.equal(st.embedding_calls, 1, `${st.embedding_calls} upstream calls for 20 clients on two workers`);
+  assertServedBy(file, conns, '/v1/embeddings', 200);
 });
 
 test('shared queue: SIGTERM lets the streams of both workers finish, then carpool exits cleanly', async (t) => {
-  const { cp } = await start(t, 'shared', ['--step-ms', '30'], { batching: { max_wait_ms: 20 } });
-  const pending = burst(cp.port, 16, 'drain');
+  const { cp, file } = await start(t, 'shared', ['--step-ms', '30'], { batching: { max_wait_ms: 20 } });
+  const conns = await connectOnWorkers(cp.port, () => accessAll(file), { perWorker: 8 });
+  const stream = (i) => i % 3 !== 2;
+  const pending = Promise.all(conns.map(({ sock }, i) => sendUntilClose(sock, rawPost('/v1/completions',
+    { model: 'sim-model', prompt: `drain ${i}`, max_tokens: 10, stream: stream(i) }, 'Connection: close\r\n'))));
   await new Promise((r) => setTimeout(r, 120));
   const stopped = cp.stop(); // SIGTERM; asserts exit 0 and a clean log
-  checkAnswers(await pending, 'drain');
+  (await pending).forEach((o, i) => {
+    const { responses: r } = splitResponses(o);
+    const where = `client ${i} (worker ${conns[i].worker}) finished during the drain`;
+    assert.equal(r.length, 1, where);
+    const text = stream(i) ? collect(parseSse(r[0].body)).text[0] : JSON.parse(r[0].body).choices[0].text;
+    assert.equal(text, expected(`drain ${i}`, { maxTokens: 10 }).text, where);
+  });
   await stopped;
+  assertServedBy(file, conns, '/v1/completions', 200);
 });

@@ -89,7 +89,7 @@ test('mixed n, array prompts, token ids, stream and non-stream in one window', a
 for (const dialect of ['vllm', 'openai']) {
   test(`${dialect}: several prompts with n >= 2, streamed and not, each client gets its own choices and exact usage`, async (t) => {
     const sim = await startSim(['--dialect', dialect, '--step-ms', '3']);
-    const cp = await startCarpool(baseConfig(sim, { batching: { policy: 'fixed', max_wait_ms: 80 } }));
+    const cp = await startCarpool(baseConfig(sim, { batching: { policy: 'fixed', max_wait_ms: 150 } }));
     t.after(async () => { await cp.stop(); await sim.kill(); });
     const reqs = Array.from({ length: 8 }, (_, k) => ({
       prompt: Array.from({ length: 2 + (k % 2) }, (_, p) => `${dialect} multi ${k} p${p}`),

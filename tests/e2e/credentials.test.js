@@ -35,7 +35,7 @@ async function start(t, setup, nups) {
     listen: [{ address: '127.0.0.1:0' }],
     upstreams: sims.map((s) => ({ url: s.url, dialect: 'vllm', ...(setup.own ? { api_key_env: 'CARPOOL_TEST_UPSTREAM_KEY' } : {}) })),
     // one window for every client of a route: tenants that may share a call do share it
-    batching: { policy: 'fixed', max_wait_ms: 60, max_batch_size: 64 },
+    batching: { policy: 'fixed', max_wait_ms: 150, max_batch_size: 64 },
     log: { level: 'info' },
   };
   if (setup.keys) cfg.auth = { keys: KEYS };

@@ -25,10 +25,12 @@ test('two upstreams share the load; one killed mid-run: unanswered calls move, n
   const started = Date.now();
   const reqs = Array.from({ length: N }, (_, i) => request(cp.port, 'POST', '/v1/completions',
     { model: 'm', prompt: `pool ${i}`, max_tokens: 16, stream: i % 4 === 0 }, {}, { timeoutMs: 30000 }));
-  // At 150 ms A's calls (max_inflight 2) are mid-stream: a call lasts as long as its longest prompt
-  // (16 steps of 30 ms), though its short prompts may be done. A's request log, read just before the
-  // kill, says which prompts were on it.
-  await new Promise((r) => setTimeout(r, 150));
+  // Once A has its two calls (max_inflight 2) and they have streamed a step or two, A is killed
+  // mid-stream: a call lasts as long as its longest prompt (16 steps of 30 ms), though its short
+  // prompts may be done. A's request log, read just before the kill, says which prompts were on it.
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+  for (let i = 0; i < 500 && (await a.stats()).inflight < 2; i++) await sleep(10);
+  await sleep(70);
   const sa = await a.stats();
   await a.kill('SIGKILL');
   const res = await Promise.all(reqs);

@@ -130,8 +130,8 @@ static struct {
 	unsigned long calls, completion_calls, embedding_calls, chat_calls, prompts, max_prompts;
 	unsigned long inflight, max_inflight, disconnects;
 	cJSON *auth;
-	cJSON *requests;	   /* the request log (created on first use), MAX_LOGGED_REQUESTS at most */
-	unsigned long unlogged;	   /* requests past that bound */
+	cJSON *requests; /* the request log (created on first use) */
+	unsigned long logged, unlogged; /* its entries (MAX_LOGGED_REQUESTS at most), requests past that */
 } stats;
 
 #define MAX_LOGGED_REQUESTS 1000
@@ -410,18 +410,20 @@ static void log_request(struct evhttp_request *req, const char *path)
 	static const struct {
 		enum evhttp_cmd_type cmd;
 		const char *name;
-	} methods[] = {{EVHTTP_REQ_GET, "GET"},	      {EVHTTP_REQ_POST, "POST"}, {EVHTTP_REQ_HEAD, "HEAD"},
-		       {EVHTTP_REQ_PUT, "PUT"},	      {EVHTTP_REQ_DELETE, "DELETE"}, {EVHTTP_REQ_OPTIONS, "OPTIONS"},
-		       {EVHTTP_REQ_PATCH, "PATCH"}};
+	} methods[] = {
+		{EVHTTP_REQ_GET, "GET"}, {EVHTTP_REQ_POST, "POST"}, {EVHTTP_REQ_HEAD, "HEAD"}, {EVHTTP_REQ_PUT, "PUT"},
+		{EVHTTP_REQ_DELETE, "DELETE"}, {EVHTTP_REQ_OPTIONS, "OPTIONS"}, {EVHTTP_REQ_PATCH, "PATCH"},
+	};
 	g_logged = NULL;
 	if (!strcmp(path, "/stats") || !strcmp(path, "/stats/reset"))
 		return;
 	if (!stats.requests)
 		stats.requests = cJSON_CreateArray();
-	if (cJSON_GetArraySize(stats.requests) >= MAX_LOGGED_REQUESTS) {
+	if (stats.logged >= MAX_LOGGED_REQUESTS) {
 		stats.unlogged++;
 		return;
 	}
+	stats.logged++;
 	const char *method = "?";
 	for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++)
 		if (methods[i].cmd == evhttp_request_get_command(req))

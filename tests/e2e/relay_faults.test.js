@@ -84,15 +84,18 @@ for (const workers of [1, 2]) {
     const pad = 200, K = 300, T = 900; // ~70 KB per upstream write, three of them
     const up = await scriptedUpstream({ stepMs: 50, pad });
     t.after(() => up.close());
-    const { cp } = await startShared(t, up, { limits: { max_client_buffer: 32768 }, batching: { policy: 'adaptive', max_wait_ms: 0 } }, workers);
-    const res = await Promise.all(Array.from({ length: 4 }, (_, i) => request(cp.port, 'POST', '/v1/completions',
-      { model: 'm', prompt: `T=${T} K=${K} fast ${i}`, stream: true }, {}, { agent: new http.Agent({ keepAlive: false }) })
-      .then((r) => r, (e) => ({ err: e.message }))));
+    const { cp, access } = await startShared(t, up, { limits: { max_client_buffer: 32768 }, batching: { policy: 'adaptive', max_wait_ms: 0 } }, workers);
+    // four readers, spread over the workers (two on each of two)
+    const conns = await connectOnWorkers(cp.port, access, { workers, perWorker: 4 / workers });
+    const res = await Promise.all(conns.map(({ sock }, i) => sendUntilClose(sock, post('/v1/completions',
+      { model: 'm', prompt: `T=${T} K=${K} fast ${i}`, stream: true }, 'Connection: close\r\n'))));
     const dropped = (await cp.metrics()).carpool_slow_clients_dropped_total;
-    for (const r of res) {
-      assert.ok(!r.err, `a fast reader was cut off (${r.err}); slow_clients_dropped_total=${dropped}\n${cp.log().split('\n').filter((l) => /slowly/.test(l)).join('\n')}`);
-      assert.equal(collect(parseSse(r.body)).text[0], scriptedText(T, pad));
-    }
+    res.forEach((o, i) => {
+      const { responses: r } = splitResponses(o);
+      assert.equal(r.length, 1, `a fast reader on worker ${conns[i].worker} was cut off; slow_clients_dropped_total=${dropped}\n` +
+        cp.log().split('\n').filter((l) => /slowly/.test(l)).join('\n'));
+      assert.equal(collect(parseSse(r[0].body)).text[0], scriptedText(T, pad), `reader ${i} on worker ${conns[i].worker}`);
+    });
     assert.equal(dropped, 0);
   });
 }

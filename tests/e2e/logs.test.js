@@ -1,11 +1,10 @@
 // What carpool says at start and on reload: each thing once however many workers learn it, and only
 // what is true (a /v1/models that answers 404 is not a detected dialect).
 'use strict';
-const { test } = require('node:test');
 const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const http = require('node:http');
-const { startSim, startCarpool, baseConfig, request } = require('./lib');
+const { test, startSim, startCarpool, baseConfig, request } = require('./lib');
 const { expected } = require('./simgen');
 
 const count = (log, re) => log.split('\n').filter((l) => re.test(l)).length;

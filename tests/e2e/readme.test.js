@@ -1,12 +1,11 @@
 // The README's client snippets, run as written (only the port changes): curl, and the Node SDK
 // snippet as the ES module file the README says to save it as.
 'use strict';
-const { test } = require('node:test');
 const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const path = require('node:path');
 const { execFile } = require('node:child_process');
-const { ROOT, startSim, startCarpool, baseConfig, parseSse, collect, tmpdir } = require('./lib');
+const { test, ROOT, startSim, startCarpool, baseConfig, parseSse, collect, tmpdir } = require('./lib');
 const { expected } = require('./simgen');
 
 const README = fs.readFileSync(path.join(ROOT, 'README.md'), 'utf8');

@@ -6,8 +6,10 @@ const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
 const http = require('node:http');
+const net = require('node:net');
 const assert = require('node:assert/strict');
 const nodeTest = require('node:test');
+const { embedding } = require('./simgen');
 
 const ROOT = path.resolve(__dirname, '..', '..');
 const BIN = process.env.CARPOOL_BIN_DIR || path.join(ROOT, 'bin');
@@ -214,7 +216,6 @@ function collect(events) {
 // per input, in order, numbered from 0, each vector of the full length and within 1e-6 (the sim
 // writes exact doubles; float32 or rounding upstream would still pass).
 function assertEmbeddings(data, inputs, what = 'embeddings') {
-  const { embedding } = require('./simgen');
   assert.equal(data.length, inputs.length, `${what}: ${data.length} vectors for ${inputs.length} inputs`);
   data.forEach((d, k) => {
     const want = embedding(inputs[k]);
@@ -237,11 +238,11 @@ async function probeWorker(access, client) {
 // Opens raw connections to carpool until each of its `workers` has `perWorker` of them, and says
 // which worker holds each: a GET /healthz probe on every connection, then the access log line of
 // that probe (its client port). Which worker accepts a connection is the kernel's choice; this makes
-// "on both workers" a fact the test knows instead of a hope. Resolves [{sock, worker, client}] (client: the access log's "client"), the probes'
-// responses read; surplus connections are closed. `access()` returns the parsed access log lines.
+// "on both workers" a fact the test knows instead of a hope. `access()` returns the parsed access log
+// lines. Resolves [{sock, worker, client}] (client as the access log writes it), the probes' answers
+// read; surplus connections are closed.
 async function connectOnWorkers(port, access, { workers = 2, perWorker = 1, maxConns = 400 } = {}) {
-  const net = require('node:net');
-  const held = workers > 0 ? Array.from({ length: workers }, () => []) : [];
+  const held = Array.from({ length: workers }, () => []);
   for (let n = 0; n < maxConns && held.some((h) => h.length < perWorker); n++) {
     const sock = net.connect(port, '127.0.0.1');
     await new Promise((resolve, reject) => { sock.once('connect', resolve); sock.once('error', reject); });
@@ -301,6 +302,7 @@ function splitResponses(buf) {
         const le = buf.indexOf('\r\n', j);
         if (le < 0) return { responses: out, rest: buf.slice(i) };
         const size = parseInt(buf.slice(j, le), 16);
+        if (le + 2 + size + 2 > buf.length) return { responses: out, rest: buf.slice(i) };
         j = le + 2;
         if (size === 0) { j += 2; break; }
         body += buf.slice(j, j + size);

@@ -13,15 +13,21 @@ const SECRET = 'upstream-secret-c7e1';
 const KEYS = ['sk-client-alpha', 'sk-client-beta'];
 const bearer = (k) => ({ Authorization: `Bearer ${k}` });
 
+// own(i): whether upstream i has api_key_env; want(key, i): the Authorization upstream i must get
+// from the client with that key; keyed: the client's credential keys the batch (it is forwarded).
 const SETUPS = [
-  { name: 'client keys and api_key_env', keys: true, own: true,
+  { name: 'client keys and api_key_env', keys: true, own: () => true, keyed: false,
     promise: "client keys never reach an upstream; carpool's own credential wins", want: () => `Bearer ${SECRET}` },
-  { name: 'client keys, no api_key_env', keys: true, own: false,
+  { name: 'client keys, no api_key_env', keys: true, own: () => false, keyed: false,
     promise: 'client keys never reach an upstream (none is sent)', want: () => '' },
-  { name: 'api_key_env, no client keys', keys: false, own: true,
+  { name: 'api_key_env, no client keys', keys: false, own: () => true, keyed: false,
     promise: "carpool's own credential always wins over the client's", want: () => `Bearer ${SECRET}` },
-  { name: 'neither', keys: false, own: false,
+  { name: 'neither', keys: false, own: () => false, keyed: true,
     promise: "with neither, the client's own key is forwarded", want: (k) => `Bearer ${k}` },
+  // two upstreams, only the first with api_key_env: each keeps its own rule
+  { name: 'api_key_env on one upstream of two', keys: false, own: (i) => i === 0, keyed: true, nups: [2],
+    promise: "carpool's own credential wins where it has one; elsewhere the client's key is forwarded",
+    want: (k, i) => (i === 0 ? `Bearer ${SECRET}` : `Bearer ${k}`) },
 ];
 
 // The key a prompt was sent with: every prompt of this file names it.
@@ -33,7 +39,7 @@ async function start(t, setup, nups) {
   const cfg = {
     workers: 1,
     listen: [{ address: '127.0.0.1:0' }],
-    upstreams: sims.map((s) => ({ url: s.url, dialect: 'vllm', ...(setup.own ? { api_key_env: 'CARPOOL_TEST_UPSTREAM_KEY' } : {}) })),
+    upstreams: sims.map((s, i) => ({ url: s.url, dialect: 'vllm', ...(setup.own(i) ? { api_key_env: 'CARPOOL_TEST_UPSTREAM_KEY' } : {}) })),
     // one window for every client of a route: tenants that may share a call do share it
     batching: { policy: 'fixed', max_wait_ms: 150, max_batch_size: 64 },
     log: { level: 'info' },
@@ -42,9 +48,9 @@ async function start(t, setup, nups) {
   const cp = await startCarpool(cfg, { env: { CARPOOL_TEST_UPSTREAM_KEY: SECRET } });
   t.after(async () => { await cp.stop(); for (const s of sims) await s.kill(); });
   const reset = () => Promise.all(sims.map((s) => s.reset()));
-  // The requests the upstreams got on `path`, with the sim they went to.
+  // The requests the upstreams got on `path`, each with the index of its upstream (sim).
   const calls = async (path) => (await Promise.all(sims.map((s) => s.stats())))
-    .flatMap((st) => st.requests).filter((e) => e.path === path);
+    .flatMap((st, sim) => st.requests.map((e) => ({ ...e, sim }))).filter((e) => e.path === path);
   return { cp, reset, calls };
 }
 
@@ -54,10 +60,10 @@ function checkCalls(setup, path, calls, owner) {
   assert.ok(calls.length > 0, `${path}: no request reached an upstream`);
   for (const e of calls) {
     const owners = new Set((e.prompts || []).map(ownerOf));
-    if (setup.want('x') !== setup.want('y')) // the credential is the client's: it keys the batch
+    if (setup.keyed) // the credential is the client's: it keys the batch
       assert.ok(owners.size <= 1, `two keys never share a call: ${path} carried prompts of ${[...owners]} with "${e.auth}"`);
     const who = owners.size ? [...owners][0] : owner;
-    assert.equal(e.auth, setup.want(who), `${setup.promise}: ${e.method} ${path} reached the upstream with ` +
+    assert.equal(e.auth, setup.want(who, e.sim), `${setup.promise}: ${e.method} ${path} reached upstream ${e.sim} with ` +
       `Authorization "${e.auth}" (from the client with key ${who})`);
     for (const k of KEYS) {
       if (setup.keys) assert.ok(!e.auth.includes(k), `client keys never reach an upstream: ${path} got "${e.auth}"`);
@@ -66,7 +72,7 @@ function checkCalls(setup, path, calls, owner) {
 }
 
 for (const setup of SETUPS) {
-  for (const nups of [1, 2]) {
+  for (const nups of setup.nups || [1, 2]) {
     test(`credentials, ${setup.name}, ${nups} upstream(s): batched completions, embeddings, /v1/models, chat`, async (t) => {
       const { cp, reset, calls } = await start(t, setup, nups);
 
@@ -86,7 +92,7 @@ for (const setup of SETUPS) {
       checkCalls(setup, '/v1/completions', ccalls);
       assert.deepEqual(ccalls.flatMap((e) => e.prompts).sort(), comp.flatMap((c) => [].concat(c.prompt)).sort(),
         'every prompt reached the upstream once');
-      if (nups === 1 && setup.want('x') === setup.want('y'))
+      if (nups === 1 && !setup.keyed)
         assert.equal(ccalls.length, 1, 'clients whose upstream credential is the same share one call');
 
       // batched embeddings

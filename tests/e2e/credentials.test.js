@@ -46,11 +46,22 @@ async function start(t, setup, nups) {
   };
   if (setup.keys) cfg.auth = { keys: KEYS };
   const cp = await startCarpool(cfg, { env: { CARPOOL_TEST_UPSTREAM_KEY: SECRET } });
-  t.after(async () => { await cp.stop(); for (const s of sims) await s.kill(); });
-  const reset = () => Promise.all(sims.map((s) => s.reset()));
-  // The requests the upstreams got on `path`, each with the index of its upstream (sim).
-  const calls = async (path) => (await Promise.all(sims.map((s) => s.stats())))
-    .flatMap((st, sim) => st.requests.map((e) => ({ ...e, sim }))).filter((e) => e.path === path);
+  // The requests the upstreams got (on `path`), each with the index of its upstream (sim).
+  const logged = async () => (await Promise.all(sims.map((s) => s.stats())))
+    .flatMap((st, sim) => st.requests.map((e) => ({ ...e, sim })));
+  const calls = async (path) => (await logged()).filter((e) => e.path === path);
+  // In keys mode no request on any path (load polls and probes included) carries a client key; each
+  // phase checks that before it clears the logs, and the test once more at its end.
+  const noClientKeyAnywhere = async () => {
+    if (!setup.keys) return;
+    for (const e of await logged()) {
+      assert.ok(!KEYS.some((k) => e.auth.includes(k)), `client keys never reach an upstream: ${e.method} ${e.path} got "${e.auth}"`);
+    }
+  };
+  const reset = async () => { await noClientKeyAnywhere(); await Promise.all(sims.map((s) => s.reset())); };
+  t.after(async () => {
+    try { await noClientKeyAnywhere(); } finally { await cp.stop(); for (const s of sims) await s.kill(); }
+  });
   return { cp, reset, calls };
 }
 

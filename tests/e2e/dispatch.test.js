@@ -1,10 +1,9 @@
 // Dispatch: room counted in sequences that free one by one, the adaptive window, and policy: fixed.
 // The real carpool in front of the simulator; timings carry wide margins for a loaded 2-core machine.
 'use strict';
-const { test } = require('node:test');
 const assert = require('node:assert/strict');
 const http = require('node:http');
-const { startSim, startCarpool, baseConfig, request, parseSse, collect } = require('./lib');
+const { test, startSim, startCarpool, baseConfig, request, parseSse, collect } = require('./lib');
 const { expected } = require('./simgen');
 
 // The first prompt `${prefix} ${i}` whose natural answer is `len` tokens long.

@@ -94,5 +94,5 @@ if [ -n "${NODE18_SETUP_ONLY:-}" ]; then
   exit 0
 fi
 echo "node18.sh: e2e suite with node $("$node" --version) ($node)"
-[ -d tests/e2e/node_modules ] || make tests/e2e/node_modules
+make -s all tests/e2e/node_modules # the binaries and the SDK the package files name
 PATH="$(dirname "$node"):$PATH" exec bash tests/e2e/run.sh "$@"

@@ -78,6 +78,8 @@ static const struct cfg_key upstream_keys[] = {
 	{"health_path", CT_STR, F(U, health_path), FS(U, health_path), 0, 0, "", 0, 0, 0},
 	{"health_interval_ms", CT_INT, F(U, health_interval_ms), 0, 100, 3600000, "5000", 0, 0, 0},
 	{"load_poll_ms", CT_INT, F(U, load_poll_ms), 0, 0, 3600000, "500", 0, 0, 0},
+	{"keepalive_ms", CT_INT, F(U, keepalive_ms), 0, 0, 3600000, "4000", 0, 0, 0},
+	{"keepalive_conns", CT_INT, F(U, keepalive_conns), 0, 0, 4096, "0", 0, 0, 0},
 	{"tls", CT_SECTION, F(U, tls), 0, 0, 0, NULL, 0, &tls_client_sec, 0},
 };
 #undef U

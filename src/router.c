@@ -12,6 +12,7 @@
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 #include <openssl/crypto.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -401,26 +402,42 @@ static void metrics(struct router *rt, struct creq *r)
 		sbuf_printf(&b, "carpool_upstream_inflight{upstream=\"%s\"} %u\n", rt->ups[i].cfg->url, inflight);
 	}
 	upstream_load_metrics(&b, rt, peers, npeers);
-	static const char *const per[][2] = {
-		{"carpool_upstream_http_calls_total", "HTTP calls made to the upstream (batches, pass-through, probes)."},
-		{"carpool_upstream_failures_total", "Upstream calls that failed (connect, timeout, broken)."},
-		{"carpool_upstream_retries_total", "Batches retried after this upstream failed them."},
-		{"carpool_upstream_ejections_total", "Times the upstream was ejected after repeated failures."},
-		{"carpool_upstream_healthy", "1 if the upstream is in service."},
+	static const struct {
+		const char *name, *help;
+		size_t off; /* of an unsigned long counter in struct upstream; 0: the healthy gauge */
+	} per[] = {
+		{"carpool_upstream_http_calls_total", "HTTP calls made to the upstream (batches, pass-through, probes).",
+		 offsetof(struct upstream, calls)},
+		{"carpool_upstream_failures_total", "Upstream calls that failed (connect, timeout, broken).",
+		 offsetof(struct upstream, errors)},
+		{"carpool_upstream_retries_total", "Batches retried after this upstream failed them.",
+		 offsetof(struct upstream, retries_in)},
+		{"carpool_upstream_ejections_total", "Times the upstream was ejected after repeated failures.",
+		 offsetof(struct upstream, ejected_total)},
+		{"carpool_upstream_conn_reused_total", "Calls sent on a kept-alive (reused) connection.",
+		 offsetof(struct upstream, conn_reused)},
+		{"carpool_upstream_conn_closed_by_server_total",
+		 "Kept-alive connections the server closed: found closed before reuse, or closed under a call before any answer byte.",
+		 offsetof(struct upstream, conn_server_closed)},
+		{"carpool_upstream_resent_total",
+		 "Calls sent again on a new connection because the server closed the reused one before answering (not failures).",
+		 offsetof(struct upstream, resent)},
+		{"carpool_upstream_conn_idle_closed_total",
+		 "Idle connections carpool closed (keepalive_ms, or the server's Keep-Alive timeout).",
+		 offsetof(struct upstream, conn_idle_expired)},
+		{"carpool_upstream_healthy", "1 if the upstream is in service.", 0},
 	};
 	for (size_t k = 0; k < sizeof per / sizeof per[0]; k++) {
-		sbuf_printf(&b, "# HELP %s %s\n# TYPE %s %s\n", per[k][0], per[k][1], per[k][0],
-			    k == 4 ? "gauge" : "counter");
+		sbuf_printf(&b, "# HELP %s %s\n# TYPE %s %s\n", per[k].name, per[k].help, per[k].name,
+			    per[k].off ? "counter" : "gauge");
 		for (int i = 0; i < rt->nups; i++) {
 			struct upstream *u = &rt->ups[i];
 			unsigned long v = 0;
-			for (int p = 0; p < npeers; p++) {
-				struct upstream *q = &peers[p]->ups[i];
-				v += k == 0 ? CNT_GET(q->calls) : k == 1 ? CNT_GET(q->errors) : k == 2 ? CNT_GET(q->retries_in) : k == 3 ? CNT_GET(q->ejected_total) : 0;
-			}
-			if (k == 4)
+			for (int p = 0; p < npeers && per[k].off; p++)
+				v += CNT_GET(*(unsigned long *)((char *)&peers[p]->ups[i] + per[k].off));
+			if (!per[k].off)
 				v = upstream_healthy(u);
-			sbuf_printf(&b, "%s{upstream=\"%s\"} %lu\n", per[k][0], u->cfg->url, v);
+			sbuf_printf(&b, "%s{upstream=\"%s\"} %lu\n", per[k].name, u->cfg->url, v);
 		}
 	}
 	sbuf_printf(&b, "# HELP carpool_upstream_failures_by_cause_total Failed upstream calls by cause.\n"

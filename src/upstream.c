@@ -37,10 +37,16 @@ struct upconn {
 	struct upstream *up;
 	struct bufferevent *bev;
 	struct upcall *call; /* the call it serves, or NULL */
-	struct upconn *next;
+	struct upconn *next, *iprev;  /* on up->idle */
 	struct upconn *dnext, *dprev; /* on up->dying */
 	bool dead;		      /* never reused */
 	bool connected;
+	bool reused;		/* the current call is not the connection's first */
+	bool answered;		/* a byte of the current call's answer arrived */
+	unsigned requests;	/* sent on this connection */
+	long ka_timeout_s;	/* the server's Keep-Alive timeout=, or -1 */
+	long ka_max;		/* the server's Keep-Alive max=, or -1 */
+	struct event *idle_ev;	/* closes it when it has been idle too long */
 	/* the response being read */
 	enum resp_state rs;
 	bool status_seen;
@@ -64,6 +70,7 @@ struct upcall {
 	bool over;
 	bool slot_freed;
 	bool side;		/* carpool's own GET (load signals): no slot, no budget, no failure counts */
+	struct evbuffer *req;	/* the request, kept while it may be re-sent (reused connection, no answer yet) */
 	struct upcall *next, *prev; /* on up->open_calls */
 };
 
@@ -192,6 +199,8 @@ int upstream_init(struct upstream *up, int index, struct event_base *base, struc
 static void upconn_free_now(struct upconn *uc)
 {
 	DLIST_UNLINK(uc->up->dying, uc, dprev, dnext);
+	if (uc->idle_ev)
+		event_free(uc->idle_ev);
 	if (uc->bev)
 		bufferevent_free(uc->bev);
 	evhttp_clear_headers(&uc->headers);
@@ -234,7 +243,7 @@ void upstream_free(struct upstream *up)
 		upconn_free_now(up->dying);
 	while (up->idle) {
 		struct upconn *uc = up->idle;
-		up->idle = uc->next;
+		DLIST_UNLINK(up->idle, uc, iprev, next);
 		upconn_free_now(uc);
 	}
 	if (up->room_ev)
@@ -364,20 +373,54 @@ static void note_success(struct upstream *up)
 static void conn_read_cb(struct bufferevent *bev, void *arg);
 static void conn_event_cb(struct bufferevent *bev, short what, void *arg);
 
-/* A new connection (not yet connected) or an idle one from the pool. */
-static struct upconn *conn_get(struct upstream *up)
+static void idle_cb(evutil_socket_t fd, short what, void *arg);
+
+/* Takes an idle connection out of the pool (to use it or to close it). */
+static void idle_unlink(struct upstream *up, struct upconn *uc)
+{
+	DLIST_UNLINK(up->idle, uc, iprev, next);
+	up->nidle--;
+	evtimer_del(uc->idle_ev);
+}
+
+/* Has the server closed this idle connection, or sent something unasked? A peek, without reading:
+ * the FIN may sit in the socket before the loop has delivered it. */
+static bool peer_closed(struct upconn *uc)
+{
+	evutil_socket_t fd = bufferevent_getfd(uc->bev);
+	if (fd < 0 || evbuffer_get_length(bufferevent_get_input(uc->bev)))
+		return true;
+	char ch;
+	ssize_t n = recv(fd, &ch, 1, MSG_PEEK | MSG_DONTWAIT);
+	return n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
+/* The most recently used idle connection the server has not closed, or NULL. */
+static struct upconn *conn_take_idle(struct upstream *up)
 {
 	while (up->idle) {
 		struct upconn *uc = up->idle;
-		up->idle = uc->next;
-		up->nidle--;
-		uc->next = NULL;
-		if (!uc->dead)
+		idle_unlink(up, uc);
+		if (!uc->dead && peer_closed(uc)) {
+			CNT_ADD(up->conn_server_closed, 1);
+			uc->dead = true;
+		}
+		if (!uc->dead) {
+			uc->reused = true;
+			CNT_ADD(up->conn_reused, 1);
 			return uc;
+		}
 		upconn_free_later(uc);
 	}
+	return NULL;
+}
+
+/* A new connection, connecting. NULL (logged) if it cannot even start. */
+static struct upconn *conn_new(struct upstream *up)
+{
 	struct upconn *uc = xcalloc(1, sizeof *uc);
 	uc->up = up;
+	uc->ka_timeout_s = uc->ka_max = -1;
 	TAILQ_INIT(&uc->headers);
 	struct bufferevent *bev = NULL;
 	if (up->https) {
@@ -402,9 +445,11 @@ static struct upconn *conn_get(struct upstream *up)
 	}
 	if (!bev) {
 		free(uc);
+		log_error("upstream %s: cannot create a connection", up->cfg->url);
 		return NULL;
 	}
 	uc->bev = bev;
+	uc->idle_ev = evtimer_new(up->base, idle_cb, uc);
 	bufferevent_setcb(bev, conn_read_cb, NULL, conn_event_cb, uc);
 	if (bufferevent_socket_connect_hostname(bev, up->dns, AF_UNSPEC, up->host, up->port) != 0) {
 		log_warn("upstream %s: cannot start connecting", up->cfg->url);
@@ -415,16 +460,58 @@ static struct upconn *conn_get(struct upstream *up)
 	return uc;
 }
 
+/* How long uc may stay idle in the pool, in ms (0: not at all): keepalive_ms, shortened to end a
+ * second before the server's own Keep-Alive timeout (half of it when that is under 2 s). */
+static long idle_allowance_ms(const struct upconn *uc)
+{
+	long ms = uc->up->cfg->keepalive_ms;
+	if (uc->ka_timeout_s >= 0) {
+		long server_ms = uc->ka_timeout_s * 1000;
+		long margin = server_ms / 2 < 1000 ? server_ms / 2 : 1000;
+		if (server_ms - margin < ms)
+			ms = server_ms - margin;
+	}
+	return ms;
+}
+
+/* A connection whose call is over: back to the pool when the server will take another request on it
+ * (Keep-Alive max=) and the pool has room; closed otherwise. */
 static void conn_put(struct upstream *up, struct upconn *uc)
 {
-	unsigned keep = up->cfg->max_inflight ? (unsigned)up->cfg->max_inflight : MAX_IDLE;
-	if (uc->dead || up->nidle >= keep) {
+	unsigned cap = up->cfg->keepalive_conns ? (unsigned)up->cfg->keepalive_conns
+			     : up->cfg->max_inflight ? (unsigned)up->cfg->max_inflight : MAX_IDLE;
+	long ms = idle_allowance_ms(uc);
+	if (uc->dead || ms <= 0 || up->nidle >= cap || (uc->ka_max >= 0 && uc->requests >= (unsigned long)uc->ka_max)) {
 		upconn_free_later(uc);
 		return;
 	}
-	uc->next = up->idle;
-	up->idle = uc;
+	DLIST_PUSH(up->idle, uc, iprev, next);
 	up->nidle++;
+	struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+	evtimer_add(uc->idle_ev, &tv);
+}
+
+/* Idle for as long as it may be: closed before the server closes it under a request. */
+static void idle_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct upconn *uc = arg;
+	idle_unlink(uc->up, uc);
+	CNT_ADD(uc->up->conn_idle_expired, 1);
+	upconn_free_later(uc);
+}
+
+/* The server closed (or wrote on) a connection idle in the pool: out of it at once. */
+static void idle_drop(struct upconn *uc)
+{
+	uc->dead = true;
+	bufferevent_disable(uc->bev, EV_READ | EV_WRITE);
+	if (!uc->iprev && uc->up->idle != uc)
+		return; /* not in the pool (already on its way out) */
+	CNT_ADD(uc->up->conn_server_closed, 1);
+	idle_unlink(uc->up, uc);
+	upconn_free_later(uc);
 }
 
 static void call_arm_next(struct upcall *c);
@@ -451,6 +538,8 @@ static void call_free(struct upcall *c)
 	call_slot_free(c);
 	if (c->timer)
 		event_free(c->timer);
+	if (c->req)
+		evbuffer_free(c->req);
 	free(c);
 }
 
@@ -544,14 +633,33 @@ static int head_line(struct upconn *uc, char *line)
 	return CP_OK;
 }
 
+/* Keep-Alive: timeout=N, max=M: how long the server keeps the connection idle, and how many requests
+ * it takes on it (servers differ on whether M counts the requests left or in all: carpool stops at
+ * whichever comes first). */
+static void keepalive_parse(struct upconn *uc, const char *v)
+{
+	for (const char *p = v; *p; p += strcspn(p, ",")) {
+		p += strspn(p, " \t,");
+		if (!strncasecmp(p, "timeout=", 8))
+			uc->ka_timeout_s = strtol(p + 8, NULL, 10) > 0 ? strtol(p + 8, NULL, 10) : 0;
+		else if (!strncasecmp(p, "max=", 4))
+			uc->ka_max = strtol(p + 4, NULL, 10) > 0 ? strtol(p + 4, NULL, 10) : 0;
+	}
+	if (uc->ka_max >= 0 && uc->ka_max <= 1)
+		uc->keep = false; /* this was the last request the server takes on it */
+}
+
 /* The head is complete: how the body is framed. CP_ERROR: a length that is not a number. */
 static int body_framing(struct upconn *uc)
 {
 	const char *te = evhttp_find_header(&uc->headers, "Transfer-Encoding");
 	const char *cl = evhttp_find_header(&uc->headers, "Content-Length");
 	const char *cn = evhttp_find_header(&uc->headers, "Connection");
+	const char *ka = evhttp_find_header(&uc->headers, "Keep-Alive");
 	if (cn && strcasestr(cn, "close"))
 		uc->keep = false;
+	if (ka)
+		keepalive_parse(uc, ka);
 	if (uc->no_body || uc->status == 204 || uc->status == 304) {
 		uc->rs = RS_DONE;
 	} else if (te && strcasestr(te, "chunked")) {
@@ -600,11 +708,17 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
 	struct evbuffer *in = bufferevent_get_input(bev);
 	if (!c) { /* an idle connection has nothing to say: never reuse it */
 		evbuffer_drain(in, evbuffer_get_length(in));
-		uc->dead = true;
-		bufferevent_disable(bev, EV_READ | EV_WRITE);
+		idle_drop(uc);
 		return;
 	}
 	c->t_last = now_us();
+	if (!uc->answered && evbuffer_get_length(in)) {
+		uc->answered = true;
+		if (c->req) { /* past the point where it could be re-sent */
+			evbuffer_free(c->req);
+			c->req = NULL;
+		}
+	}
 	char line[MAX_LINE];
 	for (;;) {
 		switch (uc->rs) {
@@ -710,6 +824,53 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
 	}
 }
 
+/* Puts the call on uc (new, or taken from the pool) and writes req (consumed) to it. */
+static void call_attach(struct upcall *c, struct upconn *uc, bool head_request, struct evbuffer *req)
+{
+	c->conn = uc;
+	uc->call = c;
+	uc->rs = RS_HEAD;
+	uc->status_seen = false;
+	uc->answered = false;
+	uc->head_bytes = 0;
+	uc->no_body = head_request;
+	uc->requests++;
+	evbuffer_add_buffer(bufferevent_get_output(uc->bev), req);
+	/* A connection that is already open skips the connect phase. */
+	c->phase = uc->connected ? PH_FIRST_BYTE : PH_CONNECT;
+	c->t_start = c->t_last = now_us();
+	evtimer_del(c->timer);
+	call_arm_next(c);
+}
+
+/* The server closed a reused connection before any byte of the answer: it may close an idle connection
+ * at any moment (RFC 9112 §9.3), so this says nothing of its health. The request goes again at once
+ * on a new connection; a failure there is the call's own. */
+static void call_resend(struct upcall *c)
+{
+	struct upstream *up = c->up;
+	struct upconn *old = c->conn;
+	CNT_ADD(up->conn_server_closed, 1);
+	log_debug("upstream %s: a reused connection closed before the answer; sending again on a new one",
+		  up->cfg->url);
+	old->call = NULL;
+	old->dead = true;
+	bufferevent_disable(old->bev, EV_READ | EV_WRITE);
+	bufferevent_setcb(old->bev, NULL, NULL, NULL, NULL);
+	upconn_free_later(old);
+	struct upconn *uc = conn_new(up);
+	if (!uc) {
+		call_over(c, UPE_CONNECT);
+		call_free(c);
+		return;
+	}
+	CNT_ADD(up->resent, 1);
+	struct evbuffer *req = c->req;
+	c->req = NULL;
+	call_attach(c, uc, old->no_body, req);
+	evbuffer_free(req);
+}
+
 static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
 {
 	struct upconn *uc = arg;
@@ -720,11 +881,17 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
 			c->phase = PH_FIRST_BYTE;
 		return;
 	}
+	if (!c) {
+		idle_drop(uc);
+		return;
+	}
+	if (uc->reused && !uc->answered && c->req) {
+		call_resend(c);
+		return;
+	}
 	/* closed or failed: never reused */
 	uc->dead = true;
 	bufferevent_disable(bev, EV_READ | EV_WRITE);
-	if (!c)
-		return; /* idle in the pool: freed when next taken, or at the end */
 	if (uc->rs == RS_EOF && (what & BEV_EVENT_EOF)) {
 		conn_read_cb(bev, uc); /* what is still buffered */
 		if (uc->call == c && !c->cancelled)
@@ -823,39 +990,34 @@ static struct upcall *call_start(struct upstream *up, const char *method, const 
 {
 	if (!method_ok(method))
 		return NULL;
-	struct upconn *uc = conn_get(up);
-	if (!uc) {
-		log_error("upstream %s: cannot create a connection", up->cfg->url);
+	struct upconn *uc = conn_take_idle(up);
+	if (!uc && !(uc = conn_new(up)))
 		return NULL;
-	}
 	struct upcall *c = xcalloc(1, sizeof *c);
 	c->up = up;
-	c->conn = uc;
 	c->ops = ops;
 	c->arg = arg;
-	c->t_start = c->t_last = now_us();
 	c->timer = evtimer_new(up->base, timer_cb, c);
 	DLIST_PUSH(up->open_calls, c, prev, next);
-	uc->call = c;
-	uc->rs = RS_HEAD;
-	uc->status_seen = false;
-	uc->head_bytes = 0;
-	uc->no_body = !strcmp(method, "HEAD");
 	/* the request: header values come from carpool or from the client's parsed (CR/LF-free) head */
-	struct evbuffer *out = bufferevent_get_output(uc->bev);
-	evbuffer_add_printf(out, "%s %s%s HTTP/1.1\r\nHost: %s\r\n", method, up->prefix, path, up->host_header);
+	struct evbuffer *req = evbuffer_new();
+	evbuffer_add_printf(req, "%s %s%s HTTP/1.1\r\nHost: %s\r\n", method, up->prefix, path, up->host_header);
 	for (size_t i = 0; i + 1 < nhdrs * 2; i += 2)
-		evbuffer_add_printf(out, "%s: %s\r\n", hdrs[i], hdrs[i + 1]);
+		evbuffer_add_printf(req, "%s: %s\r\n", hdrs[i], hdrs[i + 1]);
 	const char *auth = up->auth ? up->auth : client_auth;
 	if (auth)
-		evbuffer_add_printf(out, "Authorization: %s\r\n", auth);
+		evbuffer_add_printf(req, "Authorization: %s\r\n", auth);
 	bool bodyless = !strcmp(method, "GET") || !strcmp(method, "HEAD") || !strcmp(method, "DELETE") ||
 			!strcmp(method, "OPTIONS");
 	if (len || !bodyless)
-		evbuffer_add_printf(out, "Content-Length: %zu\r\n", len);
-	evbuffer_add(out, "\r\n", 2);
+		evbuffer_add_printf(req, "Content-Length: %zu\r\n", len);
+	evbuffer_add(req, "\r\n", 2);
 	if (body && len)
-		evbuffer_add(out, body, len);
+		evbuffer_add(req, body, len);
+	if (uc->reused) { /* a copy, kept until the answer starts: the server may have closed it meanwhile */
+		c->req = evbuffer_new();
+		evbuffer_add(c->req, evbuffer_pullup(req, -1), evbuffer_get_length(req));
+	}
 	c->slot_freed = c->side = !counted;
 	if (counted) {
 		CNT_ADD(up->inflight, 1);
@@ -865,9 +1027,8 @@ static struct upcall *call_start(struct upstream *up, const char *method, const 
 		refill(up);
 		up->tokens -= 1.0;
 	}
-	/* A connection that is already open skips the connect phase. */
-	c->phase = uc->connected ? PH_FIRST_BYTE : PH_CONNECT;
-	call_arm_next(c);
+	call_attach(c, uc, !strcmp(method, "HEAD"), req);
+	evbuffer_free(req);
 	return c;
 }
 

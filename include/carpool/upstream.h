@@ -65,6 +65,10 @@ struct upstream {
 	struct event *wake_ev;		/* re-offers room when a backoff or the budget allows again */
 	struct event *health_ev;
 	unsigned long retries_in, ejected_total, health_fail;
+	/* connection reuse: calls sent on a pooled connection; pooled connections the server closed
+	 * (found closed before reuse, or closed under a call before any answer byte); calls re-sent on
+	 * a new connection after that; idle connections carpool closed (keepalive_ms, Keep-Alive) */
+	unsigned long conn_reused, conn_server_closed, resent, conn_idle_expired;
 	unsigned long errors_by[5];	/* failed calls by enum upcall_error */
 	struct event *room_ev;	/* fires (deferred) when a call slot frees */
 	void (*on_room)(struct upstream *up, void *arg);
@@ -104,7 +108,9 @@ void upstream_probe(struct upstream *up);
 
 /* Starts one HTTP call. path is appended to the URL's prefix. hdrs (may be NULL) are "Name: value"
  * pairs to forward; client_auth is used only when the upstream has no credential of its own.
- * Returns NULL (after logging) if the call cannot even start. */
+ * Returns NULL (after logging) if the call cannot even start. A call on a pooled connection that the
+ * server closes before any answer byte is sent again on a new connection, unseen by the owner and not
+ * counted as a failure (RFC 9112 §9.3); the owner sees a failure only of a new connection. */
 struct upcall *upstream_call(struct upstream *up, const char *method, const char *path,
 			     const char *const *hdrs, size_t nhdrs, const char *client_auth, const char *body,
 			     size_t len, const struct upcall_ops *ops, void *arg);

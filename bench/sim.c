@@ -42,6 +42,7 @@
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <event2/listener.h>
 #include <event2/util.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
@@ -113,7 +114,12 @@ static struct {
 	double step_ms, call_ms, step_us_per_seq;
 	long slots, max_inputs;
 	const char *port_file, *tls_cert, *tls_key;
-} cfg = { "127.0.0.1", "0", D_VLLM, 5.0, 1.0, 2.0, 0, 0, NULL, NULL, NULL };
+	/* connection handling (see "connections" below) */
+	long ka_timeout_s, ka_max; /* --keep-alive T[,M]: advertised (and T enforced); -1: not sent */
+	double idle_close_ms;	   /* --idle-close-ms: close a connection idle this long (0: never) */
+	bool close_after_stream, drop_reused;
+	long max_conns, backlog;
+} cfg = { "127.0.0.1", "0", D_VLLM, 5.0, 1.0, 2.0, 0, 0, NULL, NULL, NULL, -1, 100, 0, false, false, 0, 4096 };
 
 static struct event_base *g_base;
 static struct evhttp *g_http;
@@ -470,6 +476,9 @@ static void stats_count_call(struct evhttp_request *req, enum kind kind, const s
 		cJSON_AddNumberToObject(stats.auth, auth, 1);
 }
 
+static void conn_stats_json(cJSON *o);
+static void conn_stats_reset(void);
+
 static void handle_stats(struct evhttp_request *req)
 {
 	cJSON *o = cJSON_CreateObject();
@@ -485,6 +494,7 @@ static void handle_stats(struct evhttp_request *req)
 	cJSON_AddItemToObject(o, "auth", cJSON_Duplicate(stats.auth, 1));
 	cJSON_AddItemToObject(o, "requests", stats.requests ? cJSON_Duplicate(stats.requests, 1) : cJSON_CreateArray());
 	cJSON_AddNumberToObject(o, "unlogged_requests", (double)stats.unlogged);
+	conn_stats_json(o);
 	send_json(req, 200, o);
 	cJSON_Delete(o);
 }
@@ -498,12 +508,14 @@ static void handle_stats_reset(struct evhttp_request *req)
 	stats.auth = cJSON_CreateObject();
 	stats.inflight = inflight; /* still really in flight */
 	stats.max_inflight = inflight;
+	conn_stats_reset();
 	send_body(req, 200, json_ctype(), "{\"status\":\"ok\"}");
 }
 
 /* ------------------------------------------------------------------ engine */
 
 static void engine_kick(void);
+static void sconn_attach(struct evhttp_connection *conn, struct call *c);
 
 static void release_seqs(struct call *c)
 {
@@ -544,7 +556,7 @@ static void free_call(struct call *c)
 static void detach_conn(struct call *c)
 {
 	if (c->conn)
-		evhttp_connection_set_closecb(c->conn, NULL, NULL);
+		sconn_attach(c->conn, NULL);
 	c->conn = NULL;
 }
 
@@ -565,11 +577,11 @@ static void finish_closed(struct call *c)
 	free_call(c);
 }
 
+/* The connection carrying c closed (from the connection's own close callback). */
 static void on_close(struct evhttp_connection *conn, void *arg)
 {
 	struct call *c = arg;
 	(void)conn;
-	evhttp_connection_set_closecb(conn, NULL, NULL);
 	c->conn = NULL;
 	/* If libevent detached the request from the dying connection it is ours to complete;
 	 * otherwise the connection frees it right after this callback. */
@@ -879,6 +891,8 @@ static cJSON *nonstream_body(struct call *c)
 	return o;
 }
 
+static void sconn_stream_done(struct evhttp_connection *conn);
+
 static void finish_call(struct call *c)
 {
 	if (c->stream) {
@@ -890,9 +904,12 @@ static void finish_call(struct call *c)
 			cJSON_Delete(o);
 		}
 		send_raw_event(c, "data: [DONE]\n\n");
+		struct evhttp_connection *conn = c->conn;
 		detach_conn(c);
 		if (c->req)
 			evhttp_send_reply_end(c->req);
+		if (conn)
+			sconn_stream_done(conn);
 	} else {
 		cJSON *o = nonstream_body(c);
 		detach_conn(c);
@@ -922,9 +939,12 @@ static void fail_miderr(struct call *c)
 			cJSON_Delete(e);
 		}
 		send_raw_event(c, "data: [DONE]\n\n");
+		struct evhttp_connection *conn = c->conn;
 		detach_conn(c);
 		if (c->req)
 			evhttp_send_reply_end(c->req);
+		if (conn)
+			sconn_stream_done(conn);
 	} else {
 		cJSON *e = error_json(500, msg, NULL);
 		detach_conn(c);
@@ -1110,7 +1130,7 @@ static struct call *new_call(struct evhttp_request *req, enum kind kind)
 	else
 		snprintf(c->id, sizeof c->id, "cmpl-sim-%lu", g_call_number);
 	TAILQ_INSERT_TAIL(&g_calls, c, link);
-	evhttp_connection_set_closecb(c->conn, on_close, c);
+	sconn_attach(c->conn, c);
 	struct bufferevent *bev = evhttp_connection_get_bufferevent(c->conn);
 	evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
 	if (fd >= 0) {
@@ -1482,16 +1502,228 @@ static void handle_load(struct evhttp_request *req, const char *path)
 		handle_slots(req, !strcmp(path, "/slots"));
 }
 
+/* ------------------------------------------------------------------ connections
+ *
+ * Each connection that sent a request has a struct sconn, found by its socket, until it closes. It
+ * carries the connection modes of real servers: the Keep-Alive header, an idle timeout, a close after
+ * every streamed answer while still advertising keep-alive (llama.cpp b4748), a close instead of an
+ * answer on a reused connection, and a limit on connections served at once (llama.cpp's HTTP threads:
+ * the rest wait, unaccepted in the listen backlog or accepted and unanswered). */
+
+struct sconn {
+	struct evhttp_connection *conn;
+	evutil_socket_t fd;
+	struct call *call;	     /* the call it carries, or NULL */
+	unsigned requests;	     /* received on it */
+	bool served;		     /* holds one of --max-conns */
+	bool closing;		     /* closed once its output has left; requests on it go unanswered */
+	struct evhttp_request *held; /* its first request, waiting for --max-conns room */
+	struct event *timer;	     /* the close once flushed */
+	TAILQ_ENTRY(sconn) wait;
+};
+TAILQ_HEAD(sconn_queue, sconn);
+
+static struct sconn **g_sconns; /* by socket */
+static size_t g_nsconns;
+static struct sconn_queue g_conn_waitq = TAILQ_HEAD_INITIALIZER(g_conn_waitq);
+static unsigned long g_served;
+static struct evconnlistener *g_listener;
+static struct {
+	unsigned long accepted, open, max_open, waited, dropped_requests, closed_after_stream;
+} cstats;
+
+static void dispatch_request(struct evhttp_request *req);
+
+static struct sconn *sconn_find(struct evhttp_connection *conn)
+{
+	struct bufferevent *bev = evhttp_connection_get_bufferevent(conn);
+	evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
+	if (fd < 0 || (size_t)fd >= g_nsconns || !g_sconns[fd] || g_sconns[fd]->conn != conn)
+		return NULL;
+	return g_sconns[fd];
+}
+
+/* Serves no more than --max-conns connections: stops accepting while they are all taken. */
+static void listener_update(void)
+{
+	if (!g_listener || cfg.max_conns <= 0)
+		return;
+	if (g_served >= (unsigned long)cfg.max_conns)
+		evconnlistener_disable(g_listener);
+	else
+		evconnlistener_enable(g_listener);
+}
+
+/* The connection's close callback: whatever it carried ends with it; a waiting one takes its place. */
+static void sconn_closed(struct evhttp_connection *conn, void *arg)
+{
+	struct sconn *sc = arg;
+	evhttp_connection_set_closecb(conn, NULL, NULL);
+	if (sc->call)
+		on_close(conn, sc->call);
+	if (sc->held)
+		TAILQ_REMOVE(&g_conn_waitq, sc, wait);
+	if (sc->timer)
+		event_free(sc->timer);
+	g_sconns[sc->fd] = NULL;
+	cstats.open--;
+	if (sc->served)
+		g_served--;
+	free(sc);
+	while (g_listener && !TAILQ_EMPTY(&g_conn_waitq) && g_served < (unsigned long)cfg.max_conns) {
+		struct sconn *next = TAILQ_FIRST(&g_conn_waitq);
+		TAILQ_REMOVE(&g_conn_waitq, next, wait);
+		struct evhttp_request *req = next->held;
+		next->held = NULL;
+		next->served = true;
+		g_served++;
+		dispatch_request(req);
+	}
+	listener_update();
+}
+
+static struct sconn *sconn_new(struct evhttp_connection *conn)
+{
+	struct bufferevent *bev = evhttp_connection_get_bufferevent(conn);
+	evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
+	if (fd < 0)
+		return NULL;
+	if ((size_t)fd >= g_nsconns) {
+		size_t n = g_nsconns ? g_nsconns : 1024;
+		while (n <= (size_t)fd)
+			n *= 2;
+		g_sconns = realloc(g_sconns, n * sizeof *g_sconns);
+		if (!g_sconns)
+			abort();
+		memset(g_sconns + g_nsconns, 0, (n - g_nsconns) * sizeof *g_sconns);
+		g_nsconns = n;
+	}
+	struct sconn *sc = xmalloc(sizeof *sc);
+	memset(sc, 0, sizeof *sc);
+	sc->conn = conn;
+	sc->fd = fd;
+	g_sconns[fd] = sc;
+	evhttp_connection_set_closecb(conn, sconn_closed, sc);
+	cstats.accepted++;
+	if (++cstats.open > cstats.max_open)
+		cstats.max_open = cstats.open;
+	return sc;
+}
+
+/* The call a connection carries (c), or none (NULL): it hears of the connection's close. */
+static void sconn_attach(struct evhttp_connection *conn, struct call *c)
+{
+	struct sconn *sc = sconn_find(conn);
+	if (sc)
+		sc->call = c;
+}
+
+static void sconn_close_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct sconn *sc = arg;
+	(void)fd;
+	(void)what;
+	struct bufferevent *bev = evhttp_connection_get_bufferevent(sc->conn);
+	if (bev && evbuffer_get_length(bufferevent_get_output(bev)) > 0) {
+		struct timeval tv = { 0, 1000 };
+		evtimer_add(sc->timer, &tv);
+		return;
+	}
+	evhttp_connection_free(sc->conn); /* sconn_closed frees sc */
+}
+
+/* Closes the connection (without a word) once what is queued on it has left. */
+static void sconn_close_when_flushed(struct evhttp_connection *conn)
+{
+	struct sconn *sc = sconn_find(conn);
+	if (!sc || sc->closing)
+		return;
+	sc->closing = true;
+	sc->timer = evtimer_new(g_base, sconn_close_cb, sc);
+	struct timeval tv = { 0, 0 };
+	evtimer_add(sc->timer, &tv);
+}
+
+/* A streamed answer on conn has been queued whole: --close-after-stream closes it when it has left,
+ * the Keep-Alive header notwithstanding (llama.cpp b4748). */
+static void sconn_stream_done(struct evhttp_connection *conn)
+{
+	if (!cfg.close_after_stream)
+		return;
+	cstats.closed_after_stream++;
+	sconn_close_when_flushed(conn);
+}
+
+static void conn_stats_json(cJSON *o)
+{
+	cJSON *c = cJSON_AddObjectToObject(o, "connections");
+	cJSON_AddNumberToObject(c, "accepted", (double)cstats.accepted);
+	cJSON_AddNumberToObject(c, "open", (double)cstats.open);
+	cJSON_AddNumberToObject(c, "max_open", (double)cstats.max_open);
+	cJSON_AddNumberToObject(c, "waited", (double)cstats.waited);
+	cJSON_AddNumberToObject(c, "dropped_requests", (double)cstats.dropped_requests);
+	cJSON_AddNumberToObject(c, "closed_after_stream", (double)cstats.closed_after_stream);
+}
+
+static void conn_stats_reset(void)
+{
+	unsigned long open = cstats.open;
+	memset(&cstats, 0, sizeof cstats);
+	cstats.open = cstats.max_open = open;
+}
+
 static void on_request(struct evhttp_request *req, void *arg)
 {
+	(void)arg;
+	struct evhttp_connection *conn = evhttp_request_get_connection(req);
+	struct sconn *sc = sconn_find(conn);
+	if (!sc)
+		sc = sconn_new(conn);
+	if (!sc) {
+		dispatch_request(req);
+		return;
+	}
+	sc->requests++;
+	if (sc->closing || (cfg.drop_reused && sc->requests > 1)) {
+		/* unanswered: the connection closes under it, as an idle timeout that struck just then */
+		cstats.dropped_requests++;
+		sconn_close_when_flushed(conn);
+		return;
+	}
+	if (!sc->served && cfg.max_conns > 0) {
+		if (g_served >= (unsigned long)cfg.max_conns) {
+			cstats.waited++;
+			sc->held = req;
+			TAILQ_INSERT_TAIL(&g_conn_waitq, sc, wait);
+			listener_update();
+			return;
+		}
+		sc->served = true;
+		g_served++;
+		listener_update();
+	}
+	dispatch_request(req);
+}
+
+static void dispatch_request(struct evhttp_request *req)
+{
+	struct evhttp_connection *conn = evhttp_request_get_connection(req);
+	struct sconn *sc = sconn_find(conn);
+	struct evkeyvalq *out = evhttp_request_get_output_headers(req);
+	if (cfg.ka_timeout_s >= 0) {
+		char ka[64];
+		snprintf(ka, sizeof ka, "timeout=%ld, max=%ld", cfg.ka_timeout_s, cfg.ka_max);
+		evhttp_add_header(out, "Keep-Alive", ka);
+		if (sc && sc->requests >= (unsigned long)cfg.ka_max)
+			evhttp_add_header(out, "Connection", "close");
+	}
 	/* Streams flow: no Nagle delay on the simulator's side either. */
-	struct bufferevent *nd_bev = evhttp_connection_get_bufferevent(evhttp_request_get_connection(req));
+	struct bufferevent *nd_bev = evhttp_connection_get_bufferevent(conn);
 	if (nd_bev && bufferevent_getfd(nd_bev) >= 0) {
 		int one = 1;
 		setsockopt(bufferevent_getfd(nd_bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 	}
 
-	(void)arg;
 	evhttp_add_header(evhttp_request_get_output_headers(req), "Server", server_name());
 	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
 	const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
@@ -1562,6 +1794,13 @@ static void usage(FILE *f)
 		"  --step-us-per-seq F      extra step cost per active sequence in microseconds (default 2)\n"
 		"  --slots N                max sequences decoding at once, others queue (default 0 = unlimited)\n"
 		"  --max-inputs N           max inputs per /v1/embeddings call (default 0 = unlimited)\n"
+		"  --keep-alive T[,M]       send 'Keep-Alive: timeout=T, max=M' (M default 100), close a connection\n"
+		"                           idle for T s, and close one after its M-th answer\n"
+		"  --idle-close-ms F        close a connection idle for F ms (overrides --keep-alive's T; 0 = never)\n"
+		"  --close-after-stream     close the connection after each streamed answer (llama.cpp b4748)\n"
+		"  --drop-reused            close, unanswered, a connection on which a second request arrives\n"
+		"  --max-conns N            serve at most N connections at once; the rest wait (default 0 = no limit)\n"
+		"  --backlog N              listen backlog (default 4096)\n"
 		"  --port-file FILE         write the bound port number to FILE\n"
 		"  --tls-cert FILE          serve HTTPS with this certificate chain (needs --tls-key)\n"
 		"  --tls-key FILE           private key for --tls-cert\n"
@@ -1648,7 +1887,7 @@ static evutil_socket_t open_listener(unsigned *port_out)
 	}
 	int one = 1;
 	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-	if (bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, 4096) < 0) {
+	if (bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, (int)cfg.backlog) < 0) {
 		fprintf(stderr, "carpool-sim: cannot listen on %s:%s: %s\n", cfg.host, cfg.port, strerror(errno));
 		close(fd);
 		freeaddrinfo(res);
@@ -1677,6 +1916,12 @@ int main(int argc, char **argv)
 		{ "slots", required_argument, NULL, 'S' },
 		{ "max-inputs", required_argument, NULL, 'm' },
 		{ "port-file", required_argument, NULL, 'p' },
+		{ "keep-alive", required_argument, NULL, 'k' },
+		{ "idle-close-ms", required_argument, NULL, 'i' },
+		{ "close-after-stream", no_argument, NULL, 'A' },
+		{ "drop-reused", no_argument, NULL, 'R' },
+		{ "max-conns", required_argument, NULL, 'N' },
+		{ "backlog", required_argument, NULL, 'B' },
 		{ "tls-cert", required_argument, NULL, 'C' },
 		{ "tls-key", required_argument, NULL, 'K' },
 		{ "metrics", required_argument, NULL, 'M' },
@@ -1719,6 +1964,33 @@ int main(int argc, char **argv)
 			break;
 		case 'p':
 			cfg.port_file = optarg;
+			break;
+		case 'k': {
+			char *comma = strchr(optarg, ',');
+			if (comma)
+				*comma = 0;
+			cfg.ka_timeout_s = parse_long_opt("keep-alive", optarg);
+			cfg.ka_max = comma ? parse_long_opt("keep-alive", comma + 1) : 100;
+			if (cfg.ka_max < 1) {
+				fprintf(stderr, "carpool-sim: --keep-alive wants T[,M] with M >= 1\n");
+				return 2;
+			}
+			break;
+		}
+		case 'i':
+			cfg.idle_close_ms = parse_double_opt("idle-close-ms", optarg);
+			break;
+		case 'A':
+			cfg.close_after_stream = true;
+			break;
+		case 'R':
+			cfg.drop_reused = true;
+			break;
+		case 'N':
+			cfg.max_conns = parse_long_opt("max-conns", optarg);
+			break;
+		case 'B':
+			cfg.backlog = parse_long_opt("backlog", optarg);
 			break;
 		case 'C':
 			cfg.tls_cert = optarg;
@@ -1792,9 +2064,18 @@ int main(int argc, char **argv)
 	if (g_ssl_ctx)
 		evhttp_set_bevcb(g_http, tls_bevcb, g_ssl_ctx);
 
+	double idle_ms = cfg.idle_close_ms > 0 ? cfg.idle_close_ms : cfg.ka_timeout_s > 0 ? cfg.ka_timeout_s * 1000.0 : 0;
+	if (idle_ms > 0) { /* evhttp's read timeout: it strikes a connection waiting for its next request */
+		struct timeval tv = ms_tv(idle_ms);
+		evhttp_set_timeout_tv(g_http, &tv);
+	}
+
 	unsigned port = 0;
 	evutil_socket_t lfd = open_listener(&port);
-	if (lfd < 0 || !evhttp_accept_socket_with_handle(g_http, lfd)) {
+	struct evhttp_bound_socket *bound = lfd >= 0 ? evhttp_accept_socket_with_handle(g_http, lfd) : NULL;
+	if (bound)
+		g_listener = evhttp_bound_socket_get_listener(bound);
+	if (!bound) {
 		if (lfd >= 0)
 			evutil_closesocket(lfd);
 		evhttp_free(g_http);
@@ -1832,7 +2113,9 @@ int main(int argc, char **argv)
 		g_in_step = true; /* no rescheduling while tearing down */
 		free_call(c);
 	}
+	g_listener = NULL; /* freed with g_http, and the connections closing now start nothing */
 	evhttp_free(g_http);
+	free(g_sconns);
 	event_free(g_step_timer);
 	event_free(sigint);
 	event_free(sigterm);

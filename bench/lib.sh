@@ -36,9 +36,9 @@ start_sim() {
 	sim_port=$(port_in "$log")
 }
 
-# start_carpool CONFIG LOG: bin/carpool -c CONFIG; sets cp_pid, cp_port
+# start_carpool CONFIG LOG: bin/carpool (or $CARPOOL_BIN) -c CONFIG; sets cp_pid, cp_port
 start_carpool() {
-	bin/carpool -c "$1" 2>"$2" &
+	"${CARPOOL_BIN:-bin/carpool}" -c "$1" 2>"$2" &
 	cp_pid=$!
 	wait_line "$2" ready
 	cp_port=$(port_in "$2")

@@ -117,9 +117,10 @@ static struct {
 	/* connection handling (see "connections" below) */
 	long ka_timeout_s, ka_max; /* --keep-alive T[,M]: advertised (and T enforced); -1: not sent */
 	double idle_close_ms;	   /* --idle-close-ms: close a connection idle this long (0: never) */
-	bool close_after_stream, drop_reused;
+	enum { CLOSE_NO, CLOSE_FLUSHED, CLOSE_NEXT } close_after_stream;
+	bool drop_reused;
 	long max_conns, backlog;
-} cfg = { "127.0.0.1", "0", D_VLLM, 5.0, 1.0, 2.0, 0, 0, NULL, NULL, NULL, -1, 100, 0, false, false, 0, 4096 };
+} cfg = { "127.0.0.1", "0", D_VLLM, 5.0, 1.0, 2.0, 0, 0, NULL, NULL, NULL, -1, 100, 0, CLOSE_NO, false, 0, 4096 };
 
 static struct event_base *g_base;
 static struct evhttp *g_http;
@@ -1517,6 +1518,7 @@ struct sconn {
 	unsigned requests;	     /* received on it */
 	bool served;		     /* holds one of --max-conns */
 	bool closing;		     /* closed once its output has left; requests on it go unanswered */
+	bool stream_done;	     /* a streamed answer ended on it (--close-after-stream=next) */
 	struct evhttp_request *held; /* its first request, waiting for --max-conns room */
 	struct event *timer;	     /* the close once flushed */
 	TAILQ_ENTRY(sconn) wait;
@@ -1644,14 +1646,19 @@ static void sconn_close_when_flushed(struct evhttp_connection *conn)
 	evtimer_add(sc->timer, &tv);
 }
 
-/* A streamed answer on conn has been queued whole: --close-after-stream closes it when it has left,
- * the Keep-Alive header notwithstanding (llama.cpp b4748). */
+/* A streamed answer on conn has been queued whole: --close-after-stream closes the connection, the
+ * Keep-Alive header notwithstanding (llama.cpp b4748), once the answer has left or (=next) when the
+ * next request arrives on it, unanswered. */
 static void sconn_stream_done(struct evhttp_connection *conn)
 {
-	if (!cfg.close_after_stream)
+	struct sconn *sc = sconn_find(conn);
+	if (!sc || cfg.close_after_stream == CLOSE_NO)
 		return;
 	cstats.closed_after_stream++;
-	sconn_close_when_flushed(conn);
+	if (cfg.close_after_stream == CLOSE_FLUSHED)
+		sconn_close_when_flushed(conn);
+	else
+		sc->stream_done = true;
 }
 
 static void conn_stats_json(cJSON *o)
@@ -1684,7 +1691,7 @@ static void on_request(struct evhttp_request *req, void *arg)
 		return;
 	}
 	sc->requests++;
-	if (sc->closing || (cfg.drop_reused && sc->requests > 1)) {
+	if (sc->closing || sc->stream_done || (cfg.drop_reused && sc->requests > 1)) {
 		/* unanswered: the connection closes under it, as an idle timeout that struck just then */
 		cstats.dropped_requests++;
 		sconn_close_when_flushed(conn);
@@ -1797,7 +1804,9 @@ static void usage(FILE *f)
 		"  --keep-alive T[,M]       send 'Keep-Alive: timeout=T, max=M' (M default 100), close a connection\n"
 		"                           idle for T s, and close one after its M-th answer\n"
 		"  --idle-close-ms F        close a connection idle for F ms (overrides --keep-alive's T; 0 = never)\n"
-		"  --close-after-stream     close the connection after each streamed answer (llama.cpp b4748)\n"
+		"  --close-after-stream[=W] close the connection after each streamed answer (llama.cpp b4748):\n"
+		"                           W = flushed (default): once it has left; next: when the next request\n"
+		"                           arrives on it, leaving that request unanswered\n"
 		"  --drop-reused            close, unanswered, a connection on which a second request arrives\n"
 		"  --max-conns N            serve at most N connections at once; the rest wait (default 0 = no limit)\n"
 		"  --backlog N              listen backlog (default 4096)\n"
@@ -1918,7 +1927,7 @@ int main(int argc, char **argv)
 		{ "port-file", required_argument, NULL, 'p' },
 		{ "keep-alive", required_argument, NULL, 'k' },
 		{ "idle-close-ms", required_argument, NULL, 'i' },
-		{ "close-after-stream", no_argument, NULL, 'A' },
+		{ "close-after-stream", optional_argument, NULL, 'A' },
 		{ "drop-reused", no_argument, NULL, 'R' },
 		{ "max-conns", required_argument, NULL, 'N' },
 		{ "backlog", required_argument, NULL, 'B' },
@@ -1981,7 +1990,14 @@ int main(int argc, char **argv)
 			cfg.idle_close_ms = parse_double_opt("idle-close-ms", optarg);
 			break;
 		case 'A':
-			cfg.close_after_stream = true;
+			if (!optarg || !strcmp(optarg, "flushed"))
+				cfg.close_after_stream = CLOSE_FLUSHED;
+			else if (!strcmp(optarg, "next"))
+				cfg.close_after_stream = CLOSE_NEXT;
+			else {
+				fprintf(stderr, "carpool-sim: --close-after-stream takes flushed or next\n");
+				return 2;
+			}
 			break;
 		case 'R':
 			cfg.drop_reused = true;

@@ -36,8 +36,11 @@ function checkStream(r, prompt, maxTokens, what) {
   assert.equal(got.chunks.filter((c) => c.choices[0].text !== '').length, want.tokens.length, `${what}: every token`);
 }
 
-test('llama.cpp close-after-stream: 48 streaming clients x 3 rounds through the default config lose nothing', async (t) => {
-  const sim = await startSim(['--dialect', 'llamacpp', '--close-after-stream', '--keep-alive', '5', '--slots', '4',
+// flushed: the server closes as soon as the answer has left (carpool mostly sees it before reuse);
+// next: it closes when the next request arrives, unanswered (only a re-send can save that request).
+for (const when of ['next', 'flushed']) {
+test(`llama.cpp close-after-stream=${when}: 48 streaming clients x 3 rounds through the default config lose nothing`, async (t) => {
+  const sim = await startSim(['--dialect', 'llamacpp', `--close-after-stream=${when}`, '--keep-alive', '5', '--slots', '4',
     '--step-ms', '2']);
   const cp = await startCarpool(defaultConfig(sim));
   t.after(async () => { await cp.stop(); await sim.kill(); });
@@ -61,7 +64,12 @@ test('llama.cpp close-after-stream: 48 streaming clients x 3 rounds through the 
   assert.equal(metric(m, 'carpool_upstream_healthy', sim.url), 1);
   assert.ok(st.connections.closed_after_stream > 0, 'the sim closed connections after streams');
   assert.ok(metric(m, 'carpool_upstream_conn_closed_by_server_total', sim.url) > 0, 'carpool saw the closes');
+  if (when === 'next') {
+    assert.ok(metric(m, 'carpool_upstream_resent_total', sim.url) > 0, 'calls cut on reused connections were re-sent');
+    assert.equal(metric(m, 'carpool_upstream_resent_total', sim.url), st.connections.dropped_requests, 'each cut call once');
+  }
 });
+}
 
 test('a server that closes every reused connection under the request: re-sent at once, not backed off, not ejected', async (t) => {
   const sim = await startSim(['--dialect', 'vllm', '--drop-reused', '--step-ms', '1']);

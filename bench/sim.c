@@ -42,7 +42,6 @@
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
-#include <event2/listener.h>
 #include <event2/util.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
@@ -1509,7 +1508,7 @@ static void handle_load(struct evhttp_request *req, const char *path)
  * carries the connection modes of real servers: the Keep-Alive header, an idle timeout, a close after
  * every streamed answer while still advertising keep-alive (llama.cpp b4748), a close instead of an
  * answer on a reused connection, and a limit on connections served at once (llama.cpp's HTTP threads:
- * the rest wait, unaccepted in the listen backlog or accepted and unanswered). */
+ * the rest are accepted and wait unanswered, as in cpp-httplib's thread-pool queue). */
 
 struct sconn {
 	struct evhttp_connection *conn;
@@ -1529,7 +1528,7 @@ static struct sconn **g_sconns; /* by socket */
 static size_t g_nsconns;
 static struct sconn_queue g_conn_waitq = TAILQ_HEAD_INITIALIZER(g_conn_waitq);
 static unsigned long g_served;
-static struct evconnlistener *g_listener;
+static bool g_stopping;
 static struct {
 	unsigned long accepted, open, max_open, waited, dropped_requests, closed_after_stream;
 } cstats;
@@ -1543,17 +1542,6 @@ static struct sconn *sconn_find(struct evhttp_connection *conn)
 	if (fd < 0 || (size_t)fd >= g_nsconns || !g_sconns[fd] || g_sconns[fd]->conn != conn)
 		return NULL;
 	return g_sconns[fd];
-}
-
-/* Serves no more than --max-conns connections: stops accepting while they are all taken. */
-static void listener_update(void)
-{
-	if (!g_listener || cfg.max_conns <= 0)
-		return;
-	if (g_served >= (unsigned long)cfg.max_conns)
-		evconnlistener_disable(g_listener);
-	else
-		evconnlistener_enable(g_listener);
 }
 
 /* The connection's close callback: whatever it carried ends with it; a waiting one takes its place. */
@@ -1572,7 +1560,7 @@ static void sconn_closed(struct evhttp_connection *conn, void *arg)
 	if (sc->served)
 		g_served--;
 	free(sc);
-	while (g_listener && !TAILQ_EMPTY(&g_conn_waitq) && g_served < (unsigned long)cfg.max_conns) {
+	while (!g_stopping && !TAILQ_EMPTY(&g_conn_waitq) && g_served < (unsigned long)cfg.max_conns) {
 		struct sconn *next = TAILQ_FIRST(&g_conn_waitq);
 		TAILQ_REMOVE(&g_conn_waitq, next, wait);
 		struct evhttp_request *req = next->held;
@@ -1581,7 +1569,6 @@ static void sconn_closed(struct evhttp_connection *conn, void *arg)
 		g_served++;
 		dispatch_request(req);
 	}
-	listener_update();
 }
 
 static struct sconn *sconn_new(struct evhttp_connection *conn)
@@ -1702,12 +1689,10 @@ static void on_request(struct evhttp_request *req, void *arg)
 			cstats.waited++;
 			sc->held = req;
 			TAILQ_INSERT_TAIL(&g_conn_waitq, sc, wait);
-			listener_update();
 			return;
 		}
 		sc->served = true;
 		g_served++;
-		listener_update();
 	}
 	dispatch_request(req);
 }
@@ -2088,10 +2073,7 @@ int main(int argc, char **argv)
 
 	unsigned port = 0;
 	evutil_socket_t lfd = open_listener(&port);
-	struct evhttp_bound_socket *bound = lfd >= 0 ? evhttp_accept_socket_with_handle(g_http, lfd) : NULL;
-	if (bound)
-		g_listener = evhttp_bound_socket_get_listener(bound);
-	if (!bound) {
+	if (lfd < 0 || !evhttp_accept_socket_with_handle(g_http, lfd)) {
 		if (lfd >= 0)
 			evutil_closesocket(lfd);
 		evhttp_free(g_http);
@@ -2129,7 +2111,7 @@ int main(int argc, char **argv)
 		g_in_step = true; /* no rescheduling while tearing down */
 		free_call(c);
 	}
-	g_listener = NULL; /* freed with g_http, and the connections closing now start nothing */
+	g_stopping = true; /* the connections closing now start nothing */
 	evhttp_free(g_http);
 	free(g_sconns);
 	event_free(g_step_timer);

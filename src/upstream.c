@@ -43,6 +43,7 @@ struct upconn {
 	bool connected;
 	bool reused;		/* the current call is not the connection's first */
 	bool answered;		/* a byte of the current call's answer arrived */
+	bool streamed;		/* the last answer head said text/event-stream */
 	unsigned requests;	/* sent on this connection */
 	long ka_timeout_s;	/* the server's Keep-Alive timeout=, or -1 */
 	long ka_max;		/* the server's Keep-Alive max=, or -1 */
@@ -395,6 +396,23 @@ static bool peer_closed(struct upconn *uc)
 	return n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
 }
 
+/* The server closed a pooled connection. When that follows a streamed answer, and has done so before
+ * with no reuse after a stream working in between, the upstream closes connections after streamed
+ * answers (llama.cpp b4748 does, Keep-Alive header notwithstanding): for a minute such connections are
+ * closed at once rather than kept, so that none sits idle holding one of the server's connection
+ * threads, or costs the next call a wasted send. */
+static void note_server_close(struct upstream *up, const struct upconn *uc)
+{
+	CNT_ADD(up->conn_server_closed, 1);
+	if (!uc->streamed || ++up->stream_closes < 2)
+		return;
+	uint64_t now = now_us();
+	if (now >= up->no_stream_keep_until)
+		log_info("upstream %s: it closes connections after streamed answers; carpool closes them first",
+			 up->cfg->url);
+	up->no_stream_keep_until = now + 60 * 1000000ull;
+}
+
 /* The most recently used idle connection the server has not closed, or NULL. */
 static struct upconn *conn_take_idle(struct upstream *up)
 {
@@ -402,7 +420,7 @@ static struct upconn *conn_take_idle(struct upstream *up)
 		struct upconn *uc = up->idle;
 		idle_unlink(up, uc);
 		if (!uc->dead && peer_closed(uc)) {
-			CNT_ADD(up->conn_server_closed, 1);
+			note_server_close(up, uc);
 			uc->dead = true;
 		}
 		if (!uc->dead) {
@@ -481,7 +499,8 @@ static void conn_put(struct upstream *up, struct upconn *uc)
 	unsigned cap = up->cfg->keepalive_conns ? (unsigned)up->cfg->keepalive_conns
 			     : up->cfg->max_inflight ? (unsigned)up->cfg->max_inflight : MAX_IDLE;
 	long ms = idle_allowance_ms(uc);
-	if (uc->dead || ms <= 0 || up->nidle >= cap || (uc->ka_max >= 0 && uc->requests >= (unsigned long)uc->ka_max)) {
+	if (uc->dead || ms <= 0 || up->nidle >= cap || (uc->ka_max >= 0 && uc->requests >= (unsigned long)uc->ka_max) ||
+	    (uc->streamed && now_us() < up->no_stream_keep_until)) {
 		upconn_free_later(uc);
 		return;
 	}
@@ -509,7 +528,7 @@ static void idle_drop(struct upconn *uc)
 	bufferevent_disable(uc->bev, EV_READ | EV_WRITE);
 	if (!uc->iprev && uc->up->idle != uc)
 		return; /* not in the pool (already on its way out) */
-	CNT_ADD(uc->up->conn_server_closed, 1);
+	note_server_close(uc->up, uc);
 	idle_unlink(uc->up, uc);
 	upconn_free_later(uc);
 }
@@ -660,6 +679,8 @@ static int body_framing(struct upconn *uc)
 		uc->keep = false;
 	if (ka)
 		keepalive_parse(uc, ka);
+	const char *ct = evhttp_find_header(&uc->headers, "Content-Type");
+	uc->streamed = ct && strcasestr(ct, "text/event-stream");
 	if (uc->no_body || uc->status == 204 || uc->status == 304) {
 		uc->rs = RS_DONE;
 	} else if (te && strcasestr(te, "chunked")) {
@@ -714,6 +735,8 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
 	c->t_last = now_us();
 	if (!uc->answered && evbuffer_get_length(in)) {
 		uc->answered = true;
+		if (uc->reused && uc->streamed)
+			c->up->stream_closes = 0; /* reuse after a stream works here */
 		if (c->req) { /* past the point where it could be re-sent */
 			evbuffer_free(c->req);
 			c->req = NULL;
@@ -850,7 +873,7 @@ static void call_resend(struct upcall *c)
 {
 	struct upstream *up = c->up;
 	struct upconn *old = c->conn;
-	CNT_ADD(up->conn_server_closed, 1);
+	note_server_close(up, old);
 	log_debug("upstream %s: a reused connection closed before the answer; sending again on a new one",
 		  up->cfg->url);
 	old->call = NULL;

@@ -69,6 +69,8 @@ struct upstream {
 	 * (found closed before reuse, or closed under a call before any answer byte); calls re-sent on
 	 * a new connection after that; idle connections carpool closed (keepalive_ms, Keep-Alive) */
 	unsigned long conn_reused, conn_server_closed, resent, conn_idle_expired;
+	unsigned stream_closes;		/* pooled connections closed by the server after a streamed answer */
+	uint64_t no_stream_keep_until;	/* until then, a connection is not kept after a streamed answer */
 	unsigned long errors_by[5];	/* failed calls by enum upcall_error */
 	struct event *room_ev;	/* fires (deferred) when a call slot frees */
 	void (*on_room)(struct upstream *up, void *arg);

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 static enum log_level g_level = LOG_INFO;
@@ -119,6 +120,18 @@ char *http_header_split(char *line)
 	while (vl && (v[vl - 1] == ' ' || v[vl - 1] == '\t'))
 		v[--vl] = 0;
 	return v;
+}
+
+void http_keep_alive(const char *v, long *timeout_s, long *max)
+{
+	for (const char *p = v; *p; p += strcspn(p, ",")) {
+		p += strspn(p, " \t,");
+		long *out = !strncasecmp(p, "timeout=", 8) ? timeout_s : !strncasecmp(p, "max=", 4) ? max : NULL;
+		if (out) {
+			long n = strtol(strchr(p, '=') + 1, NULL, 10);
+			*out = n > 0 ? n : 0;
+		}
+	}
 }
 
 void sbuf_addll(struct sbuf *b, long long v)

@@ -652,22 +652,6 @@ static int head_line(struct upconn *uc, char *line)
 	return CP_OK;
 }
 
-/* Keep-Alive: timeout=N, max=M: how long the server keeps the connection idle, and how many requests
- * it takes on it (servers differ on whether M counts the requests left or in all: carpool stops at
- * whichever comes first). */
-static void keepalive_parse(struct upconn *uc, const char *v)
-{
-	for (const char *p = v; *p; p += strcspn(p, ",")) {
-		p += strspn(p, " \t,");
-		if (!strncasecmp(p, "timeout=", 8))
-			uc->ka_timeout_s = strtol(p + 8, NULL, 10) > 0 ? strtol(p + 8, NULL, 10) : 0;
-		else if (!strncasecmp(p, "max=", 4))
-			uc->ka_max = strtol(p + 4, NULL, 10) > 0 ? strtol(p + 4, NULL, 10) : 0;
-	}
-	if (uc->ka_max >= 0 && uc->ka_max <= 1)
-		uc->keep = false; /* this was the last request the server takes on it */
-}
-
 /* The head is complete: how the body is framed. CP_ERROR: a length that is not a number. */
 static int body_framing(struct upconn *uc)
 {
@@ -677,8 +661,11 @@ static int body_framing(struct upconn *uc)
 	const char *ka = evhttp_find_header(&uc->headers, "Keep-Alive");
 	if (cn && strcasestr(cn, "close"))
 		uc->keep = false;
-	if (ka)
-		keepalive_parse(uc, ka);
+	if (ka) /* how long the server keeps it idle, how many requests it takes on it (whether max= counts
+		 * the requests left or all of them varies: carpool stops at whichever comes first) */
+		http_keep_alive(ka, &uc->ka_timeout_s, &uc->ka_max);
+	if (uc->ka_max >= 0 && uc->ka_max <= 1)
+		uc->keep = false; /* the server takes no more requests on it */
 	const char *ct = evhttp_find_header(&uc->headers, "Content-Type");
 	uc->streamed = ct && strcasestr(ct, "text/event-stream");
 	if (uc->no_body || uc->status == 204 || uc->status == 304) {

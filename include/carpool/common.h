@@ -65,6 +65,9 @@ void sbuf_adds(struct sbuf *b, const char *s);
 /* An HTTP header line "Name: value": ends the name at the colon and returns the value without
  * surrounding blanks; NULL when there is no name. */
 char *http_header_split(char *line);
+/* A Keep-Alive header value ("timeout=5, max=100"): sets *timeout_s and *max to the parameters it has
+ * (negative values read as 0) and leaves the others alone. */
+void http_keep_alive(const char *v, long *timeout_s, long *max);
 /* Appends v in decimal (what printf's %lld writes, without printf's cost on hot paths). */
 void sbuf_addll(struct sbuf *b, long long v);
 void sbuf_printf(struct sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -1530,7 +1530,7 @@ static struct sconn_queue g_conn_waitq = TAILQ_HEAD_INITIALIZER(g_conn_waitq);
 static unsigned long g_served;
 static bool g_stopping;
 static struct {
-	unsigned long accepted, open, max_open, waited, dropped_requests, closed_after_stream;
+	unsigned long accepted, open, max_open, max_served, waited, dropped_requests, closed_after_stream;
 } cstats;
 
 static void dispatch_request(struct evhttp_request *req);
@@ -1566,7 +1566,8 @@ static void sconn_closed(struct evhttp_connection *conn, void *arg)
 		struct evhttp_request *req = next->held;
 		next->held = NULL;
 		next->served = true;
-		g_served++;
+		if (++g_served > cstats.max_served)
+			cstats.max_served = g_served;
 		dispatch_request(req);
 	}
 }
@@ -1654,6 +1655,7 @@ static void conn_stats_json(cJSON *o)
 	cJSON_AddNumberToObject(c, "accepted", (double)cstats.accepted);
 	cJSON_AddNumberToObject(c, "open", (double)cstats.open);
 	cJSON_AddNumberToObject(c, "max_open", (double)cstats.max_open);
+	cJSON_AddNumberToObject(c, "max_served", (double)cstats.max_served);
 	cJSON_AddNumberToObject(c, "waited", (double)cstats.waited);
 	cJSON_AddNumberToObject(c, "dropped_requests", (double)cstats.dropped_requests);
 	cJSON_AddNumberToObject(c, "closed_after_stream", (double)cstats.closed_after_stream);
@@ -1664,6 +1666,7 @@ static void conn_stats_reset(void)
 	unsigned long open = cstats.open;
 	memset(&cstats, 0, sizeof cstats);
 	cstats.open = cstats.max_open = open;
+	cstats.max_served = g_served;
 }
 
 static void on_request(struct evhttp_request *req, void *arg)
@@ -1692,7 +1695,8 @@ static void on_request(struct evhttp_request *req, void *arg)
 			return;
 		}
 		sc->served = true;
-		g_served++;
+		if (++g_served > cstats.max_served)
+			cstats.max_served = g_served;
 	}
 	dispatch_request(req);
 }

@@ -6,7 +6,8 @@
 const { test } = require('node:test');
 const assert = require('node:assert/strict');
 const http = require('node:http');
-const { startSim, startCarpool, request, parseSse, collect } = require('./lib');
+const fs = require('node:fs');
+const { startSim, startCarpool, request, parseSse, collect, tmpdir, makeCerts } = require('./lib');
 const { expected } = require('./simgen');
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -193,4 +194,48 @@ test('Connection: close and Keep-Alive max= are honoured: no request on a connec
   assert.ok(st.connections.accepted >= Math.ceil(N / 3), `${st.connections.accepted} connections for ${N} calls`);
   assert.ok(metric(m, 'carpool_upstream_conn_reused_total', sim.url) >= N - Math.ceil(N / 3) - 1, 'reused up to max');
   assert.equal(metric(m, 'carpool_upstream_failures_total', sim.url), 0);
+});
+
+test('TLS upstream that cuts reused connections: re-sent on a new TLS connection, nothing lost', async (t) => {
+  const dir = tmpdir();
+  const certs = makeCerts(dir);
+  const sim = await startSim(['--dialect', 'vllm', '--drop-reused', '--step-ms', '1', '--tls-cert', certs.cert, '--tls-key', certs.key]);
+  const url = `https://127.0.0.1:${sim.port}`;
+  const cp = await startCarpool({ listen: [{ address: '127.0.0.1:0' }], workers: 1,
+    upstreams: [{ url, dialect: 'vllm', tls: { ca_file: certs.ca } }] });
+  t.after(async () => { await cp.stop(); await sim.kill(); fs.rmSync(dir, { recursive: true, force: true }); });
+  const N = 6;
+  for (let i = 0; i < N; i++) {
+    const r = await request(cp.port, 'POST', '/v1/chat/completions',
+      { model: 'm', messages: [{ role: 'user', content: `tls ${i}` }], max_tokens: 3 });
+    assert.equal(r.status, 200, `call ${i}: ${r.body}`);
+    assert.equal(JSON.parse(r.body).choices[0].message.content, expected(`tls ${i}`, { maxTokens: 3 }).text);
+  }
+  const m = await cp.metrics();
+  assert.ok(metric(m, 'carpool_upstream_resent_total', url) >= N - 1, `re-sent ${metric(m, 'carpool_upstream_resent_total', url)}`);
+  assert.equal(metric(m, 'carpool_upstream_failures_total', url), 0);
+  assert.equal(metric(m, 'carpool_upstream_ejections_total', url), 0);
+});
+
+test('llama.cpp-like connection handling (6 connections served, backlog 5): 48 streaming clients through carpool, all served', async (t) => {
+  const sim = await startSim(['--dialect', 'llamacpp', '--slots', '4', '--step-ms', '1', '--keep-alive', '5',
+    '--close-after-stream=next', '--max-conns', '6', '--backlog', '5']);
+  const cp = await startCarpool(defaultConfig(sim));
+  t.after(async () => { await cp.stop(); await sim.kill(); });
+  const N = 48;
+  const maxTokens = 32;
+  const started = Date.now();
+  for (let round = 0; round < 2; round++) {
+    const res = await Promise.all(Array.from({ length: N }, (_, i) => request(cp.port, 'POST', '/v1/completions',
+      { model: 'm', prompt: `llama r${round} c${i}`, max_tokens: maxTokens, stream: true }, {}, { timeoutMs: 60000 })));
+    res.forEach((r, i) => checkStream(r, `llama r${round} c${i}`, maxTokens, `round ${round} client ${i}`));
+  }
+  const st = await simStats(sim);
+  const m = await cp.metrics();
+  t.diagnostic(`${Date.now() - started} ms; sim: max served ${st.connections.max_served}, waited ${st.connections.waited}, ` +
+    `calls ${st.completion_calls}; carpool re-sent ${metric(m, 'carpool_upstream_resent_total', sim.url)}`);
+  assert.ok(st.connections.max_served <= 6, 'the sim never served more than 6 connections at once');
+  assert.equal(metric(m, 'carpool_upstream_failures_total', sim.url), 0);
+  assert.equal(m.carpool_retries_total, 0);
+  assert.equal(metric(m, 'carpool_upstream_ejections_total', sim.url), 0);
 });

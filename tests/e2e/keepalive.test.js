@@ -103,7 +103,9 @@ test('a server that closes every reused connection under the request: re-sent at
   // Batched completions go upstream as streams. After two streamed connections are cut, carpool
   // learns that this server closes connections after streams and stops keeping them.
   const cutBefore = st.connections.dropped_requests;
+  let cutLate = 0;
   for (let i = 0; i < 8; i++) {
+    if (i === 5) cutLate = (await simStats(sim)).connections.dropped_requests;
     const r = await request(cp.port, 'POST', '/v1/completions', { model: 'm', prompt: `batched ${i}`, max_tokens: 4 });
     assert.equal(r.status, 200, `completion ${i}: ${r.body}`);
     assert.equal(JSON.parse(r.body).choices[0].text, expected(`batched ${i}`, { maxTokens: 4 }).text);
@@ -111,9 +113,10 @@ test('a server that closes every reused connection under the request: re-sent at
   m = await cp.metrics();
   st = await simStats(sim);
   const cut = st.connections.dropped_requests - cutBefore;
-  t.diagnostic(`8 batched completions: ${cut} cut`);
-  // (the first cut connections may have been pooled after a JSON answer, which teaches nothing)
-  assert.ok(cut >= 1 && cut <= 4, `${cut} connections cut before carpool stopped keeping streamed ones`);
+  t.diagnostic(`8 batched completions: ${cut} cut, ${st.connections.dropped_requests - cutLate} of them among the last 3`);
+  // (connections pooled after a JSON answer, e.g. at start, teach nothing: how many get cut varies)
+  assert.ok(cut >= 2, `${cut} cut`);
+  assert.equal(st.connections.dropped_requests - cutLate, 0, 'once learnt, no streamed connection is kept to be cut');
   assert.match(cp.log(), /closes connections after streamed answers/);
   assert.equal(metric(m, 'carpool_upstream_resent_total', sim.url), st.connections.dropped_requests);
   assert.equal(metric(m, 'carpool_upstream_failures_total', sim.url), 0);

@@ -1169,8 +1169,8 @@ static void call_done(void *arg, enum upcall_error err)
 			other = true;
 	bool retryable;
 	if (b->status == 0)
-		/* a refused or broken connection may be a stale keep-alive: once more, anywhere; a
-		 * timeout only elsewhere */
+		/* a refused or broken new connection: once more, anywhere (a kept-alive one the server
+		 * closed never gets here: the upstream re-sends it itself); a timeout only elsewhere */
 		retryable = err == UPE_FIRST_BYTE ? other : err != UPE_NONE;
 	else if (b->unusable)
 		retryable = other; /* the same upstream would answer the same way */

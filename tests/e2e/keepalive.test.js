@@ -242,3 +242,23 @@ test('llama.cpp-like connection handling (6 connections served, backlog 5): 48 s
   assert.equal(m.carpool_retries_total, 0);
   assert.equal(metric(m, 'carpool_upstream_ejections_total', sim.url), 0);
 });
+
+test('keepalive_conns caps the idle connections kept; keepalive_ms: 0 keeps none', async (t) => {
+  const sim = await startSim(['--dialect', 'vllm', '--step-ms', '20']);
+  t.after(async () => { await sim.kill(); });
+  const burst = (cp, tag) => Promise.all(Array.from({ length: 4 }, async (_, i) => {
+    const r = await request(cp.port, 'POST', '/v1/chat/completions',
+      { model: 'm', messages: [{ role: 'user', content: `${tag} ${i}` }], max_tokens: 3 });
+    assert.equal(r.status, 200, r.body);
+  }));
+  for (const [upstream, want] of [[{ keepalive_conns: 1 }, 1], [{ keepalive_ms: 0 }, 0]]) {
+    const cp = await startCarpool({ listen: [{ address: '127.0.0.1:0' }], workers: 1,
+      upstreams: [{ url: sim.url, dialect: 'vllm', ...upstream }] });
+    await burst(cp, 'first'); // four calls at once: four connections
+    const before = metric(await cp.metrics(), 'carpool_upstream_conn_reused_total', sim.url);
+    await burst(cp, 'second');
+    const reused = metric(await cp.metrics(), 'carpool_upstream_conn_reused_total', sim.url) - before;
+    assert.equal(reused, want, `${JSON.stringify(upstream)}: ${reused} of the second four calls reused a connection`);
+    await cp.stop();
+  }
+});

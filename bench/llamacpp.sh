@@ -4,9 +4,10 @@
 # connections (see bench/SIM.md): 4 slots, `Keep-Alive: timeout=5, max=100` advertised yet the
 # connection closed after every streamed answer, 6 connections served at once (its HTTP threads;
 # an idle kept-alive one holds its thread), a listen backlog of 5. carpool runs with its default
-# config (only the upstream URL set), and with keepalive_ms: 0 as configs/llamacpp-gateway.yaml has
-# it. Clients: carpool-loadgen, streaming, every token verified; C clients each sending R requests one
-# after another on a kept-alive connection, REPS runs of each.
+# config (only the upstream URL set), with keepalive_conns: 2 as configs/llamacpp-gateway.yaml has it,
+# and with keepalive_ms: 0 (no connection kept). Clients: carpool-loadgen, streaming, every token
+# verified; C clients each sending R requests one after another on a kept-alive connection, REPS runs
+# of each. TARGETS picks among direct, carpool, carpool-kc2, carpool-ka0.
 # Reports lost requests (errors + mismatches) and time to first token p50 / p99.
 # CARPOOL_BEFORE=/path/to/carpool also measures another carpool build (e.g. one from before issue 13).
 set -euo pipefail
@@ -34,9 +35,9 @@ run() {
 $(echo "$out" | sed -n 's/.*stale-connection retries: \([0-9]*\).*/\1/p')"
 }
 
-# carpool: the default config; carpool-ka0: with keepalive_ms: 0, as configs/llamacpp-gateway.yaml has it
-targets="direct carpool carpool-ka0"
-[[ -n ${CARPOOL_BEFORE:-} ]] && targets="direct before carpool carpool-ka0"
+# carpool: the default config; carpool-ka0: with keepalive_ms: 0; carpool-kc2: keepalive_conns: 2
+targets=${TARGETS:-"direct carpool carpool-ka0 carpool-kc2"}
+[[ -n ${CARPOOL_BEFORE:-} ]] && targets="direct before ${targets#direct }"
 printf '| load (clients x requests) | path | lost requests (%s runs) | TTFT p50 ms (median of runs) | TTFT p99 ms (median of runs) |\n' "$REPS"
 printf '|---|---|---|---|---|\n'
 for load in $LOADS; do
@@ -55,6 +56,7 @@ for load in $LOADS; do
 				printf 'listen:\n  - address: 127.0.0.1:0\nupstreams:\n  - url: http://127.0.0.1:%s\n' \
 					"$sim_port" >"$work/carpool.yaml"
 				[[ $target == carpool-ka0 ]] && echo '    keepalive_ms: 0' >>"$work/carpool.yaml"
+				[[ $target == carpool-kc2 ]] && echo '    keepalive_conns: 2' >>"$work/carpool.yaml"
 				CARPOOL_BIN=$([[ $target == before ]] && echo "$CARPOOL_BEFORE" || echo bin/carpool) \
 					start_carpool "$work/carpool.yaml" "$work/carpool.log"
 				pids+=("$cp_pid")

@@ -50,7 +50,7 @@ struct cfg_upstream {
 	long health_interval_ms;
 	long load_poll_ms; /* how often the upstream's load signals are read; 0: never */
 	long keepalive_ms;	/* an idle connection is kept this long for reuse (0: never reused) */
-	long keepalive_conns;	/* idle connections kept at most (0: max_inflight) */
+	long keepalive_conns;	/* idle connections kept at most (0: max_inflight, or MAX_IDLE without one) */
 	struct cfg_tls_client tls;
 };
 

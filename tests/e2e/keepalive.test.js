@@ -26,6 +26,11 @@ function defaultConfig(sim) {
   return { listen: [{ address: '127.0.0.1:0' }], upstreams: [{ url: sim.url }] };
 }
 
+// The same without the load polls (GET /metrics every 500 ms), for tests that count connections.
+function quietConfig(sim, upstream = {}) {
+  return { listen: [{ address: '127.0.0.1:0' }], workers: 1, upstreams: [{ url: sim.url, load_poll_ms: 0, ...upstream }] };
+}
+
 function checkStream(r, prompt, maxTokens, what) {
   assert.equal(r.status, 200, `${what}: ${r.body}`);
   const got = collect(parseSse(r.body));
@@ -74,7 +79,7 @@ test(`llama.cpp close-after-stream=${when}: 48 streaming clients x 3 rounds thro
 
 test('a server that closes every reused connection under the request: re-sent at once, not backed off, not ejected', async (t) => {
   const sim = await startSim(['--dialect', 'vllm', '--drop-reused', '--step-ms', '1']);
-  const cp = await startCarpool({ ...defaultConfig(sim), workers: 1, log: { level: 'info' } });
+  const cp = await startCarpool(quietConfig(sim));
   t.after(async () => { await cp.stop(); await sim.kill(); });
   const N = 12;
   const started = Date.now();
@@ -128,7 +133,7 @@ test('a server that closes every reused connection under the request: re-sent at
 test('idle connections past the server\'s Keep-Alive timeout are not reused; within it they are', async (t) => {
   // the sim advertises timeout=2 and closes idle connections after 2 s; carpool drops them after 1 s
   const sim = await startSim(['--dialect', 'vllm', '--keep-alive', '2', '--step-ms', '1']);
-  const cp = await startCarpool({ ...defaultConfig(sim), workers: 1 });
+  const cp = await startCarpool(quietConfig(sim));
   t.after(async () => { await cp.stop(); await sim.kill(); });
   const call = async (i) => {
     const r = await request(cp.port, 'POST', '/v1/completions', { model: 'm', prompt: `idle ${i}`, max_tokens: 3 });
@@ -162,7 +167,7 @@ test('idle connections past the server\'s Keep-Alive timeout are not reused; wit
 test('a server that closes idle connections without saying so: found closed before reuse, nothing lost', async (t) => {
   // no Keep-Alive header; the server closes idle connections after 300 ms, carpool would keep them 4 s
   const sim = await startSim(['--dialect', 'vllm', '--idle-close-ms', '300', '--step-ms', '1']);
-  const cp = await startCarpool({ ...defaultConfig(sim), workers: 1 });
+  const cp = await startCarpool(quietConfig(sim));
   t.after(async () => { await cp.stop(); await sim.kill(); });
   for (let i = 0; i < 4; i++) {
     const r = await request(cp.port, 'POST', '/v1/completions', { model: 'm', prompt: `quiet ${i}`, max_tokens: 3 });
@@ -181,7 +186,7 @@ test('a server that closes idle connections without saying so: found closed befo
 
 test('Connection: close and Keep-Alive max= are honoured: no request on a connection the server will close', async (t) => {
   const sim = await startSim(['--dialect', 'vllm', '--keep-alive', '30,3', '--step-ms', '1']);
-  const cp = await startCarpool({ ...defaultConfig(sim), workers: 1 });
+  const cp = await startCarpool(quietConfig(sim));
   t.after(async () => { await cp.stop(); await sim.kill(); });
   await simReset(sim);
   const N = 9;
@@ -205,7 +210,7 @@ test('TLS upstream that cuts reused connections: re-sent on a new TLS connection
   const sim = await startSim(['--dialect', 'vllm', '--drop-reused', '--step-ms', '1', '--tls-cert', certs.cert, '--tls-key', certs.key]);
   const url = `https://127.0.0.1:${sim.port}`;
   const cp = await startCarpool({ listen: [{ address: '127.0.0.1:0' }], workers: 1,
-    upstreams: [{ url, dialect: 'vllm', tls: { ca_file: certs.ca } }] });
+    upstreams: [{ url, dialect: 'vllm', load_poll_ms: 0, tls: { ca_file: certs.ca } }] });
   t.after(async () => { await cp.stop(); await sim.kill(); fs.rmSync(dir, { recursive: true, force: true }); });
   const N = 6;
   for (let i = 0; i < N; i++) {
@@ -253,7 +258,7 @@ test('keepalive_conns caps the idle connections kept; keepalive_ms: 0 keeps none
   }));
   for (const [upstream, want] of [[{ keepalive_conns: 1 }, 1], [{ keepalive_ms: 0 }, 0]]) {
     const cp = await startCarpool({ listen: [{ address: '127.0.0.1:0' }], workers: 1,
-      upstreams: [{ url: sim.url, dialect: 'vllm', ...upstream }] });
+      upstreams: [{ url: sim.url, dialect: 'vllm', load_poll_ms: 0, ...upstream }] });
     await burst(cp, 'first'); // four calls at once: four connections
     const before = metric(await cp.metrics(), 'carpool_upstream_conn_reused_total', sim.url);
     await burst(cp, 'second');

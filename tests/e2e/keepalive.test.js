@@ -3,11 +3,10 @@
 // server may close an idle connection at any moment. carpool must lose no request to that, must not
 // reuse what the server will close, and must not count it against the upstream.
 'use strict';
-const { test } = require('node:test');
 const assert = require('node:assert/strict');
 const http = require('node:http');
 const fs = require('node:fs');
-const { startSim, startCarpool, request, parseSse, collect, tmpdir, makeCerts } = require('./lib');
+const { test, startSim, startCarpool, request, parseSse, collect, tmpdir, makeCerts } = require('./lib');
 const { expected } = require('./simgen');
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));

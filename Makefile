@@ -51,7 +51,7 @@ bin/test_%: tests/unit/test_%.c $(CORE_OBJ) build/bench_simgen.o | bin
 build bin:
 	mkdir -p $@
 
-FUZZ_TARGETS = sse split intake config prom
+FUZZ_TARGETS = sse split intake config prom http
 FUZZ_REPLAY = $(FUZZ_TARGETS:%=bin/replay_%)
 
 bin/replay_%: tests/fuzz/fuzz_%.c tests/fuzz/replay.c $(CORE_OBJ) | bin

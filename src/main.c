@@ -224,6 +224,7 @@ static int worker_init(struct worker *w, int id, const struct config *cfg, struc
 		return CP_ERROR;
 	server_set_metrics(w->srv, &w->metrics);
 	server_set_worker(w->srv, id);
+	server_set_head_check(w->srv, router_head);
 	for (int i = 0; i < w->nups; i++) {
 		upstream_probe(&w->ups[i]);
 		upstream_probe_info(&w->ups[i]);

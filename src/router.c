@@ -506,6 +506,18 @@ static void completions(struct router *rt, struct creq *r, bool embed)
 		batcher_submit(rt->bt, r, &req, cands, auth);
 }
 
+/* carpool's own endpoints, answered without a key. */
+static bool local_path(const char *path)
+{
+	return !strcmp(path, "/healthz") || !strcmp(path, "/readyz") || !strcmp(path, "/metrics");
+}
+
+bool router_head(struct creq *r, void *arg)
+{
+	return local_path(r->path) || check_key(arg, r);
+}
+
+/* Runs after router_head accepted the request's head. */
 void router_handle(struct creq *r, void *arg)
 {
 	struct router *rt = arg;
@@ -527,8 +539,6 @@ void router_handle(struct creq *r, void *arg)
 		metrics(rt, r);
 		return;
 	}
-	if (!check_key(rt, r))
-		return;
 	bool embed = !strcmp(r->path, "/v1/embeddings");
 	if (embed || !strcmp(r->path, "/v1/completions")) {
 		if (strcmp(r->method, "POST")) {

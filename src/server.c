@@ -1,5 +1,6 @@
 /* server: listeners, client connections and a bounded HTTP/1.1 request parser. */
 #include "carpool/server.h"
+#include "carpool/http.h"
 #include "carpool/metrics.h"
 #include "carpool/relay.h"
 
@@ -25,11 +26,10 @@
 #include <cjson/cJSON.h>
 #include <unistd.h>
 
-#define MAX_HEADERS 100
 #define STAGE_MAX 65536 /* staged bytes of one client that are sent at once, mid-turn */
 #define SLOW_MS 1000	/* how long a client's unread output may stay over max_client_buffer */
 
-enum conn_state { ST_HEADERS, ST_BODY, ST_CHUNK_SIZE, ST_CHUNK_DATA, ST_CHUNK_END, ST_TRAILER, ST_HANDLING, ST_CLOSING };
+enum conn_state { ST_HEADERS, ST_BODY, ST_CHUNKED, ST_HANDLING, ST_CLOSING };
 
 struct listener {
 	struct evconnlistener *lev;
@@ -43,6 +43,7 @@ struct server {
 	struct event_base *base;
 	const struct config *cfg;
 	server_handler handler;
+	server_head_check head_check;
 	void *arg;
 	struct listener listeners[CFG_MAX_LISTEN];
 	int nlisteners;
@@ -63,8 +64,11 @@ struct conn {
 	struct bufferevent *bev;
 	enum conn_state state;
 	struct creq *req;
-	size_t header_bytes;
-	size_t body_left; /* ST_BODY / ST_CHUNK_DATA */
+	struct http_head head;	  /* ST_HEADERS: the request head being read */
+	struct http_chunked chunk; /* ST_CHUNKED */
+	size_t body_left;	  /* ST_BODY */
+	uint64_t t_head;	  /* when the head being read began (its first byte, or the accept) */
+	struct event *deadline;	  /* the whole head, then the whole body, must arrive before it fires */
 	bool lingering;   /* our side is shut; draining until the peer closes */
 	bool tls;
 	/* Answer bytes staged during this loop turn, sent with one write at its end (flush_cb):
@@ -79,33 +83,7 @@ struct conn {
 static void conn_read_cb(struct bufferevent *bev, void *arg);
 static void conn_event_cb(struct bufferevent *bev, short what, void *arg);
 static void conn_write_cb(struct bufferevent *bev, void *arg);
-
-const char *http_reason(int status)
-{
-	switch (status) {
-	case 200: return "OK";
-	case 201: return "Created";
-	case 204: return "No Content";
-	case 400: return "Bad Request";
-	case 401: return "Unauthorized";
-	case 403: return "Forbidden";
-	case 404: return "Not Found";
-	case 405: return "Method Not Allowed";
-	case 408: return "Request Timeout";
-	case 411: return "Length Required";
-	case 413: return "Payload Too Large";
-	case 415: return "Unsupported Media Type";
-	case 422: return "Unprocessable Entity";
-	case 429: return "Too Many Requests";
-	case 431: return "Request Header Fields Too Large";
-	case 500: return "Internal Server Error";
-	case 501: return "Not Implemented";
-	case 502: return "Bad Gateway";
-	case 503: return "Service Unavailable";
-	case 504: return "Gateway Timeout";
-	default: return status < 300 ? "OK" : status < 500 ? "Client Error" : "Server Error";
-	}
-}
+static void refuse(struct conn *c, int status, const char *message);
 
 /* Counts the request in the metrics: route and status, times, streams. */
 static void observe_end(struct conn *c, struct creq *r, bool gone)
@@ -126,6 +104,7 @@ static void observe_end(struct conn *c, struct creq *r, bool gone)
 
 void server_set_metrics(struct server *s, struct metrics *m) { s->metrics = m; }
 void server_set_worker(struct server *s, int id) { s->worker = id; }
+void server_set_head_check(struct server *s, server_head_check check) { s->head_check = check; }
 
 /* One JSON line per client request (and its count in the metrics). */
 static void access_log(struct conn *c, struct creq *r, bool gone)
@@ -197,6 +176,9 @@ static void conn_free(struct conn *c)
 	if (c->in_dirty)
 		DLIST_UNLINK(c->srv->dirty, c, dprev, dnext);
 	sbuf_free(&c->pend);
+	http_head_free(&c->head);
+	if (c->deadline)
+		event_free(c->deadline);
 	if (c->bev)
 		bufferevent_free(c->bev);
 	DLIST_UNLINK(c->srv->conns, c, prev, next);
@@ -329,6 +311,8 @@ void creq_on_gone(struct creq *r, void (*cb)(void *arg), void *arg)
 static void write_head(struct creq *r, int status, const char *ctype, const char *extra, long content_length)
 {
 	struct sbuf *out = &r->conn->pend;
+	if (r->conn->state != ST_HANDLING) /* the rest of the request is not read: its framing is lost */
+		r->keepalive = false;
 	sbuf_adds(out, "HTTP/1.1 ");
 	sbuf_addll(out, status);
 	sbuf_add(out, " ", 1);
@@ -362,12 +346,12 @@ static void finish(struct creq *r)
 	access_log(c, r, false);
 	bool keep = r->keepalive;
 	creq_free(r);
-	if (!keep || c->state == ST_CLOSING) {
+	if (!keep || c->state != ST_HANDLING) { /* answered before the request was read whole: close */
 		conn_close_after_write(c);
 		return;
 	}
 	c->state = ST_HEADERS;
-	c->header_bytes = 0;
+	c->t_head = 0; /* the next head's deadline starts with its first byte */
 	set_header_timeout(c);
 	bufferevent_enable(c->bev, EV_READ);
 	if (evbuffer_get_length(bufferevent_get_input(c->bev)))
@@ -513,200 +497,156 @@ static void dispatch_request(struct conn *c)
 	c->srv->handler(c->req, c->srv->arg);
 }
 
-static int parse_request_line(struct conn *c, char *line)
+/* The deadline of the part of the request being read (its head, then its body) from now. */
+static void arm_deadline(struct conn *c, long ms)
 {
-	char *sp1 = strchr(line, ' ');
-	char *sp2 = sp1 ? strchr(sp1 + 1, ' ') : NULL;
-	if (!sp1 || !sp2 || (size_t)(sp1 - line) >= sizeof c->req->method)
+	struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+	evtimer_add(c->deadline, &tv);
+}
+
+static void deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct conn *c = arg;
+	if (c->state != ST_HEADERS && c->state != ST_BODY && c->state != ST_CHUNKED)
+		return;
+	if (c->state == ST_HEADERS && !c->head.buf.len) { /* nothing was sent: nobody to answer */
+		conn_free(c);
+		return;
+	}
+	log_debug("client %s: the request did not arrive in time", c->peer);
+	refuse(c, 408, c->state == ST_HEADERS ? "Timed out reading the request head."
+					      : "Timed out reading the request body.");
+}
+
+/* Methods carpool serves or forwards; any other is refused (501) without contacting an upstream. */
+static bool known_method(const char *m)
+{
+	static const char *const ok[] = {"GET", "POST", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS", NULL};
+	for (int i = 0; ok[i]; i++)
+		if (!strcmp(m, ok[i]))
+			return true;
+	return false;
+}
+
+/* The head is complete: the request is made from it (c->req) and the body's framing chosen.
+ * CP_ERROR: it was refused (answered, and the connection closes). */
+static int start_request(struct conn *c)
+{
+	struct http_head *h = &c->head;
+	struct server *srv = c->srv;
+	struct creq *r = xcalloc(1, sizeof *r);
+	r->conn = c;
+	r->t_start = c->t_head;
+	snprintf(r->peer, sizeof r->peer, "%s", c->peer);
+	c->req = r;
+	r->keepalive = h->keepalive;
+	if (strlen(h->method) >= sizeof r->method || !known_method(h->method)) {
+		refuse(c, 501, "Method not implemented.");
 		return CP_ERROR;
-	*sp1 = *sp2 = 0;
-	const char *version = sp2 + 1;
-	if (strcmp(version, "HTTP/1.1") && strcmp(version, "HTTP/1.0"))
+	}
+	strcpy(r->method, h->method);
+	r->target = xstrdup(h->target);
+	if (http_normalize_target(r->target) != CP_OK) {
+		refuse(c, 400, "Invalid request target.");
 		return CP_ERROR;
-	struct creq *r = c->req;
-	strcpy(r->method, line);
-	r->target = xstrdup(sp1 + 1);
-	if (r->target[0] != '/')
+	}
+	r->path = xstrndup(r->target, strcspn(r->target, "?"));
+	r->headers = xcalloc(h->nfields ? h->nfields : 1, sizeof *r->headers);
+	for (unsigned i = 0; i < h->nfields; i++) {
+		r->headers[i].name = xstrdup(h->fields[i].name);
+		r->headers[i].value = xstrdup(h->fields[i].value);
+	}
+	r->nheaders = h->nfields;
+	size_t max = (size_t)srv->cfg->limits.max_body_bytes;
+	if (h->body == HTTP_BODY_LENGTH && h->content_length > max) {
+		char msg[128];
+		snprintf(msg, sizeof msg, "The request body is %llu bytes; the limit is %zu bytes.",
+			 (unsigned long long)h->content_length, max);
+		refuse(c, 413, msg);
 		return CP_ERROR;
-	size_t plen = strcspn(r->target, "?");
-	r->path = xstrndup(r->target, plen);
-	r->keepalive = !strcmp(version, "HTTP/1.1");
+	}
+	c->body_left = h->body == HTTP_BODY_LENGTH ? (size_t)h->content_length : 0;
+	c->state = h->body == HTTP_BODY_CHUNKED ? ST_CHUNKED : ST_BODY;
+	if (c->state == ST_CHUNKED)
+		http_chunked_init(&c->chunk, max, (size_t)srv->cfg->limits.max_header_bytes);
+	bool expect = h->expect_continue;
+	http_head_free(h);
+	http_head_init(h, HTTP_REQUEST, (size_t)srv->cfg->limits.max_header_bytes);
+	/* a request the handler refuses from its head alone (a bad key) is answered before its body */
+	if (srv->head_check && !srv->head_check(r, srv->arg))
+		return CP_ERROR;
+	if (c->state == ST_CHUNKED || c->body_left) {
+		arm_deadline(c, srv->cfg->timeouts.client_body_ms);
+		if (expect)
+			conn_stage(c, "HTTP/1.1 100 Continue\r\n\r\n", 25, false);
+	}
 	return CP_OK;
 }
 
-/* Reads header lines; returns CP_OK when the head is complete, CP_AGAIN for more, CP_ERROR done. */
+/* Reads the head; CP_OK when the request has started (c->req), CP_AGAIN for more, CP_ERROR when
+ * refused. Each byte is looked at once, in the buffer's own pieces. */
 static int read_head(struct conn *c, struct evbuffer *in)
 {
-	size_t max = (size_t)c->srv->cfg->limits.max_header_bytes;
 	for (;;) {
-		size_t n;
-		char *line = evbuffer_readln(in, &n, EVBUFFER_EOL_CRLF);
-		if (!line) {
-			if (c->header_bytes + evbuffer_get_length(in) > max) {
-				refuse(c, 431, "Request header fields too large.");
-				return CP_ERROR;
-			}
+		struct evbuffer_iovec v;
+		if (evbuffer_peek(in, -1, NULL, &v, 1) < 1 || !v.iov_len)
 			return CP_AGAIN;
+		if (!c->t_head) {
+			c->t_head = now_us();
+			arm_deadline(c, c->srv->cfg->timeouts.client_header_ms);
 		}
-		c->header_bytes += n + 2;
-		if (c->header_bytes > max) {
-			free(line);
-			refuse(c, 431, "Request header fields too large.");
+		size_t used;
+		int rc = http_head_feed(&c->head, v.iov_base, v.iov_len, &used);
+		evbuffer_drain(in, used);
+		if (rc == CP_ERROR) {
+			refuse(c, c->head.error_status, c->head.error);
 			return CP_ERROR;
 		}
-		if (!c->req) {
-			if (n == 0) { /* tolerate blank lines between requests */
-				free(line);
-				continue;
-			}
-			c->req = xcalloc(1, sizeof *c->req);
-			c->req->conn = c;
-			c->req->t_start = now_us();
-			snprintf(c->req->peer, sizeof c->req->peer, "%s", c->peer);
-			int rc = parse_request_line(c, line);
-			free(line);
-			if (rc != CP_OK) {
-				refuse(c, 400, "Malformed HTTP request line.");
-				return CP_ERROR;
-			}
-			continue;
-		}
-		if (n == 0) {
-			free(line);
-			return CP_OK;
-		}
-		char *v = http_header_split(line);
-		if (!v || c->req->nheaders >= MAX_HEADERS) {
-			free(line);
-			refuse(c, v ? 431 : 400, v ? "Too many request headers." : "Malformed HTTP header.");
-			return CP_ERROR;
-		}
-		struct creq *r = c->req;
-		r->headers = xrealloc(r->headers, (r->nheaders + 1) * sizeof *r->headers);
-		r->headers[r->nheaders].name = xstrdup(line);
-		r->headers[r->nheaders].value = xstrdup(v);
-		r->nheaders++;
-		free(line);
+		if (rc == CP_OK)
+			return start_request(c);
 	}
-}
-
-/* After the head: decide how the body comes. Returns CP_ERROR if the request was refused. */
-static int start_body(struct conn *c)
-{
-	struct creq *r = c->req;
-	size_t max = (size_t)c->srv->cfg->limits.max_body_bytes;
-	const char *conn_h = creq_header(r, "Connection");
-	if (conn_h && !strcasecmp(conn_h, "close"))
-		r->keepalive = false;
-	else if (conn_h && !strcasecmp(conn_h, "keep-alive"))
-		r->keepalive = true;
-	const char *te = creq_header(r, "Transfer-Encoding");
-	const char *cl = creq_header(r, "Content-Length");
-	if (te) {
-		if (strcasecmp(te, "chunked")) {
-			refuse(c, 501, "Unsupported Transfer-Encoding.");
-			return CP_ERROR;
-		}
-		c->state = ST_CHUNK_SIZE;
-	} else if (cl) {
-		char *end;
-		errno = 0;
-		unsigned long long v = strtoull(cl, &end, 10);
-		if (errno || end == cl || *end || cl[0] == '-') {
-			refuse(c, 400, "Invalid Content-Length.");
-			return CP_ERROR;
-		}
-		if (v > max) {
-			char msg[128];
-			snprintf(msg, sizeof msg, "The request body is %llu bytes; the limit is %zu bytes.", v, max);
-			refuse(c, 413, msg);
-			return CP_ERROR;
-		}
-		c->body_left = (size_t)v;
-		c->state = ST_BODY;
-	} else {
-		c->body_left = 0;
-		c->state = ST_BODY;
-	}
-	const char *expect = creq_header(r, "Expect");
-	if (expect && !strcasecmp(expect, "100-continue") && (c->state != ST_BODY || c->body_left))
-		conn_stage(c, "HTTP/1.1 100 Continue\r\n\r\n", 25, false);
-	return CP_OK;
-}
-
-static void take_body(struct creq *r, struct evbuffer *in, size_t take, size_t *left)
-{
-	sbuf_reserve(&r->body, take);
-	evbuffer_remove(in, r->body.data + r->body.len, take);
-	r->body.len += take;
-	r->body.data[r->body.len] = 0;
-	*left -= take;
 }
 
 /* Reads body bytes; CP_OK when complete, CP_AGAIN for more, CP_ERROR when refused. */
 static int read_body(struct conn *c, struct evbuffer *in)
 {
 	struct creq *r = c->req;
-	size_t max = (size_t)c->srv->cfg->limits.max_body_bytes;
+	if (c->state == ST_BODY) {
+		size_t have = evbuffer_get_length(in);
+		size_t take = have < c->body_left ? have : c->body_left;
+		if (take) {
+			sbuf_reserve(&r->body, take);
+			evbuffer_remove(in, r->body.data + r->body.len, take);
+			r->body.len += take;
+			r->body.data[r->body.len] = 0;
+			c->body_left -= take;
+		}
+		return c->body_left ? CP_AGAIN : CP_OK;
+	}
 	for (;;) {
-		switch (c->state) {
-		case ST_BODY: {
-			size_t have = evbuffer_get_length(in);
-			size_t take = have < c->body_left ? have : c->body_left;
-			if (take)
-				take_body(r, in, take, &c->body_left);
-			return c->body_left ? CP_AGAIN : CP_OK;
-		}
-		case ST_CHUNK_SIZE: {
-			size_t n;
-			char *line = evbuffer_readln(in, &n, EVBUFFER_EOL_CRLF);
-			if (!line)
-				return evbuffer_get_length(in) > 1024 ? (refuse(c, 400, "Malformed chunked body."), CP_ERROR)
-								       : CP_AGAIN;
-			char *end;
-			unsigned long long v = strtoull(line, &end, 16);
-			bool bad = end == line || (*end && *end != ';');
-			free(line);
-			if (bad) {
-				refuse(c, 400, "Malformed chunked body.");
-				return CP_ERROR;
-			}
-			if (v > max || r->body.len + v > max) {
-				refuse(c, 413, "The request body is larger than the limit.");
-				return CP_ERROR;
-			}
-			c->body_left = (size_t)v;
-			c->state = v ? ST_CHUNK_DATA : ST_TRAILER;
-			break;
-		}
-		case ST_CHUNK_DATA: {
-			size_t have = evbuffer_get_length(in);
-			size_t take = have < c->body_left ? have : c->body_left;
-			if (take)
-				take_body(r, in, take, &c->body_left);
-			if (c->body_left)
-				return CP_AGAIN;
-			c->state = ST_CHUNK_END;
-			break;
-		}
-		case ST_CHUNK_END:
-		case ST_TRAILER: {
-			size_t n;
-			char *line = evbuffer_readln(in, &n, EVBUFFER_EOL_CRLF);
-			if (!line)
-				return CP_AGAIN;
-			free(line);
-			if (c->state == ST_CHUNK_END) {
-				c->state = ST_CHUNK_SIZE;
-				break;
-			}
-			if (n == 0)
-				return CP_OK;
-			break; /* a trailer line: ignored */
-		}
-		default:
+		struct evbuffer_iovec v;
+		if (evbuffer_peek(in, -1, NULL, &v, 1) < 1 || !v.iov_len)
 			return CP_AGAIN;
+		size_t off = 0;
+		int rc = CP_AGAIN;
+		while (off < v.iov_len && rc == CP_AGAIN) {
+			size_t used, dlen;
+			const char *data;
+			rc = http_chunked_feed(&c->chunk, (const char *)v.iov_base + off, v.iov_len - off, &used, &data,
+					       &dlen);
+			if (dlen)
+				sbuf_add(&r->body, data, dlen);
+			off += used;
 		}
+		evbuffer_drain(in, off);
+		if (rc == CP_ERROR) {
+			refuse(c, c->chunk.error_status, c->chunk.error);
+			return CP_ERROR;
+		}
+		if (rc == CP_OK)
+			return CP_OK;
 	}
 }
 
@@ -724,16 +664,12 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
 		evbuffer_drain(in, evbuffer_get_length(in));
 		return;
 	}
-	if (c->state == ST_HEADERS) {
-		int rc = read_head(c, in);
-		if (rc != CP_OK)
-			return;
-		if (start_body(c) != CP_OK)
-			return;
-	}
-	int rc = read_body(c, in);
-	if (rc == CP_OK)
+	if (c->state == ST_HEADERS && read_head(c, in) != CP_OK)
+		return;
+	if (read_body(c, in) == CP_OK) {
+		evtimer_del(c->deadline);
 		dispatch_request(c);
+	}
 }
 
 static void conn_write_cb(struct bufferevent *bev, void *arg)
@@ -751,8 +687,8 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
 	struct conn *c = arg;
 	if (what & BEV_EVENT_CONNECTED)
 		return;
-	if ((what & BEV_EVENT_TIMEOUT) && c->state != ST_CLOSING && c->state != ST_HANDLING && c->req &&
-	    !c->req->started) {
+	if ((what & BEV_EVENT_TIMEOUT) && c->state != ST_CLOSING && c->state != ST_HANDLING &&
+	    (c->state != ST_HEADERS || c->head.buf.len)) {
 		refuse(c, 408, "Timed out reading the request.");
 		return;
 	}
@@ -838,6 +774,10 @@ static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct soc
 	srv->nconns++;
 	DLIST_PUSH(srv->conns, c, prev, next);
 	c->state = ST_HEADERS;
+	http_head_init(&c->head, HTTP_REQUEST, (size_t)srv->cfg->limits.max_header_bytes);
+	c->deadline = evtimer_new(srv->base, deadline_cb, c);
+	c->t_head = now_us(); /* a new connection's first head is due from the accept */
+	arm_deadline(c, srv->cfg->timeouts.client_header_ms);
 	bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
 	set_header_timeout(c);
 	bufferevent_enable(c->bev, EV_READ | EV_WRITE);

@@ -92,6 +92,8 @@ struct config {
 		long first_byte_ms;
 		long idle_ms;
 		long client_idle_ms;
+		long client_header_ms;
+		long client_body_ms;
 		long sse_keepalive_ms;
 	} timeouts;
 	struct {

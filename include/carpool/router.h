@@ -27,6 +27,9 @@ struct router {
 
 /* The server's request handler; arg is a struct router. */
 void router_handle(struct creq *r, void *arg);
+/* The server's head check: the client key is checked (and the request admitted under its limits) as
+ * soon as the head is read, so that a refused client sends no body. */
+bool router_head(struct creq *r, void *arg);
 
 /* The upstreams serving model (bit i: upstream i); a "*" upstream serves every model. */
 unsigned router_candidates(struct router *rt, const char *model);

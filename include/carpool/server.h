@@ -51,6 +51,9 @@ struct creq {
 };
 
 typedef void (*server_handler)(struct creq *r, void *arg);
+/* Looks at a request as soon as its head is read, before its body: false when it answered it (a
+ * refusal; the connection then closes without reading the body). */
+typedef bool (*server_head_check)(struct creq *r, void *arg);
 
 struct server;
 
@@ -70,6 +73,8 @@ struct metrics;
 void server_set_metrics(struct server *s, struct metrics *m);
 /* The worker's id, written in the access log. */
 void server_set_worker(struct server *s, int id);
+/* The check made on each request's head (with the handler's arg); none by default. */
+void server_set_head_check(struct server *s, server_head_check check);
 
 const char *creq_header(const struct creq *r, const char *name);
 /* The owner's callback when the client leaves before the response ends; afterwards r is gone. */
@@ -93,7 +98,5 @@ int creq_stream_write(struct creq *r, const char *data, size_t len);
 void creq_abort(struct creq *r);
 /* Ends a chunked response; r must not be used afterwards. */
 void creq_stream_end(struct creq *r);
-
-const char *http_reason(int status);
 
 #endif

@@ -2,11 +2,14 @@
 #include "carpool/common.h"
 
 #include <cjson/cJSON.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/random.h>
 #include <time.h>
+#include <unistd.h>
 
 static enum log_level g_level = LOG_INFO;
 static const char *g_action;
@@ -43,6 +46,42 @@ void log_msg(enum log_level lvl, const char *fmt, ...)
 		fprintf(stderr, "%s %s [%s] %s\n", ts, names[lvl], g_action, msg);
 	else
 		fprintf(stderr, "%s %s %s\n", ts, names[lvl], msg);
+}
+
+static char g_via[32];
+static pthread_once_t g_via_once = PTHREAD_ONCE_INIT;
+
+static void via_init(void)
+{
+	unsigned char r[6] = {0};
+	if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r) {
+		uint64_t t = now_us() ^ (uint64_t)getpid() << 32;
+		memcpy(r, &t, sizeof r);
+	}
+	snprintf(g_via, sizeof g_via, "1.1 carpool-%02x%02x%02x%02x%02x%02x", r[0], r[1], r[2], r[3], r[4], r[5]);
+}
+
+const char *instance_via(void)
+{
+	pthread_once(&g_via_once, via_init);
+	return g_via;
+}
+
+void log_every_second(struct log_every *e, unsigned long n, enum log_level lvl, const char *fmt, ...)
+{
+	e->count += n;
+	uint64_t now = now_us();
+	if (e->last_us && now - e->last_us < 1000000)
+		return;
+	char msg[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	log_msg(lvl, "%s (%lu in the last %.1f s)", msg, e->count,
+		e->last_us ? (double)(now - e->last_us) / 1e6 : 0.0);
+	e->last_us = now;
+	e->count = 0;
 }
 
 void *xmalloc(size_t n)

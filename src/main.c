@@ -318,12 +318,7 @@ int main(int argc, char **argv)
 	}
 	log_set_level((enum log_level)cfg.log.level);
 	signal(SIGPIPE, SIG_IGN);
-	/* Every client and upstream connection is a descriptor: take all the kernel allows. */
-	struct rlimit rl;
-	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-		rl.rlim_cur = rl.rlim_max;
-		setrlimit(RLIMIT_NOFILE, &rl);
-	}
+	server_fit_descriptors(&cfg);
 	evthread_use_pthreads();
 
 	long n = cfg.workers ? cfg.workers : sysconf(_SC_NPROCESSORS_ONLN);

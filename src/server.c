@@ -19,6 +19,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <fcntl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -56,6 +58,8 @@ struct server {
 	struct conn *conns; /* every open connection, so that shutdown frees them */
 	struct conn *dirty; /* connections with answer bytes staged this loop turn */
 	struct event *flush_ev;
+	int spare_fd;	    /* held back, so that a 503 can still be sent when descriptors run out */
+	struct log_every refused_log, exhausted_log, loop_log;
 };
 
 struct conn {
@@ -559,6 +563,15 @@ static int start_request(struct conn *c)
 		r->headers[i].value = xstrdup(h->fields[i].value);
 	}
 	r->nheaders = h->nfields;
+	const char *via = instance_via();
+	for (size_t i = 0; i < r->nheaders; i++)
+		if (!strcasecmp(r->headers[i].name, "Via") && strstr(r->headers[i].value, via + 4)) {
+			log_every_second(&srv->loop_log, 1, LOG_ERROR,
+					 "a request came back through this carpool (a proxy loop: an upstream URL "
+					 "leads back to a listener); refused with 508");
+			refuse(c, 508, "Proxy loop detected: the request already passed through this carpool.");
+			return CP_ERROR;
+		}
 	size_t max = (size_t)srv->cfg->limits.max_body_bytes;
 	if (h->body == HTTP_BODY_LENGTH && h->content_length > max) {
 		char msg[128];
@@ -709,6 +722,56 @@ static void rearm_cb(evutil_socket_t fd, short what, void *arg)
 		evconnlistener_enable(l->lev);
 }
 
+/* Answers a connection we will not serve with a 503 and closes it (cold path: blocking is not an
+ * issue, the socket is new and its buffer empty). */
+static void refuse_connection(evutil_socket_t fd, const char *why)
+{
+	char *body = openai_error_json(why, "server_error", NULL, NULL);
+	char head[160];
+	int hl = snprintf(head, sizeof head,
+			  "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
+			  "Retry-After: 1\r\nContent-Length: %zu\r\n\r\n", strlen(body));
+	struct iovec v[2] = {{head, (size_t)hl}, {body, strlen(body)}};
+	struct msghdr m = {.msg_iov = v, .msg_iovlen = 2};
+	ssize_t w = sendmsg(fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
+	(void)w;
+	free(body);
+	evutil_closesocket(fd);
+}
+
+/* accept() failed. Out of descriptors (EMFILE, ENFILE; ENOBUFS, ENOMEM): the spare descriptor is
+ * given back for a moment to take pending connections and answer each with a 503, and the listener
+ * rests for 100 ms instead of spinning on a queue it cannot take from. */
+static void accept_error_cb(struct evconnlistener *lev, void *arg)
+{
+	struct listener *l = arg;
+	struct server *srv = l->srv;
+	int err = EVUTIL_SOCKET_ERROR();
+	if (err != EMFILE && err != ENFILE && err != ENOBUFS && err != ENOMEM) {
+		log_every_second(&srv->exhausted_log, 1, LOG_WARN, "accept failed: %s", strerror(err));
+		return;
+	}
+	unsigned shed = 0;
+	while (srv->spare_fd >= 0 && shed < 256) {
+		close(srv->spare_fd);
+		int fd = accept4(evconnlistener_get_fd(lev), NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd >= 0)
+			refuse_connection(fd, "carpool is out of file descriptors.");
+		srv->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			break;
+		shed++;
+	}
+	log_every_second(&srv->exhausted_log, shed, LOG_WARN,
+			 "out of file descriptors (%s): new connections get 503 and are closed (raise ulimit -n "
+			 "or lower limits.max_clients); connections refused", strerror(err));
+	if (!l->rearm_ev)
+		l->rearm_ev = event_new(srv->base, -1, 0, rearm_cb, l);
+	evconnlistener_disable(lev);
+	struct timeval tv = {0, 100 * 1000};
+	event_add(l->rearm_ev, &tv);
+}
+
 static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg)
 {
 	(void)salen;
@@ -724,14 +787,9 @@ static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct soc
 		event_active(l->rearm_ev, 0, 0);
 	}
 	if (srv->nconns >= (unsigned)srv->cfg->limits.max_clients) {
-		static const char msg[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-					  "Connection: close\r\nContent-Length: 114\r\n\r\n"
-					  "{\"error\":{\"message\":\"carpool has too many open connections.\","
-					  "\"type\":\"server_error\",\"param\":null,\"code\":null}}";
-		ssize_t w = send(fd, msg, sizeof msg - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
-		(void)w;
-		evutil_closesocket(fd);
-		log_warn("connection refused: max_clients (%ld) reached", srv->cfg->limits.max_clients);
+		refuse_connection(fd, "carpool has too many open connections.");
+		log_every_second(&srv->refused_log, 1, LOG_WARN, "max_clients (%ld) reached: connections refused",
+				 srv->cfg->limits.max_clients);
 		return;
 	}
 	struct conn *c = xcalloc(1, sizeof *c);
@@ -820,6 +878,7 @@ static int open_listener(struct server *srv, const struct cfg_listen *lc, struct
 			log_error("listen %s: %s", lc->address, strerror(errno));
 			return CP_ERROR;
 		}
+		evconnlistener_set_error_cb(l->lev, accept_error_cb);
 		chmod(path, (mode_t)strtol(lc->mode, NULL, 8));
 		snprintf(l->unix_path, sizeof l->unix_path, "%s", path);
 		log_info("listening on unix:%s%s", path, l->ssl ? " (tls)" : "");
@@ -852,6 +911,7 @@ static int open_listener(struct server *srv, const struct cfg_listen *lc, struct
 		log_error("listen %s: %s", lc->address, strerror(errno));
 		return CP_ERROR;
 	}
+	evconnlistener_set_error_cb(l->lev, accept_error_cb);
 	struct sockaddr_storage bound;
 	socklen_t blen = sizeof bound;
 	getsockname(evconnlistener_get_fd(l->lev), (struct sockaddr *)&bound, &blen);
@@ -878,6 +938,7 @@ static struct server *server_alloc(struct event_base *base, const struct config 
 	s->cfg = cfg;
 	s->handler = h;
 	s->arg = arg;
+	s->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	return s;
 }
 
@@ -940,6 +1001,7 @@ struct server *server_new_shared(struct event_base *base, const struct config *c
 			server_free(s);
 			return NULL;
 		}
+		evconnlistener_set_error_cb(l->lev, accept_error_cb);
 	}
 	return s;
 }
@@ -965,6 +1027,27 @@ void server_stop_listening(struct server *s)
 
 unsigned server_connections(const struct server *s) { return s->nconns; }
 
+void server_fit_descriptors(const struct config *cfg)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+		return;
+	if (rl.rlim_cur < rl.rlim_max) { /* every client and upstream connection is a descriptor */
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+		getrlimit(RLIMIT_NOFILE, &rl);
+	}
+	unsigned long long need = (unsigned long long)cfg->limits.max_clients * 2 + 64;
+	if (rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= need)
+		return;
+	unsigned long long fit = rl.rlim_cur > 64 ? (rl.rlim_cur - 64) / 2 : 0;
+	log_warn("the descriptor limit (%llu) is below what limits.max_clients (%ld) can need (%llu: a client and its "
+		 "upstream connection each, and 64 for listeners, logs and the pool): about %llu clients fit; past the "
+		 "limit new connections get 503 and are closed, logged once a second (raise ulimit -n, or lower "
+		 "limits.max_clients)",
+		 (unsigned long long)rl.rlim_cur, cfg->limits.max_clients, need, fit);
+}
+
 void server_free(struct server *s)
 {
 	if (!s)
@@ -974,6 +1057,8 @@ void server_free(struct server *s)
 		conn_free(s->conns);
 	if (s->flush_ev)
 		event_free(s->flush_ev);
+	if (s->spare_fd >= 0)
+		close(s->spare_fd);
 	if (s->access_owned)
 		fclose(s->access);
 	for (int i = 0; i < s->nlisteners; i++)

@@ -1011,7 +1011,8 @@ static struct upcall *call_start(struct upstream *up, const char *method, const 
 	DLIST_PUSH(up->open_calls, c, prev, next);
 	/* the request: header values come from carpool or from the client's parsed (CR/LF-free) head */
 	struct evbuffer *req = evbuffer_new();
-	evbuffer_add_printf(req, "%s %s%s HTTP/1.1\r\nHost: %s\r\n", method, up->prefix, path, up->host_header);
+	evbuffer_add_printf(req, "%s %s%s HTTP/1.1\r\nHost: %s\r\nVia: %s\r\n", method, up->prefix, path, up->host_header,
+			    instance_via());
 	for (size_t i = 0; i + 1 < nhdrs * 2; i += 2)
 		evbuffer_add_printf(req, "%s: %s\r\n", hdrs[i], hdrs[i + 1]);
 	const char *auth = up->auth ? up->auth : client_auth;

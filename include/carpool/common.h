@@ -47,6 +47,16 @@ void log_msg(enum log_level lvl, const char *fmt, ...) __attribute__((format(pri
 		(node)->prev = (node)->next = NULL;         \
 	} while (0)
 
+/* A condition that can recur thousands of times a second (descriptors exhausted, connections
+ * refused) logs at most one line a second, saying how many times it happened since the last line. */
+struct log_every {
+	uint64_t last_us;
+	unsigned long count;
+};
+/* Counts n occurrences; writes the line (fmt, then the count) if a second passed since the last. */
+void log_every_second(struct log_every *e, unsigned long n, enum log_level lvl, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+
 #define log_debug(...) do { if (log_get_level() <= LOG_DEBUG) log_msg(LOG_DEBUG, __VA_ARGS__); } while (0)
 #define log_info(...) log_msg(LOG_INFO, __VA_ARGS__)
 #define log_warn(...) log_msg(LOG_WARN, __VA_ARGS__)
@@ -81,6 +91,9 @@ char *xstrdup(const char *s);
 char *xstrndup(const char *s, size_t n);
 
 uint64_t now_us(void);
+/* This process's Via entry ("1.1 carpool-" and a random tag, fixed for the life of the process):
+ * carpool sends it upstream and refuses a request that carries it (a proxy loop). Thread-safe. */
+const char *instance_via(void);
 /* The wall-clock time as 2026-01-31T12:34:56.789Z. */
 void utc_now(char *buf, size_t len);
 

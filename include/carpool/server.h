@@ -66,6 +66,10 @@ struct server *server_new_shared(struct event_base *base, const struct config *c
 /* Stops accepting (listeners closed, unix sockets unlinked); open connections continue. */
 void server_stop_listening(struct server *s);
 unsigned server_connections(const struct server *s);
+/* At start: raises the descriptor limit to the hard limit, and says (a warning) when it is still
+ * below what limits.max_clients can need - two each, a client and its pass-through upstream - and
+ * what carpool does past it (503 to new connections). */
+void server_fit_descriptors(const struct config *cfg);
 void server_free(struct server *s);
 
 struct metrics;

@@ -91,11 +91,13 @@ function toYaml(v, indent = '') {
   }).join('\n');
 }
 
-async function startCarpool(cfg, { env = {}, expectFail = false } = {}) {
+// wrap: a command line that runs carpool (e.g. ['prlimit', '--nofile=128:128']); it must exec it.
+async function startCarpool(cfg, { env = {}, expectFail = false, wrap = [] } = {}) {
   const dir = tmpdir();
   const file = path.join(dir, 'carpool.yaml');
   fs.writeFileSync(file, typeof cfg === 'string' ? cfg : toYaml(cfg) + '\n');
-  const proc = spawn(path.join(BIN, 'carpool'), ['-c', file], {
+  const argv = [...wrap, path.join(BIN, 'carpool'), '-c', file];
+  const proc = spawn(argv[0], argv.slice(1), {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, ...env },
   });

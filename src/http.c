@@ -151,8 +151,7 @@ static int field_line(struct http_head *h, char *s, size_t n)
 	return CP_OK;
 }
 
-/* Whether the comma-separated list v names token tok (case-insensitive). */
-static bool list_has(const char *v, const char *tok)
+bool http_list_has(const char *v, const char *tok)
 {
 	size_t tl = strlen(tok);
 	while (*v) {
@@ -231,9 +230,9 @@ static int request_framing(struct http_head *h)
 	if (framing_conflict(h, &f, 400) != CP_OK)
 		return CP_ERROR;
 	h->keepalive = h->minor == 1;
-	if (f.conn && list_has(f.conn, "close"))
+	if (f.conn && http_list_has(f.conn, "close"))
 		h->keepalive = false;
-	else if (f.conn && list_has(f.conn, "keep-alive"))
+	else if (f.conn && http_list_has(f.conn, "keep-alive"))
 		h->keepalive = true;
 	if (f.te) {
 		if (h->minor == 0)
@@ -255,7 +254,7 @@ int http_head_response_framing(struct http_head *h, bool no_body)
 {
 	struct framing f;
 	framing_scan(h, &f);
-	h->keepalive = h->minor >= 1 && !(f.conn && list_has(f.conn, "close"));
+	h->keepalive = h->minor >= 1 && !(f.conn && http_list_has(f.conn, "close"));
 	if (framing_conflict(h, &f, 502) != CP_OK)
 		return CP_ERROR;
 	if (no_body || h->status < 200 || h->status == 204 || h->status == 304) {

@@ -117,12 +117,64 @@ static void make_key(struct intake_req *r, char prefix, const char *const *witho
 	r->key = b.data;
 }
 
+/* Whether s[0..n) is well-formed UTF-8 (RFC 3629: no overlong form, no surrogate, nothing past
+ * U+10FFFF), as JSON text must be (RFC 8259 section 8.1). */
+static bool utf8_valid(const unsigned char *s, size_t n)
+{
+	size_t i = 0;
+	while (i < n) {
+		unsigned char c = s[i];
+		if (c < 0x80) {
+			i++;
+			continue;
+		}
+		size_t k = c >= 0xc2 && c <= 0xdf ? 1 : c >= 0xe0 && c <= 0xef ? 2 : c >= 0xf0 && c <= 0xf4 ? 3 : 0;
+		if (!k || n - i <= k)
+			return false;
+		unsigned char lo = 0x80, hi = 0xbf; /* the second byte's range */
+		if (c == 0xe0)
+			lo = 0xa0;
+		else if (c == 0xed)
+			hi = 0x9f;
+		else if (c == 0xf0)
+			lo = 0x90;
+		else if (c == 0xf4)
+			hi = 0x8f;
+		if (s[i + 1] < lo || s[i + 1] > hi)
+			return false;
+		for (size_t j = 2; j <= k; j++)
+			if ((s[i + j] & 0xc0) != 0x80)
+				return false;
+		i += k + 1;
+	}
+	return true;
+}
+
+/* The body as JSON: one value, UTF-8, nothing but blanks after it (what OpenAI accepts); NULL
+ * otherwise. */
+static cJSON *parse_body(const char *body, size_t len)
+{
+	if (!utf8_valid((const unsigned char *)body, len))
+		return NULL;
+	const char *end = NULL;
+	cJSON *j = cJSON_ParseWithLengthOpts(body, len, &end, false);
+	if (!j)
+		return NULL;
+	while (end < body + len && (*end == ' ' || *end == '\t' || *end == '\r' || *end == '\n'))
+		end++;
+	if (end != body + len) {
+		cJSON_Delete(j);
+		return NULL;
+	}
+	return j;
+}
+
 int intake_parse_embedding(const char *body, size_t len, struct intake_req *r, struct intake_error *err)
 {
 	static const char *const without[] = {"input", NULL};
 	memset(r, 0, sizeof *r);
 	r->n = 1;
-	r->body = cJSON_ParseWithLength(body, len);
+	r->body = parse_body(body, len);
 	if (!r->body)
 		return refuse(err, 400, NULL, "%s", "We could not parse the JSON body of your request.");
 	if (check_object(r->body, err) != CP_OK)
@@ -161,7 +213,7 @@ int intake_parse_completion(const char *body, size_t len, struct intake_req *r, 
 {
 	memset(r, 0, sizeof *r);
 	r->n = 1;
-	r->body = cJSON_ParseWithLength(body, len);
+	r->body = parse_body(body, len);
 	if (!r->body)
 		return refuse(err, 400, NULL, "We could not parse the JSON body of your request.%s", NULL);
 	if (check_object(r->body, err) != CP_OK)

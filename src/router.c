@@ -2,6 +2,7 @@
 #include "carpool/router.h"
 #include "carpool/auth.h"
 #include "carpool/batcher.h"
+#include "carpool/http.h"
 #include "carpool/relay.h"
 #include "carpool/intake.h"
 #include "carpool/metrics.h"
@@ -89,8 +90,11 @@ struct pass {
 	bool head_sent;
 };
 
-static bool hop_by_hop(const char *name)
+/* Whether a header stays on this hop: the fixed list, and any the message's Connection names. */
+static bool hop_by_hop(const char *name, const char *connection)
 {
+	if (connection && http_list_has(connection, name))
+		return true;
 	static const char *const skip[] = {"Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authorization",
 					   "Proxy-Authenticate", "TE", "Trailer", "Transfer-Encoding", "Upgrade",
 					   "Host", "Content-Length", "Authorization", "Expect", "Server", NULL};
@@ -118,12 +122,13 @@ static void pass_head(void *arg, int status, const struct evkeyvalq *headers)
 		return;
 	struct sbuf extra = {0};
 	const char *ctype = NULL;
+	const char *connection = evhttp_find_header(headers, "Connection");
 	for (const struct evkeyval *kv = headers->tqh_first; kv; kv = kv->next.tqe_next) {
 		if (!strcasecmp(kv->key, "Content-Type")) {
 			ctype = kv->value;
 			continue;
 		}
-		if (hop_by_hop(kv->key) || strchr(kv->value, '\n') || strchr(kv->value, '\r'))
+		if (hop_by_hop(kv->key, connection) || strchr(kv->value, '\n') || strchr(kv->value, '\r'))
 			continue;
 		sbuf_printf(&extra, "%s: %s\r\n", kv->key, kv->value);
 	}
@@ -178,8 +183,9 @@ static void passthrough(struct router *rt, struct creq *r, struct upstream *up)
 {
 	const char **hdrs = xcalloc(r->nheaders * 2 + 1, sizeof *hdrs);
 	size_t n = 0;
+	const char *connection = creq_header(r, "Connection");
 	for (size_t i = 0; i < r->nheaders; i++) {
-		if (hop_by_hop(r->headers[i].name))
+		if (hop_by_hop(r->headers[i].name, connection))
 			continue;
 		hdrs[2 * n] = r->headers[i].name;
 		hdrs[2 * n + 1] = r->headers[i].value;

@@ -872,7 +872,18 @@ static int open_listener(struct server *srv, const struct cfg_listen *lc, struct
 			return CP_ERROR;
 		}
 		strcpy(sun.sun_path, path);
-		unlink(path);
+		/* a socket file someone still answers on is another live instance's: refuse, as TCP's bind
+		 * does; only a stale one (connection refused) is removed */
+		int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		bool live = probe >= 0 && connect(probe, (struct sockaddr *)&sun, sizeof sun) == 0;
+		if (probe >= 0)
+			close(probe);
+		if (live) {
+			log_error("listen %s: the socket is in use by a running process", lc->address);
+			return CP_ERROR;
+		}
+		if (errno == ECONNREFUSED)
+			unlink(path);
 		l->lev = evconnlistener_new_bind(srv->base, accept_cb, l, flags, 1024, (struct sockaddr *)&sun, sizeof sun);
 		if (!l->lev) {
 			log_error("listen %s: %s", lc->address, strerror(errno));

@@ -87,6 +87,8 @@ void http_chunked_init(struct http_chunked *d, uint64_t max_total, size_t max_tr
 int http_chunked_feed(struct http_chunked *d, const char *in, size_t len, size_t *used, const char **data,
 		      size_t *dlen);
 
+/* Whether the comma-separated list v (a Connection header) names token tok, case-insensitive. */
+bool http_list_has(const char *v, const char *tok);
 /* Whether s is an RFC 9110 token (a method, a field name). */
 bool http_token(const char *s, size_t len);
 

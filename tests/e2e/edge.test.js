@@ -5,7 +5,7 @@
 const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
 const net = require('node:net');
-const { startCarpool } = require('./lib');
+const { startCarpool, curl } = require('./lib');
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const KEY = 'sk-edge-test';
@@ -160,6 +160,64 @@ test('valid requests still pass, keep-alive and chunked, with the path under the
   assert.deepEqual(statuses(r.text), [200, 200, 200], r.text);
   assert.ok(r.closed);
   assert.match(r.text, /"path":"\/pfx\/v1\/models"[\s\S]*"path":"\/pfx\/v1\/files"[\s\S]*"path":"\/pfx\/v1\/models"/);
+});
+
+// defect 8: the smaller ones
+test('headers named in Connection are not forwarded', async () => {
+  const r = await exchange(cp.port,
+    `GET /v1/models HTTP/1.1\r\nHost: a\r\n${A}Connection: close, X-Hop\r\nX-Hop: hop-secret\r\nX-End: kept\r\n\r\n`);
+  assert.deepEqual(statuses(r.text), [200], r.text);
+  assert.ok(!up.state.raw.includes('hop-secret'), 'a header named in Connection went upstream');
+  assert.ok(up.state.raw.includes('X-End: kept'));
+});
+
+for (const [name, body] of [
+  ['trailing bytes after the JSON object', '{"model":"m","prompt":"a"}{"model":"m","prompt":"b"}'],
+  ['invalid UTF-8', '{"model":"m","prompt":"\xff\xfe"}'],
+]) {
+  test(`a completion body with ${name}: 400 before batching`, async () => {
+    const b = Buffer.from(body, 'latin1');
+    const r = await exchange(cp.port, [Buffer.concat([Buffer.from(
+      `POST /v1/completions HTTP/1.1\r\nHost: a\r\n${A}Content-Type: application/json\r\nContent-Length: ${b.length}\r\nConnection: close\r\n\r\n`), b])]);
+    assert.deepEqual(statuses(r.text), [400], r.text);
+    assert.match(r.text, /could not parse the JSON body/);
+  });
+}
+
+test('/v1//completions is /v1/completions: validated (and batched), not passed through', async () => {
+  const r = await exchange(cp.port,
+    `POST /v1//completions HTTP/1.1\r\nHost: a\r\n${A}Content-Type: application/json\r\nContent-Length: 13\r\nConnection: close\r\n\r\n{"model":"m"}`);
+  assert.deepEqual(statuses(r.text), [400], r.text);
+  assert.match(r.text, /"param":"prompt"/);
+});
+
+test('a second instance on the same unix socket path refuses to start; the first keeps serving', async () => {
+  const sock = require('node:path').join(cp.dir, 'edge.sock');
+  const cfg = {
+    workers: 1,
+    listen: [{ address: '127.0.0.1:0' }, { address: `unix:${sock}` }],
+    upstreams: [{ url: up.url, dialect: 'openai' }],
+    log: { level: 'info' },
+  };
+  const first = await startCarpool(cfg);
+  try {
+    const second = await startCarpool(cfg, { expectFail: true });
+    assert.notEqual(second.code, 0);
+    assert.match(second.log(), /in use by a running process/);
+    const h = await curl(['-s', '--unix-socket', sock, 'http://x/healthz']);
+    assert.equal(h.code, 0, h.err);
+    assert.match(h.out, /"ok"/);
+  } finally {
+    await first.stop();
+  }
+  // a stale socket file (bound, then its process gone; nobody answers) is replaced
+  require('node:child_process').execFileSync('python3', ['-c',
+    'import socket,sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])', sock]);
+  assert.ok(require('node:fs').statSync(sock).isSocket());
+  const third = await startCarpool(cfg);
+  const h = await curl(['-s', '--unix-socket', sock, 'http://x/healthz']);
+  assert.match(h.out, /"ok"/);
+  await third.stop();
 });
 
 test('nothing refused ever reached the upstream', () => {

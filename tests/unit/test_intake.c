@@ -186,6 +186,22 @@ static bool same_key(const char *a, const char *b)
 	return same;
 }
 
+/* JSON text is one value in UTF-8 and nothing after it but blanks (OpenAI answers 400 otherwise). */
+static void test_strict_json_text(void **state)
+{
+	(void)state;
+	struct intake_req r;
+	refused("{\"prompt\":\"a\"}{\"prompt\":\"b\"}", NULL);
+	refused("{\"prompt\":\"a\"} x", NULL);
+	refused("{\"prompt\":\"\xff\"}", NULL);		  /* not UTF-8 */
+	refused("{\"prompt\":\"\xc0\xaf\"}", NULL);	  /* overlong "/" */
+	refused("{\"prompt\":\"\xed\xa0\x80\"}", NULL);	  /* a surrogate */
+	refused("{\"prompt\":\"\xf4\x90\x80\x80\"}", NULL); /* past U+10FFFF */
+	refused("{\"prompt\":\"\xe2\x82\"}", NULL);	  /* cut short */
+	ok("{\"prompt\":\"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80\"}\r\n ", &r);
+	intake_free(&r);
+}
+
 static void test_key_equal(void **state)
 {
 	(void)state;
@@ -345,6 +361,7 @@ int main(void)
 		cmocka_unit_test(test_array_of_token_arrays),
 		cmocka_unit_test(test_n_and_stream),
 		cmocka_unit_test(test_errors),
+		cmocka_unit_test(test_strict_json_text),
 		cmocka_unit_test(test_key_equal),
 		cmocka_unit_test(test_key_different),
 		cmocka_unit_test(test_key_no_injection),

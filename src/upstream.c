@@ -1,5 +1,6 @@
 /* upstream: connection pool, TLS, timeouts and credentials for one upstream server. */
 #include "carpool/upstream.h"
+#include "carpool/http.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -646,7 +647,7 @@ static int head_line(struct upconn *uc, char *line)
 		return CP_OK;
 	}
 	char *v = http_header_split(line);
-	if (!v)
+	if (!v || !http_token(line, strlen(line))) /* "Content-Length : 5" is not a name: framing it could hide */
 		return CP_ERROR;
 	evhttp_add_header(&uc->headers, line, v);
 	return CP_OK;
@@ -655,8 +656,15 @@ static int head_line(struct upconn *uc, char *line)
 /* The head is complete: how the body is framed. CP_ERROR: a length that is not a number. */
 static int body_framing(struct upconn *uc)
 {
-	const char *te = evhttp_find_header(&uc->headers, "Transfer-Encoding");
-	const char *cl = evhttp_find_header(&uc->headers, "Content-Length");
+	const char *te = NULL, *cl = NULL;
+	for (const struct evkeyval *kv = uc->headers.tqh_first; kv; kv = kv->next.tqe_next) {
+		/* framing read two ways (two lengths, or a length and chunked) is refused (RFC 9112 6.3) */
+		bool is_te = !strcasecmp(kv->key, "Transfer-Encoding"), is_cl = !strcasecmp(kv->key, "Content-Length");
+		if ((is_te && te) || (is_cl && cl) || ((is_te && cl) || (is_cl && te)))
+			return CP_ERROR;
+		te = is_te ? kv->value : te;
+		cl = is_cl ? kv->value : cl;
+	}
 	const char *cn = evhttp_find_header(&uc->headers, "Connection");
 	const char *ka = evhttp_find_header(&uc->headers, "Keep-Alive");
 	if (cn && strcasestr(cn, "close"))
@@ -757,7 +765,7 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
 				continue;
 			}
 			if (body_framing(uc) != CP_OK) {
-				log_warn("upstream %s: bad Content-Length", c->up->cfg->url);
+				log_warn("upstream %s: bad or conflicting framing (Content-Length, Transfer-Encoding)", c->up->cfg->url);
 				resp_end(uc, UPE_BROKEN);
 				return;
 			}

@@ -130,6 +130,16 @@ for (const [name, bytes] of [
   ['a status line that is not HTTP', 'SPDY/9 200 OK\r\n\r\n'],
   ['a response head over 64 KiB', `HTTP/1.1 200 OK\r\n${'X-Pad: ' + 'a'.repeat(1000) + '\r\n'.repeat(1)}`.repeat(70) + '\r\n'],
   ['a negative Content-Length', 'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: -5\r\n\r\n'],
+  // framing two parsers could read two ways (RFC 9112 6.3): refused even when the body looks whole
+  ...(() => {
+    const s = sseEvents(['looks', ' whole']);
+    const n = Buffer.byteLength(s);
+    return [
+      ['two Content-Length values', `HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: ${n}\r\nContent-Length: ${n}\r\n\r\n${s}`],
+      ['Content-Length with Transfer-Encoding', `HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: ${n}\r\nTransfer-Encoding: identity\r\n\r\n${s}`],
+      ['a blank before the colon of Content-Length', `HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length : ${n}\r\n\r\n${s}`],
+    ];
+  })(),
 ]) {
   test(`malformed upstream answer: ${name} -> the client gets a 5xx error, carpool keeps serving`, async (t) => {
     let bad = true;

@@ -43,6 +43,7 @@ static const char *const dialect_names[] = {"auto", "openai", "vllm", "llamacpp"
 static const char *const policy_names[] = {"adaptive", "fixed", NULL};
 static const char *const queue_names[] = {"shared", "per_worker", NULL};
 static const char *const level_names[] = {"debug", "info", "warn", "error", "crit", NULL};
+static const char *const serve_names[] = {"all", "api", "ops", NULL};
 
 static const struct cfg_key tls_server_keys[] = {
 	{"cert", CT_STR, F(struct cfg_tls_server, cert), FS(struct cfg_tls_server, cert), 0, 0, "", 0, 0, 0},
@@ -53,6 +54,7 @@ static const struct cfg_section tls_server_sec = {tls_server_keys, NKEYS(tls_ser
 static const struct cfg_key listen_keys[] = {
 	{"address", CT_STR, F(struct cfg_listen, address), FS(struct cfg_listen, address), 0, 0, "", 0, 0, 0},
 	{"mode", CT_STR, F(struct cfg_listen, mode), FS(struct cfg_listen, mode), 0, 0, "0660", 0, 0, 0},
+	{"serve", CT_ENUM, F(struct cfg_listen, serve), 0, 0, 0, "all", serve_names, 0, 0},
 	{"tls", CT_SECTION, F(struct cfg_listen, tls), 0, 0, 0, NULL, 0, &tls_server_sec, 0},
 };
 static const struct cfg_section listen_sec = {listen_keys, NKEYS(listen_keys), sizeof(struct cfg_listen)};

@@ -520,7 +520,12 @@ static bool local_path(const char *path)
 
 bool router_head(struct creq *r, void *arg)
 {
-	return local_path(r->path) || check_key(arg, r);
+	bool local = local_path(r->path);
+	if (r->serve != SERVE_ALL && local != (r->serve == SERVE_OPS)) { /* not served on this listener */
+		creq_reply_error(r, 404, "Not found on this listener.", "invalid_request_error", NULL, NULL);
+		return false;
+	}
+	return local || check_key(arg, r);
 }
 
 /* Runs after router_head accepted the request's head. */

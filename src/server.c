@@ -35,6 +35,7 @@ enum conn_state { ST_HEADERS, ST_BODY, ST_CHUNKED, ST_HANDLING, ST_CLOSING };
 
 struct listener {
 	struct evconnlistener *lev;
+	long serve; /* enum listen_serve */
 	struct event *rearm_ev; /* shared accept: listens again after this loop turn */
 	SSL_CTX *ssl;
 	char unix_path[CFG_STR];
@@ -74,6 +75,7 @@ struct conn {
 	uint64_t t_head;	  /* when the head being read began (its first byte, or the accept) */
 	struct event *deadline;	  /* the whole head, then the whole body, must arrive before it fires */
 	bool lingering;   /* our side is shut; draining until the peer closes */
+	long serve;	  /* the listener's enum listen_serve */
 	bool tls;
 	/* Answer bytes staged during this loop turn, sent with one write at its end (flush_cb):
 	 * however many events of a client arrive in one turn, it costs one system call. */
@@ -543,6 +545,7 @@ static int start_request(struct conn *c)
 	struct creq *r = xcalloc(1, sizeof *r);
 	r->conn = c;
 	r->t_start = c->t_head;
+	r->serve = c->serve;
 	snprintf(r->peer, sizeof r->peer, "%s", c->peer);
 	c->req = r;
 	r->keepalive = h->keepalive;
@@ -794,6 +797,7 @@ static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct soc
 	}
 	struct conn *c = xcalloc(1, sizeof *c);
 	c->srv = srv;
+	c->serve = l->serve;
 	if (sa->sa_family == AF_INET || sa->sa_family == AF_INET6) {
 		int one = 1;
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
@@ -862,6 +866,7 @@ static int open_listener(struct server *srv, const struct cfg_listen *lc, struct
 {
 	unsigned flags = LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC;
 	l->srv = srv;
+	l->serve = lc->serve;
 	if (lc->tls.cert[0] && !(l->ssl = server_tls(lc)))
 		return CP_ERROR;
 	if (!strncmp(lc->address, "unix:", 5)) {
@@ -993,6 +998,7 @@ struct server *server_new_shared(struct event_base *base, const struct config *c
 		const struct listener *pl = &primary->listeners[i];
 		struct listener *l = &s->listeners[i];
 		l->srv = s;
+		l->serve = pl->serve;
 		s->nlisteners = i + 1;
 		if (!pl->lev)
 			continue;

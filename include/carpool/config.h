@@ -17,6 +17,9 @@
 enum dialect { DIALECT_AUTO, DIALECT_OPENAI, DIALECT_VLLM, DIALECT_LLAMACPP };
 enum batch_policy { POLICY_ADAPTIVE, POLICY_FIXED };
 enum batch_queue { QUEUE_SHARED, QUEUE_PER_WORKER };
+/* What a listener answers: the API and carpool's own endpoints (/healthz, /readyz, /metrics), or one
+ * of the two. */
+enum listen_serve { SERVE_ALL, SERVE_API, SERVE_OPS };
 
 struct cfg_tls_server {
 	char cert[CFG_STR];
@@ -26,6 +29,7 @@ struct cfg_tls_server {
 struct cfg_listen {
 	char address[CFG_STR];
 	char mode[8];
+	long serve; /* enum listen_serve */
 	struct cfg_tls_server tls;
 };
 

@@ -47,6 +47,7 @@ struct creq {
 	void (*end_cb)(void *arg); /* once, when the request ends for any reason */
 	void *end_arg;
 	struct relay *relay; /* set on the dispatcher's stand-in for another worker's client (relay.h) */
+	long serve;	     /* enum listen_serve: what the listener it came on answers */
 	char peer[64];
 };
 

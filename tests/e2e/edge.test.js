@@ -220,6 +220,29 @@ test('a second instance on the same unix socket path refuses to start; the first
   await third.stop();
 });
 
+test('serve: api / ops keeps /metrics, /healthz and /readyz off the public listener', async () => {
+  const two = await startCarpool({
+    workers: 1,
+    listen: [{ address: '127.0.0.1:0', serve: 'api' }, { address: '127.0.0.1:0', serve: 'ops' }],
+    upstreams: [{ url: up.url, dialect: 'openai' }],
+    auth: { keys: [KEY] },
+    log: { level: 'info' },
+  });
+  try {
+    const ports = [...two.log().matchAll(/listening on 127\.0\.0\.1:(\d+)/g)].map((m) => Number(m[1]));
+    assert.equal(ports.length, 2);
+    const get = async (port, p) => statuses((await exchange(port, `GET ${p} HTTP/1.1\r\nHost: a\r\n${A}Connection: close\r\n\r\n`)).text)[0];
+    assert.equal(await get(ports[0], '/metrics'), 404);
+    assert.equal(await get(ports[0], '/healthz'), 404);
+    assert.equal(await get(ports[0], '/v1/models'), 200);
+    assert.equal(await get(ports[1], '/metrics'), 200);
+    assert.equal(await get(ports[1], '/readyz'), 200);
+    assert.equal(await get(ports[1], '/v1/models'), 404);
+  } finally {
+    await two.stop();
+  }
+});
+
 test('nothing refused ever reached the upstream', () => {
   assert.ok(!up.state.raw.includes('smuggle'), up.state.raw.slice(-2000));
   assert.ok(!up.state.raw.includes('admin'));

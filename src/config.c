@@ -128,6 +128,7 @@ static const struct cfg_key timeouts_keys[] = {
 	{"client_idle_ms", CT_INT, F(C, timeouts.client_idle_ms) - F(C, timeouts), 0, 1, 3600000, "60000", 0, 0, 0},
 	{"client_header_ms", CT_INT, F(C, timeouts.client_header_ms) - F(C, timeouts), 0, 1, 3600000, "30000", 0, 0, 0},
 	{"client_body_ms", CT_INT, F(C, timeouts.client_body_ms) - F(C, timeouts), 0, 1, 3600000, "60000", 0, 0, 0},
+	{"drain_ms", CT_INT, F(C, timeouts.drain_ms) - F(C, timeouts), 0, 0, 3600000, "10000", 0, 0, 0},
 	{"sse_keepalive_ms", CT_INT, F(C, timeouts.sse_keepalive_ms) - F(C, timeouts), 0, 0, 3600000, "15000", 0, 0, 0},
 };
 static const struct cfg_section timeouts_sec = {timeouts_keys, NKEYS(timeouts_keys), 0};

@@ -27,7 +27,6 @@
 #include <unistd.h>
 #include <yaml.h>
 
-#define DRAIN_DEADLINE_MS 10000
 #define MAX_WORKERS 64
 
 /* One event loop and everything it drives: its own upstream pools, batcher and client
@@ -50,6 +49,7 @@ struct worker {
 	struct event *stop_ev, *reload_ev, *drain_ev;
 	uint64_t drain_start;
 	bool stopping;
+	bool ended; /* the drain deadline passed: open requests were ended, their answers are leaving */
 	pthread_mutex_t mu;	 /* guards pending */
 	struct config *pending;	 /* a reloaded config handed over by the main thread */
 };
@@ -74,7 +74,7 @@ static void usage(FILE *f)
 	      "compatible /v1/completions and /v1/embeddings requests for a short window, sends them\n"
 	      "upstream as one call with an array prompt, and splits the answer back to each client.\n"
 	      "Every config key is documented in configs/carpool.yaml; see also carpool(1).\n"
-	      "Signals: SIGTERM/SIGINT drain and stop (10 s deadline), SIGHUP reloads the config.\n",
+	      "Signals: SIGTERM/SIGINT drain and stop (timeouts.drain_ms deadline), SIGHUP reloads the config.\n",
 	      f);
 }
 
@@ -96,9 +96,17 @@ static void drain_cb(evutil_socket_t fd, short what, void *arg)
 	/* the dispatcher serves the other workers' requests until they are gone */
 	bool others = w->relay && w->id == 0 && atomic_load(&g_exited) < g_nworkers - 1;
 	uint64_t waited = (now_us() - w->drain_start) / 1000;
-	if ((active == 0 && !others) || waited >= DRAIN_DEADLINE_MS) {
+	if (!w->ended && waited >= (uint64_t)w->cfg.timeouts.drain_ms) {
 		if (active)
-			log_warn("worker %d: drain deadline passed with %u requests open; closing them", w->id, active);
+			log_warn("worker %d: drain deadline passed with %u requests open; ending them", w->id, active);
+		/* each client gets a proper end (an error event, or a 503), then 200 ms to take it */
+		server_end_all(w->srv, "carpool is shutting down: the answer was cut at its drain deadline.");
+		w->ended = true;
+		struct timeval tv = {0, 200000};
+		evtimer_add(w->drain_ev, &tv);
+		return;
+	}
+	if ((active == 0 && !others) || w->ended) {
 		if (w->relay)
 			relay_flush(w->relay);
 		event_base_loopexit(w->base, NULL);

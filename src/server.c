@@ -395,6 +395,7 @@ void creq_stream_start(struct creq *r, int status, const char *ctype, const char
 		return;
 	}
 	write_head(r, status, ctype, extra, -1);
+	r->sse = ctype && !strncasecmp(ctype, "text/event-stream", 17);
 	/* out at the end of this loop turn (with the first event if it came in the same read): a client
 	 * knows its request was taken as soon as the upstream answered */
 	conn_stage(r->conn, "\r\n", 2, false);
@@ -1043,6 +1044,45 @@ void server_stop_listening(struct server *s)
 }
 
 unsigned server_connections(const struct server *s) { return s->nconns; }
+
+/* The first connection with a request still being answered, or NULL. */
+static struct conn *open_request(struct server *s)
+{
+	for (struct conn *c = s->conns; c; c = c->next)
+		if (c->state == ST_HANDLING && c->req && !c->req->finished)
+			return c;
+	return NULL;
+}
+
+void server_end_all(struct server *s, const char *message)
+{
+	struct conn *c;
+	/* from the head each time: an owner told of one departure may end or free other connections */
+	while ((c = open_request(s))) {
+		struct creq *r = c->req;
+		void (*gone)(void *) = r->gone_cb;
+		r->gone_cb = NULL;
+		if (gone)
+			gone(r->gone_arg);
+		if (c->req != r || r->finished)
+			continue;
+		r->keepalive = false;
+		c->state = ST_CLOSING; /* the request leaves ST_HANDLING whatever follows */
+		if (!r->started) {
+			creq_reply_error(r, 503, message, "server_error", NULL, NULL);
+		} else if (r->sse) {
+			char *err = openai_error_json(message, "server_error", NULL, NULL);
+			struct sbuf ev = {0};
+			sbuf_printf(&ev, "data: %s\n\ndata: [DONE]\n\n", err);
+			free(err);
+			if (creq_stream_write(r, ev.data, ev.len) == CP_OK)
+				creq_stream_end(r);
+			sbuf_free(&ev);
+		} else {
+			creq_abort(r);
+		}
+	}
+}
 
 void server_fit_descriptors(const struct config *cfg)
 {

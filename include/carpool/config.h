@@ -98,6 +98,7 @@ struct config {
 		long client_idle_ms;
 		long client_header_ms;
 		long client_body_ms;
+		long drain_ms;
 		long sse_keepalive_ms;
 	} timeouts;
 	struct {

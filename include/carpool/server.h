@@ -31,6 +31,7 @@ struct creq {
 	bool keepalive;
 	bool started;  /* response headers sent */
 	bool chunked;  /* a streamed (chunked) response */
+	bool sse;      /* ... of server-sent events */
 	bool finished; /* response complete */
 	uint64_t t_start;
 	/* for the access log: set by the server (status, bytes, times) and by the handler (the rest) */
@@ -66,6 +67,10 @@ struct server *server_new_shared(struct event_base *base, const struct config *c
 				 struct server *primary);
 /* Stops accepting (listeners closed, unix sockets unlinked); open connections continue. */
 void server_stop_listening(struct server *s);
+/* The drain deadline: every request still open is ended properly - its owner is told the client
+ * left, then a stream of events gets an error event and [DONE], an unanswered request a 503 with
+ * message, anything else is cut - and each connection closes once its output is out. */
+void server_end_all(struct server *s, const char *message);
 unsigned server_connections(const struct server *s);
 /* At start: raises the descriptor limit to the hard limit, and says (a warning) when it is still
  * below what limits.max_clients can need - two each, a client and its pass-through upstream - and

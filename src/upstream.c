@@ -26,12 +26,11 @@
 #include <sys/socket.h>
 
 #define MAX_RESP_HEAD 65536 /* bytes of one response head (status line and headers) */
-#define MAX_LINE 8192	    /* one head line or chunk-size line */
 #define MAX_IDLE 64	    /* idle connections kept when max_inflight does not bound them */
 
 /* Where the response on a connection is: carpool reads upstream responses itself, so that a streamed
  * body costs no allocation per chunk (evhttp's client allocates a line for every chunk size). */
-enum resp_state { RS_HEAD, RS_LEN, RS_EOF, RS_CHUNK_SIZE, RS_CHUNK_DATA, RS_CHUNK_END, RS_TRAILER, RS_DONE };
+enum resp_state { RS_HEAD, RS_LEN, RS_EOF, RS_CHUNKED, RS_DONE };
 
 /* One HTTP/1.1 connection to the upstream: in use by one call, or idle in the pool. */
 struct upconn {
@@ -51,12 +50,12 @@ struct upconn {
 	struct event *idle_ev;	/* closes it when it has been idle too long */
 	/* the response being read */
 	enum resp_state rs;
-	bool status_seen;
 	bool no_body; /* the answer to a HEAD request */
 	bool keep;    /* reusable once this response is complete */
 	int status;
-	size_t head_bytes;
-	uint64_t left; /* RS_LEN, RS_CHUNK_DATA: body bytes still to come */
+	struct http_head head;	   /* RS_HEAD (the same parser as the client edge: http.h) */
+	struct http_chunked chunk; /* RS_CHUNKED */
+	uint64_t left;		   /* RS_LEN: body bytes still to come */
 	struct evkeyvalq headers;
 };
 
@@ -206,6 +205,7 @@ static void upconn_free_now(struct upconn *uc)
 	if (uc->bev)
 		bufferevent_free(uc->bev);
 	evhttp_clear_headers(&uc->headers);
+	http_head_free(&uc->head);
 	free(uc);
 }
 
@@ -618,57 +618,18 @@ static void resp_end(struct upconn *uc, enum upcall_error err)
 	call_free(c);
 }
 
-/* One line (CRLF or LF) into buf, NUL-terminated: its length; -1: not all here yet; -2: longer than cap. */
-static int take_line(struct evbuffer *in, char *buf, size_t cap)
+/* The response head is complete (uc->head): its framing decides how the body comes, its fields go to
+ * uc->headers for the call's owner. CP_ERROR: framing that could be read two ways, or no number. */
+static int head_done(struct upconn *uc)
 {
-	size_t eol;
-	struct evbuffer_ptr p = evbuffer_search_eol(in, NULL, &eol, EVBUFFER_EOL_CRLF);
-	if (p.pos < 0)
-		return evbuffer_get_length(in) >= cap ? -2 : -1;
-	if ((size_t)p.pos >= cap)
-		return -2;
-	evbuffer_remove(in, buf, (size_t)p.pos);
-	buf[p.pos] = 0;
-	evbuffer_drain(in, eol);
-	return (int)p.pos;
-}
-
-/* A head line: the status line first, then "Name: value" headers. CP_ERROR: not HTTP. */
-static int head_line(struct upconn *uc, char *line)
-{
-	if (!uc->status_seen) {
-		int major, minor, status;
-		if (sscanf(line, "HTTP/%d.%d %d", &major, &minor, &status) != 3 || major != 1 || status < 100 ||
-		    status > 999)
-			return CP_ERROR;
-		uc->status = status;
-		uc->status_seen = true;
-		uc->keep = minor >= 1;
-		return CP_OK;
-	}
-	char *v = http_header_split(line);
-	if (!v || !http_token(line, strlen(line))) /* "Content-Length : 5" is not a name: framing it could hide */
+	struct http_head *h = &uc->head;
+	if (http_head_response_framing(h, uc->no_body) != CP_OK)
 		return CP_ERROR;
-	evhttp_add_header(&uc->headers, line, v);
-	return CP_OK;
-}
-
-/* The head is complete: how the body is framed. CP_ERROR: a length that is not a number. */
-static int body_framing(struct upconn *uc)
-{
-	const char *te = NULL, *cl = NULL;
-	for (const struct evkeyval *kv = uc->headers.tqh_first; kv; kv = kv->next.tqe_next) {
-		/* framing read two ways (two lengths, or a length and chunked) is refused (RFC 9112 6.3) */
-		bool is_te = !strcasecmp(kv->key, "Transfer-Encoding"), is_cl = !strcasecmp(kv->key, "Content-Length");
-		if ((is_te && te) || (is_cl && cl) || ((is_te && cl) || (is_cl && te)))
-			return CP_ERROR;
-		te = is_te ? kv->value : te;
-		cl = is_cl ? kv->value : cl;
-	}
-	const char *cn = evhttp_find_header(&uc->headers, "Connection");
+	uc->status = h->status;
+	uc->keep = h->keepalive;
+	for (unsigned i = 0; i < h->nfields; i++)
+		evhttp_add_header(&uc->headers, h->fields[i].name, h->fields[i].value);
 	const char *ka = evhttp_find_header(&uc->headers, "Keep-Alive");
-	if (cn && strcasestr(cn, "close"))
-		uc->keep = false;
 	if (ka) /* how long the server keeps it idle, how many requests it takes on it (whether max= counts
 		 * the requests left or all of them varies: carpool stops at whichever comes first) */
 		http_keep_alive(ka, &uc->ka_timeout_s, &uc->ka_max);
@@ -676,22 +637,13 @@ static int body_framing(struct upconn *uc)
 		uc->keep = false; /* the server takes no more requests on it */
 	const char *ct = evhttp_find_header(&uc->headers, "Content-Type");
 	uc->streamed = ct && strcasestr(ct, "text/event-stream");
-	if (uc->no_body || uc->status == 204 || uc->status == 304) {
-		uc->rs = RS_DONE;
-	} else if (te && strcasestr(te, "chunked")) {
-		uc->rs = RS_CHUNK_SIZE;
-	} else if (cl) {
-		char *e;
-		errno = 0;
-		unsigned long long n = strtoull(cl, &e, 10);
-		if (errno || e == cl || *e || cl[0] == '-')
-			return CP_ERROR;
-		uc->left = n;
-		uc->rs = n ? RS_LEN : RS_DONE;
-	} else {
-		uc->rs = RS_EOF; /* the body ends when the upstream closes */
-		uc->keep = false;
+	switch (h->body) {
+	case HTTP_BODY_NONE: uc->rs = RS_DONE; break;
+	case HTTP_BODY_LENGTH: uc->rs = RS_LEN; uc->left = h->content_length; break;
+	case HTTP_BODY_CHUNKED: uc->rs = RS_CHUNKED; http_chunked_init(&uc->chunk, UINT64_MAX, MAX_RESP_HEAD); break;
+	case HTTP_BODY_EOF: uc->rs = RS_EOF; break; /* the body ends when the upstream closes */
 	}
+	http_head_free(h);
 	return CP_OK;
 }
 
@@ -737,35 +689,26 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
 			c->req = NULL;
 		}
 	}
-	char line[MAX_LINE];
 	for (;;) {
+		struct evbuffer_iovec v = {0};
+		if (uc->rs == RS_HEAD || uc->rs == RS_CHUNKED)
+			evbuffer_peek(in, -1, NULL, &v, 1);
 		switch (uc->rs) {
 		case RS_HEAD: {
-			int n = take_line(in, line, sizeof line);
-			if (n == -1)
+			if (!v.iov_len)
 				return;
-			uc->head_bytes += n < 0 ? 0 : (size_t)n + 2;
-			if (n == -2 || uc->head_bytes > MAX_RESP_HEAD) {
-				log_warn("upstream %s: response head too large", c->up->cfg->url);
-				resp_end(uc, UPE_BROKEN);
-				return;
-			}
-			if (n > 0 || !uc->status_seen) {
-				if (head_line(uc, line) != CP_OK) {
-					log_warn("upstream %s: not an HTTP/1.x response", c->up->cfg->url);
-					resp_end(uc, UPE_BROKEN);
-					return;
-				}
+			size_t used;
+			int rc = http_head_feed(&uc->head, v.iov_base, v.iov_len, &used);
+			evbuffer_drain(in, used);
+			if (rc == CP_AGAIN)
+				continue;
+			if (rc == CP_OK && uc->head.status < 200) { /* an interim answer (100 Continue): the real head follows */
+				http_head_free(&uc->head);
+				http_head_init(&uc->head, HTTP_RESPONSE, MAX_RESP_HEAD);
 				continue;
 			}
-			if (uc->status < 200) { /* an interim answer (100 Continue): the real head follows */
-				evhttp_clear_headers(&uc->headers);
-				uc->status_seen = false;
-				uc->head_bytes = 0;
-				continue;
-			}
-			if (body_framing(uc) != CP_OK) {
-				log_warn("upstream %s: bad or conflicting framing (Content-Length, Transfer-Encoding)", c->up->cfg->url);
+			if (rc != CP_OK || head_done(uc) != CP_OK) {
+				log_warn("upstream %s: not a valid HTTP/1.1 response: %s", c->up->cfg->url, uc->head.error);
 				resp_end(uc, UPE_BROKEN);
 				return;
 			}
@@ -779,8 +722,7 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
 			continue;
 		}
 		case RS_LEN:
-		case RS_EOF:
-		case RS_CHUNK_DATA: {
+		case RS_EOF: {
 			size_t n = evbuffer_get_length(in);
 			if (!n)
 				return;
@@ -792,46 +734,27 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
 				return;
 			uc->left -= n;
 			if (!uc->left)
-				uc->rs = uc->rs == RS_LEN ? RS_DONE : RS_CHUNK_END;
+				uc->rs = RS_DONE;
 			continue;
 		}
-		case RS_CHUNK_SIZE: {
-			int n = take_line(in, line, sizeof line);
-			if (n == -1)
+		case RS_CHUNKED: {
+			if (!v.iov_len)
 				return;
-			char *e;
-			errno = 0;
-			unsigned long long size = n > 0 ? strtoull(line, &e, 16) : 0;
-			if (n <= 0 || errno || e == line || (*e && *e != ';' && *e != ' ' && *e != '\t')) {
-				log_warn("upstream %s: bad chunk size", c->up->cfg->url);
+			size_t used, dlen;
+			const char *data;
+			int rc = http_chunked_feed(&uc->chunk, v.iov_base, v.iov_len, &used, &data, &dlen);
+			if (dlen) { /* in place, before the bytes leave the buffer */
+				c->ops->on_data(c->arg, data, dlen);
+				if (c->cancelled)
+					return;
+			}
+			evbuffer_drain(in, used);
+			if (rc == CP_ERROR) {
+				log_warn("upstream %s: bad chunked body: %s", c->up->cfg->url, uc->chunk.error);
 				resp_end(uc, UPE_BROKEN);
 				return;
 			}
-			uc->left = size;
-			uc->rs = size ? RS_CHUNK_DATA : RS_TRAILER;
-			continue;
-		}
-		case RS_CHUNK_END: {
-			int n = take_line(in, line, sizeof line);
-			if (n == -1)
-				return;
-			if (n != 0) {
-				log_warn("upstream %s: chunk not followed by CRLF", c->up->cfg->url);
-				resp_end(uc, UPE_BROKEN);
-				return;
-			}
-			uc->rs = RS_CHUNK_SIZE;
-			continue;
-		}
-		case RS_TRAILER: {
-			int n = take_line(in, line, sizeof line);
-			if (n == -1)
-				return;
-			if (n == -2) {
-				resp_end(uc, UPE_BROKEN);
-				return;
-			}
-			if (n == 0)
+			if (rc == CP_OK)
 				uc->rs = RS_DONE;
 			continue;
 		}
@@ -848,9 +771,9 @@ static void call_attach(struct upcall *c, struct upconn *uc, bool head_request, 
 	c->conn = uc;
 	uc->call = c;
 	uc->rs = RS_HEAD;
-	uc->status_seen = false;
+	http_head_free(&uc->head);
+	http_head_init(&uc->head, HTTP_RESPONSE, MAX_RESP_HEAD);
 	uc->answered = false;
-	uc->head_bytes = 0;
 	uc->no_body = head_request;
 	uc->requests++;
 	evbuffer_add_buffer(bufferevent_get_output(uc->bev), req);

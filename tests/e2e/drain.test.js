@@ -2,10 +2,9 @@
 // then each ends properly - a stream with an SSE error event and [DONE] and a clean chunked end, a
 // request not yet answered with a 503 error JSON - never a cut stream or an empty reply.
 'use strict';
-const { test } = require('node:test');
 const assert = require('node:assert/strict');
 const http = require('node:http');
-const { startSim, startCarpool, baseConfig, parseSse, collect } = require('./lib');
+const { test, startSim, startCarpool, baseConfig, parseSse, collect } = require('./lib');
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 

@@ -2,10 +2,10 @@
 // check, the head and body deadlines, and dot segments - raw bytes on real sockets against the real
 // binary, with a recording upstream that must never see what carpool refuses.
 'use strict';
-const { test, before, after } = require('node:test');
+const { before, after } = require('node:test');
 const assert = require('node:assert/strict');
 const net = require('node:net');
-const { startCarpool, curl } = require('./lib');
+const { test, startCarpool, curl } = require('./lib');
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const KEY = 'sk-edge-test';

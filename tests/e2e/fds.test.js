@@ -2,11 +2,10 @@
 // the connections it cannot serve with 503, without spinning or flooding its log, and serves again
 // once descriptors free up; an upstream URL that leads back to carpool is refused, not followed.
 'use strict';
-const { test } = require('node:test');
 const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const net = require('node:net');
-const { startSim, startCarpool, baseConfig, request } = require('./lib');
+const { test, startSim, startCarpool, baseConfig, request } = require('./lib');
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 

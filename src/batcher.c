@@ -645,8 +645,10 @@ static void batch_send(struct batch *b)
 				strlen(body), &call_ops, b);
 	free(body);
 	if (!b->call) {
+		char msg[300];
+		snprintf(msg, sizeof msg, "carpool could not reach the upstream %.200s", b->up->cfg->url);
 		for (unsigned i = 0; i < b->nmembers; i++)
-			member_reply_error(b->members[i], 502, "carpool could not reach the upstream", "server_error", NULL);
+			member_reply_error(b->members[i], 502, msg, "server_error", NULL);
 		batch_free(b);
 		return;
 	}
@@ -1150,8 +1152,9 @@ static void call_done(void *arg, enum upcall_error err)
 			split_end(&b->sp, 0, NULL);
 		} else {
 			requeue_unstarted(b);
-			char msg[160];
-			snprintf(msg, sizeof msg, "the upstream failed mid-stream (%s)", upcall_error_name(err));
+			char msg[300];
+			snprintf(msg, sizeof msg, "the upstream %.200s failed mid-stream (%s)", b->up->cfg->url,
+				 upcall_error_name(err));
 			split_end(&b->sp, err == UPE_IDLE ? 504 : 502, msg);
 		}
 		if (flush_members(b) == CP_OK)
@@ -1188,14 +1191,21 @@ static void call_done(void *arg, enum upcall_error err)
 		else
 			event_assign(b->timer, bt->base, -1, 0, retry_cb, b);
 		long ms = RETRY_BACKOFF_MS << (b->attempt - 1);
+		/* the same upstream takes it no sooner than its backoff (a 429 / 503, or an ejection) ends */
+		uint64_t now = now_us();
+		long held = b->up->backoff_until > now ? (long)((b->up->backoff_until - now + 999) / 1000) : 0;
+		bool backed_off = held > ms;
+		if (backed_off)
+			ms = held;
 		if (other)
 			ms = 0; /* another upstream can take it at once */
 		if (ms > 30000)
 			ms = 30000;
 		struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
 		evtimer_add(b->timer, &tv);
-		log_warn("batch %llu: upstream %s failed it (%s, status %d) before any byte reached a client; retry %d in %ld ms",
-			 (unsigned long long)b->id, b->up->cfg->url, upcall_error_name(err), b->status, b->attempt, ms);
+		log_warn("batch %llu: upstream %s failed it (%s, status %d) before any byte reached a client; retry %d in %ld ms%s",
+			 (unsigned long long)b->id, b->up->cfg->url, upcall_error_name(err), b->status, b->attempt, ms,
+			 backed_off && !other ? ", when its backoff ends" : "");
 		sbuf_reset(&b->errbody);
 		b->unusable = false;
 		return;
@@ -1211,8 +1221,9 @@ static void call_done(void *arg, enum upcall_error err)
 	}
 	if (b->status == 0) {
 		int status = err == UPE_FIRST_BYTE || err == UPE_IDLE ? 504 : 502;
-		char msg[200];
-		snprintf(msg, sizeof msg, "carpool could not get an answer from the upstream (%s)", upcall_error_name(err));
+		char msg[300];
+		snprintf(msg, sizeof msg, "carpool could not get an answer from the upstream %.200s (%s)", b->up->cfg->url,
+			 upcall_error_name(err));
 		for (unsigned i = 0; i < b->nmembers; i++)
 			member_reply_error(b->members[i], status, msg, "server_error", NULL);
 		batch_free(b);
@@ -1226,8 +1237,10 @@ static void call_done(void *arg, enum upcall_error err)
 		return;
 	}
 	if (err != UPE_NONE && !b->errbody.len) {
+		char msg[300];
+		snprintf(msg, sizeof msg, "the upstream %.200s failed (%s)", b->up->cfg->url, upcall_error_name(err));
 		for (unsigned i = 0; i < b->nmembers; i++)
-			member_reply_error(b->members[i], 502, "the upstream failed", "server_error", NULL);
+			member_reply_error(b->members[i], 502, msg, "server_error", NULL);
 	} else {
 		forward_error(b);
 	}

@@ -97,8 +97,12 @@ static void drain_cb(evutil_socket_t fd, short what, void *arg)
 	bool others = w->relay && w->id == 0 && atomic_load(&g_exited) < g_nworkers - 1;
 	uint64_t waited = (now_us() - w->drain_start) / 1000;
 	if (!w->ended && waited >= (uint64_t)w->cfg.timeouts.drain_ms) {
-		if (active)
-			log_warn("worker %d: drain deadline passed with %u requests open; ending them", w->id, active);
+		/* each worker counts its own clients: the dispatcher's stand-ins are the others' */
+		unsigned others_open = w->relay && w->id == 0 ? relay_open(w->relay) : 0;
+		unsigned own = active > others_open ? active - others_open : 0;
+		if (own)
+			log_warn("worker %d: drain deadline passed with %u requests of its clients open; ending them",
+				 w->id, own);
 		/* each client gets a proper end (an error event, or a 503), then 200 ms to take it */
 		server_end_all(w->srv, "carpool is shutting down: the answer was cut at its drain deadline.");
 		w->ended = true;

@@ -86,6 +86,7 @@ static bool check_key(struct router *rt, struct creq *r)
 
 struct pass {
 	struct creq *r;
+	struct upstream *up;
 	struct upcall *call;
 	bool head_sent;
 };
@@ -161,15 +162,15 @@ static void pass_done(void *arg, enum upcall_error err)
 		creq_on_gone(r, NULL, NULL);
 		if (p->head_sent && err != UPE_NONE) {
 			/* a clean end would pass a cut answer off as whole: let the client see the break */
-			log_warn("pass-through %s: the upstream broke mid-answer (%s); closing the client connection",
-				 r->path, upcall_error_name(err));
+			log_warn("pass-through %s: the upstream %s broke mid-answer (%s); closing the client connection",
+				 r->path, p->up->cfg->url, upcall_error_name(err));
 			creq_abort(r);
 		} else if (p->head_sent) {
 			creq_stream_end(r);
 		} else {
-			char msg[160];
-			snprintf(msg, sizeof msg, "carpool could not get an answer from the upstream (%s)",
-				 upcall_error_name(err));
+			char msg[300];
+			snprintf(msg, sizeof msg, "carpool could not get an answer from the upstream %.200s (%s)",
+				 p->up->cfg->url, upcall_error_name(err));
 			creq_reply_error(r, err == UPE_FIRST_BYTE || err == UPE_IDLE ? 504 : 502, msg, "server_error", NULL,
 					 NULL);
 		}
@@ -194,12 +195,15 @@ static void passthrough(struct router *rt, struct creq *r, struct upstream *up)
 	const char *auth = keys_mode(rt) ? NULL : creq_header(r, "Authorization");
 	struct pass *p = xcalloc(1, sizeof *p);
 	p->r = r;
+	p->up = up;
 	CNT_ADD(rt->passthrough, 1);
 	p->call = upstream_call(up, r->method, r->target, hdrs, n, auth, r->body.data, r->body.len, &pass_ops, p);
 	free(hdrs);
 	if (!p->call) {
 		free(p);
-		creq_reply_error(r, 502, "carpool could not reach the upstream", "server_error", NULL, NULL);
+		char msg[300];
+		snprintf(msg, sizeof msg, "carpool could not reach the upstream %.200s", up->cfg->url);
+		creq_reply_error(r, 502, msg, "server_error", NULL, NULL);
 		return;
 	}
 	creq_on_gone(r, pass_gone, p);

@@ -229,6 +229,12 @@ test('shared queue: SIGTERM past the drain deadline with streams open on both wo
     assert.ok(o.startsWith('HTTP/1.1 200') && o.includes('data: {'), `${where}: a stream that was flowing`);
     assert.match(o, /drain deadline[\s\S]*\[DONE\]/, `${where}: ${o.slice(-400)}`);
   });
+  // each worker counts its own clients' requests: 6 each, not the dispatcher's stand-ins too (issue 11 item 11)
+  for (const w of [0, 1]) {
+    const said = cp.log().match(new RegExp(`worker ${w}: drain deadline passed with (\\d+) requests of its clients open`));
+    assert.ok(said, cp.log());
+    assert.equal(Number(said[1]), 6, `worker ${w}: ${said[0]}`);
+  }
 });
 
 // Design concern (not a memory bug): since the staging commit a stream's head waits for its first

@@ -470,6 +470,25 @@ static void metrics(struct router *rt, struct creq *r)
 	sbuf_free(&b);
 }
 
+/* Ready: some upstream has answered and has not been failing since for its grace period. The
+ * workers' copies of an upstream are judged together: each sees only its own calls. */
+static bool ready(struct router *rt)
+{
+	struct router *self[1] = {rt};
+	struct router **peers = rt->peers ? rt->peers : self;
+	int npeers = rt->peers ? rt->npeers : 1;
+	struct upstream *copies[64];
+	if (npeers > 64)
+		npeers = 64;
+	for (int i = 0; i < rt->nups; i++) {
+		for (int p = 0; p < npeers; p++)
+			copies[p] = &peers[p]->ups[i];
+		if (upstream_ready(copies, npeers))
+			return true;
+	}
+	return false;
+}
+
 /* The same answer on every route for a model no upstream serves: 404 model_not_found, naming it. */
 static void no_such_model(struct creq *r, const char *model)
 {
@@ -541,13 +560,10 @@ void router_handle(struct creq *r, void *arg)
 		return;
 	}
 	if (!strcmp(r->path, "/readyz")) {
-		bool ok = false;
-		for (int i = 0; i < rt->nups; i++)
-			ok = ok || upstream_healthy(&rt->ups[i]);
-		if (ok)
+		if (ready(rt))
 			creq_reply(r, 200, "application/json", NULL, "{\"status\":\"ready\"}", 18);
 		else
-			creq_reply(r, 503, "application/json", NULL, "{\"status\":\"no healthy upstream\"}", 32);
+			creq_reply(r, 503, "application/json", NULL, "{\"status\":\"no upstream answering\"}", 34);
 		return;
 	}
 	if (!strcmp(r->path, "/metrics")) {

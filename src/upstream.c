@@ -254,7 +254,9 @@ void upstream_free(struct upstream *up)
 		event_free(up->wake_ev);
 	if (up->health_ev)
 		event_free(up->health_ev);
-	up->wake_ev = up->health_ev = NULL;
+	if (up->probe_ev)
+		event_free(up->probe_ev);
+	up->wake_ev = up->health_ev = up->probe_ev = NULL;
 	if (up->ssl_ctx)
 		SSL_CTX_free(up->ssl_ctx);
 	free(up->auth);
@@ -345,8 +347,58 @@ bool upstream_has_room(struct upstream *up)
 	return true;
 }
 
+static void probe_later(struct upstream *up, long ms);
+
+/* Readiness: an answer makes it ready at once; a failure starts (or continues) the grace period. An
+ * upstream whose probe got no answer is back when it answers anything: its next probe need not wait
+ * (one that answered the probe with an error status keeps the backoff). */
+static void note_answer(struct upstream *up)
+{
+	CNT_SET(up->answered_at, now_us());
+	CNT_SET(up->failing_since, 0);
+	if (up->probe_silent && up->probe_ev && evtimer_pending(up->probe_ev, NULL)) {
+		up->probe_silent = false;
+		evtimer_add(up->probe_ev, &zero_tv);
+	}
+}
+
+static void note_silence(struct upstream *up)
+{
+	uint64_t now = now_us();
+	if (!CNT_GET(up->failing_since))
+		CNT_SET(up->failing_since, now);
+	CNT_SET(up->failed_at, now);
+}
+
+long upstream_ready_grace_ms(const struct upstream *up)
+{
+	long checks = up->cfg->health_path[0] ? 3 * up->cfg->health_interval_ms : 0;
+	return checks > 5000 ? checks : 5000;
+}
+
+bool upstream_ready(struct upstream *const *copies, int n)
+{
+	uint64_t answered = 0, failing = 0;
+	for (int w = 0; w < n; w++)
+		if (CNT_GET(copies[w]->answered_at) > answered)
+			answered = CNT_GET(copies[w]->answered_at);
+	if (!answered)
+		return false;
+	/* a copy that failed after the last answer anywhere: failing since that answer at the earliest */
+	for (int w = 0; w < n; w++) {
+		uint64_t since = CNT_GET(copies[w]->failing_since);
+		if (!since || CNT_GET(copies[w]->failed_at) <= answered)
+			continue;
+		since = since > answered ? since : answered;
+		if (!failing || since < failing)
+			failing = since;
+	}
+	return !failing || now_us() - failing < (uint64_t)upstream_ready_grace_ms(copies[0]) * 1000u;
+}
+
 /* A call that could not connect or broke: three in a row eject the upstream for a while. */
-/* Takes the upstream out of service, for a backoff that doubles with each ejection in a row. */
+/* Takes the upstream out of service, for a backoff that doubles with each ejection in a row. An
+ * upstream detected once is detected again when it comes back: it may be another server. */
 static void eject(struct upstream *up, const char *why)
 {
 	long ms = 1000L << (up->ejections < 5 ? up->ejections : 5);
@@ -357,6 +409,10 @@ static void eject(struct upstream *up, const char *why)
 	up->consecutive_failures = 0;
 	log_warn("upstream %s: ejected for %ld ms after %s", up->cfg->url, ms, why);
 	upstream_backoff(up, ms);
+	if (up->cfg->dialect == DIALECT_AUTO) {
+		up->probe_silent = true;
+		probe_later(up, ms);
+	}
 	event_active(up->room_ev, 0, 0); /* the batcher re-examines what waits for it */
 }
 
@@ -375,6 +431,7 @@ static void note_success(struct upstream *up)
 static void conn_read_cb(struct bufferevent *bev, void *arg);
 static void conn_event_cb(struct bufferevent *bev, short what, void *arg);
 
+static const struct upcall_ops health_ops;
 static void idle_cb(evutil_socket_t fd, short what, void *arg);
 
 /* Takes an idle connection out of the pool (to use it or to close it). */
@@ -571,6 +628,13 @@ static void call_over(struct upcall *c, enum upcall_error err)
 	c->over = true;
 	if (err != UPE_NONE)
 		c->conn->dead = true;
+	/* any answer makes it ready, but a health check's is judged by its status (health_done) */
+	if (c->ops != &health_ops) {
+		if (err != UPE_NONE)
+			note_silence(c->up);
+		else if (c->conn->status < 500)
+			note_answer(c->up);
+	}
 	if (c->side) {
 		/* health is judged by real calls and health checks, not by a load poll */
 	} else if (err != UPE_NONE) {
@@ -1052,18 +1116,28 @@ static void probe_done(void *arg, enum upcall_error err)
 	bool detected = err == UPE_NONE && (p->status == 200 || p->llama_server);
 	/* what was learnt, for say_once: a dialect (never auto, so not 0), a status, or an error */
 	unsigned learnt = detected ? (unsigned)d : err == UPE_NONE ? 0x100u + (unsigned)p->status : 0x10000u + err;
+	/* the dialect last detected stays until another is: an upstream that went away keeps its own */
+	const char *meanwhile = up->detected ? dialect_name(up->dialect) : "openai";
 	if (detected) {
 		up->dialect = d;
 		up->detected = true;
+		up->probe_wait_ms = 0;
 		if (say_once(&dialect_said[up->index], learnt))
 			log_info("upstream %s: dialect %s (detected)", up->cfg->url, dialect_name(d));
-	} else if (say_once(&dialect_said[up->index], learnt)) {
-		if (err == UPE_NONE)
-			log_warn("upstream %s: GET %s/v1/models answered %d: dialect not detected, using openai",
-				 up->cfg->url, up->prefix, p->status);
-		else
-			log_warn("upstream %s: GET %s/v1/models failed (%s): dialect not detected, using openai",
-				 up->cfg->url, up->prefix, upcall_error_name(err));
+	} else {
+		if (say_once(&dialect_said[up->index], learnt)) {
+			if (err == UPE_NONE)
+				log_warn("upstream %s: GET %s/v1/models answered %d: dialect not detected, using %s "
+					 "until it is (trying again, every 30 s at most)",
+					 up->cfg->url, up->prefix, p->status, meanwhile);
+			else
+				log_warn("upstream %s: GET %s/v1/models failed (%s): dialect not detected, using %s "
+					 "until it is (trying again, every 30 s at most)",
+					 up->cfg->url, up->prefix, upcall_error_name(err), meanwhile);
+		}
+		up->probe_silent = err != UPE_NONE;
+		long ms = up->probe_wait_ms ? up->probe_wait_ms * 2 : 1000;
+		probe_later(up, ms < 30000 ? ms : 30000);
 	}
 	sbuf_free(&p->body);
 	free(p);
@@ -1100,14 +1174,42 @@ void upstream_probe_info(struct upstream *up)
 		free(p);
 }
 
-void upstream_probe(struct upstream *up)
+/* The first probe is a call like any other; the tries after it are side calls, so that probing an
+ * upstream that is down never ejects it (nor logs an ejection each third try). */
+static void probe_send(struct upstream *up, bool first)
 {
-	if (up->dialect != DIALECT_AUTO)
-		return;
 	struct probe *p = xcalloc(1, sizeof *p);
 	p->up = up;
-	if (!upstream_call(up, "GET", "/v1/models", NULL, 0, NULL, NULL, 0, &probe_ops, p))
+	struct upcall *c = first ? upstream_call(up, "GET", "/v1/models", NULL, 0, NULL, NULL, 0, &probe_ops, p)
+				 : upstream_side_get(up, "/v1/models", &probe_ops, p);
+	if (!c) {
 		free(p);
+		probe_later(up, 30000);
+	}
+}
+
+static void probe_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	probe_send(arg, false);
+}
+
+/* Detects again in ms (a later request for it replaces an earlier one). */
+static void probe_later(struct upstream *up, long ms)
+{
+	if (!up->probe_ev)
+		up->probe_ev = evtimer_new(up->base, probe_cb, up);
+	up->probe_wait_ms = ms;
+	struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+	evtimer_add(up->probe_ev, &tv);
+}
+
+void upstream_probe(struct upstream *up)
+{
+	if (up->cfg->dialect != DIALECT_AUTO)
+		return;
+	probe_send(up, true);
 }
 
 /* --- active health checks -------------------------------------------------------------------- */
@@ -1135,6 +1237,7 @@ static void health_done(void *arg, enum upcall_error err)
 	struct health *h = arg;
 	struct upstream *up = h->up;
 	if (err == UPE_NONE && h->status >= 200 && h->status < 300) {
+		note_answer(up);
 		if (!upstream_healthy(up))
 			log_info("upstream %s: health check passed; back in service", up->cfg->url);
 		note_success(up);
@@ -1142,6 +1245,7 @@ static void health_done(void *arg, enum upcall_error err)
 		event_active(up->room_ev, 0, 0);
 	} else {
 		up->health_fail++;
+		note_silence(up);
 		log_warn("upstream %s: health check failed (%s, status %d)", up->cfg->url, upcall_error_name(err), h->status);
 		if (upstream_healthy(up)) /* a failed check ejects at once; an ejected one stays out */
 			eject(up, "a failed health check");

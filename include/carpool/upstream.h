@@ -41,8 +41,15 @@ struct upstream {
 	char host_header[300];
 	void *ssl_ctx;		/* SSL_CTX, https only */
 	char *auth;		/* "Bearer <key>" from api_key_env, or NULL: pass-through */
-	enum dialect dialect;	/* as configured, or detected when configured auto */
+	enum dialect dialect;	/* as configured, or detected when configured auto (auto until then: openai) */
 	bool detected;
+	struct event *probe_ev;		/* dialect auto: the next detection, until one succeeds */
+	long probe_wait_ms;		/* the wait before the next detection: 1 s doubling to 30 s */
+	bool probe_silent;		/* the next waits for an upstream that did not answer */
+	/* readiness: written by this worker, read by any (CNT_GET) */
+	uint64_t answered_at;		/* now_us() of its last answer (0: never answered) */
+	uint64_t failing_since;		/* now_us() of its first failure since then (0: none) */
+	uint64_t failed_at;		/* now_us() of its last failure (0: none) */
 	unsigned max_inputs;		/* embeddings inputs per call: the config's, or less if /info says so */
 	unsigned inflight;		/* calls open now */
 	unsigned seqs;			/* sequences carpool has in flight on it (prompts x n); each frees as it ends */
@@ -99,13 +106,20 @@ void upstream_seqs_end(struct upstream *up, unsigned n);
 /* Healthy: not ejected (3 calls in a row that failed to connect or broke eject it, with a
  * doubling backoff from 1 s to 30 s; a success or a good health check restores it). */
 bool upstream_healthy(const struct upstream *up);
+/* Ready: of the n workers' copies of one upstream, one has answered (any call with a response under
+ * 500, or a passing health check) and it has not been failing since for upstream_ready_grace_ms. */
+bool upstream_ready(struct upstream *const *copies, int n);
+/* How long an upstream that answered before must fail before it is not ready: 5 s, or three health
+ * checks when they are slower. */
+long upstream_ready_grace_ms(const struct upstream *up);
 /* Stops sending to up for ms (an upstream 429 / 503 with Retry-After). */
 void upstream_backoff(struct upstream *up, long ms);
 /* Asks GET /info for text-embeddings-inference's max_client_batch_size (asynchronous). */
 void upstream_probe_info(struct upstream *up);
 /* Starts the periodic active health check, when health_path is set. */
 void upstream_start_health(struct upstream *up);
-/* Detects the dialect with GET /v1/models when it is configured auto (asynchronous). */
+/* Detects the dialect with GET /v1/models when it is configured auto (asynchronous); until a probe
+ * is answered it tries again after 1 s, doubling to 30 s, and again after each ejection. */
 void upstream_probe(struct upstream *up);
 
 /* Starts one HTTP call. path is appended to the URL's prefix. hdrs (may be NULL) are "Name: value"

@@ -7,7 +7,7 @@ const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const path = require('node:path');
 const { spawn } = require('node:child_process');
-const { test, ROOT, BIN, startSim, startCarpool, request, parseSse, collect, curl, tmpdir } = require('./lib');
+const { test, ROOT, BIN, startSim, startCarpool, request, readyz, parseSse, collect, curl, tmpdir } = require('./lib');
 const { expected, embedding } = require('./simgen');
 
 const CONFIGS = path.join(ROOT, 'configs');
@@ -184,7 +184,7 @@ test('vllm-gateway.yaml: concurrent completions spread over the fleet by model, 
 
   const cp = await startCarpool(y);
   t.after(() => cp.stop());
-  assert.equal((await request(cp.port, 'GET', '/readyz')).status, 200);
+  assert.equal(await readyz(cp.port), 200);
 
   const LLAMA = 'meta-llama/Llama-3.1-8B-Instruct';
   const QWEN = 'Qwen/Qwen2.5-7B-Instruct';
@@ -252,7 +252,7 @@ test('llamacpp-gateway.yaml: completions against llama.cpp-dialect servers with 
 
   const cp = await startCarpool(y);
   t.after(() => cp.stop());
-  assert.equal((await request(cp.port, 'GET', '/readyz')).status, 200);
+  assert.equal(await readyz(cp.port), 200);
 
   const jobs = Array.from({ length: 40 }, (_, i) => ({ prompt: prompt(`llama.cpp ${i}`), stream: i % 3 !== 0 }));
   const res = await Promise.all(jobs.map((jb) => request(cp.port, 'POST', '/v1/completions',
@@ -308,7 +308,7 @@ test('tei-embeddings.yaml: 70 inputs against a TEI-like upstream limited to 32 i
 
   const cp = await startCarpool(y);
   t.after(() => cp.stop());
-  assert.equal((await request(cp.port, 'GET', '/readyz')).status, 200);
+  assert.equal(await readyz(cp.port), 200);
 
   const big = Array.from({ length: 70 }, (_, i) => `tei input ${i} ${'x'.repeat(i % 7)}`);
   const small = Array.from({ length: 10 }, (_, i) => `tei small ${i}`);

@@ -179,6 +179,26 @@ function request(port, method, p, body, headers = {}, opts = {}) {
   });
 }
 
+// A loopback port nothing listens on (for now: an upstream to start later, or never).
+async function freePort() {
+  const s = http.createServer();
+  await new Promise((r) => s.listen(0, '127.0.0.1', r));
+  const { port } = s.address();
+  await new Promise((r) => s.close(r));
+  return port;
+}
+
+// GET /readyz until it answers 200 or timeoutMs passes; resolves with the last status. carpool is
+// ready once an upstream has answered (a probe, a poll, a health check, a call), just after start.
+async function readyz(port, timeoutMs = 5000) {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    const { status } = await request(port, 'GET', '/readyz');
+    if (status === 200 || Date.now() > until) return status;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
 // Parses an SSE body into events: [{field:'data'|'error', data}], with '[DONE]' kept as data.
 function parseSse(text) {
   const events = [];
@@ -350,6 +370,7 @@ function curl(args, input) {
 }
 
 module.exports = {
-  test, TEST_TIMEOUT_MS, ROOT, BIN, startSim, startCarpool, baseConfig, request, parseSse, collect, curl, toYaml, tmpdir,
-  assertCleanLog, assertEmbeddings, probeWorker, connectOnWorkers, rawPost, sendUntilClose, splitResponses, agent, makeCerts,
+  test, TEST_TIMEOUT_MS, ROOT, BIN, startSim, startCarpool, baseConfig, request, readyz, freePort, parseSse, collect, curl,
+  toYaml, tmpdir, assertCleanLog, assertEmbeddings, probeWorker, connectOnWorkers, rawPost, sendUntilClose, splitResponses,
+  agent, makeCerts,
 };

@@ -3,16 +3,7 @@
 'use strict';
 const assert = require('node:assert/strict');
 const http = require('node:http');
-const { test, startCarpool, baseConfig, request, parseSse, collect } = require('./lib');
-
-// A loopback port nothing listens on.
-async function freePort() {
-  const s = http.createServer();
-  await new Promise((r) => s.listen(0, '127.0.0.1', r));
-  const { port } = s.address();
-  await new Promise((r) => s.close(r));
-  return port;
-}
+const { test, startCarpool, baseConfig, request, parseSse, collect, freePort } = require('./lib');
 
 // An OpenAI-dialect upstream: its first `refuse` completion calls get 503 without Retry-After, the
 // others a one-event stream; with `silent`, it accepts calls and never answers.

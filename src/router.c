@@ -346,6 +346,17 @@ static void upstream_load_metrics(struct sbuf *b, struct router *rt, struct rout
 
 /* --- local endpoints ---------------------------------------------------------------------------- */
 
+/* Upstream i is ready. The workers' copies of it are judged together: each sees only its own calls. */
+static bool upstream_ready_of(struct router *const *peers, int npeers, int i)
+{
+	struct upstream *copies[64];
+	if (npeers > 64)
+		npeers = 64;
+	for (int p = 0; p < npeers; p++)
+		copies[p] = &peers[p]->ups[i];
+	return upstream_ready(copies, npeers);
+}
+
 /* Prometheus text. With several workers the figures are totals over all of them, read without
  * locks: each counter is written by its own worker only, with relaxed atomic stores (CNT_ADD), and
  * read here with relaxed atomic loads (CNT_GET). */
@@ -450,6 +461,11 @@ static void metrics(struct router *rt, struct creq *r)
 			sbuf_printf(&b, "%s{upstream=\"%s\"} %lu\n", per[k].name, u->cfg->url, v);
 		}
 	}
+	sbuf_printf(&b, "# HELP carpool_upstream_ready 1 if the upstream counts for /readyz: it answered and is not "
+			"failing past its grace period.\n# TYPE carpool_upstream_ready gauge\n");
+	for (int i = 0; i < rt->nups; i++)
+		sbuf_printf(&b, "carpool_upstream_ready{upstream=\"%s\"} %d\n", rt->ups[i].cfg->url,
+			    upstream_ready_of(peers, npeers, i));
 	sbuf_printf(&b, "# HELP carpool_upstream_failures_by_cause_total Failed upstream calls by cause.\n"
 			"# TYPE carpool_upstream_failures_by_cause_total counter\n");
 	for (int i = 0; i < rt->nups; i++)
@@ -470,22 +486,15 @@ static void metrics(struct router *rt, struct creq *r)
 	sbuf_free(&b);
 }
 
-/* Ready: some upstream has answered and has not been failing since for its grace period. The
- * workers' copies of an upstream are judged together: each sees only its own calls. */
+/* Ready: some upstream has answered and has not been failing since for its grace period. */
 static bool ready(struct router *rt)
 {
 	struct router *self[1] = {rt};
 	struct router **peers = rt->peers ? rt->peers : self;
 	int npeers = rt->peers ? rt->npeers : 1;
-	struct upstream *copies[64];
-	if (npeers > 64)
-		npeers = 64;
-	for (int i = 0; i < rt->nups; i++) {
-		for (int p = 0; p < npeers; p++)
-			copies[p] = &peers[p]->ups[i];
-		if (upstream_ready(copies, npeers))
+	for (int i = 0; i < rt->nups; i++)
+		if (upstream_ready_of(peers, npeers, i))
 			return true;
-	}
 	return false;
 }
 

@@ -1096,6 +1096,11 @@ static void probe_done(void *arg, enum upcall_error err)
 	struct probe *p = arg;
 	struct upstream *up = p->up;
 	enum dialect d = DIALECT_OPENAI;
+	if (event_base_got_exit(up->base)) { /* ended by the shutdown (upstream_free): nothing learnt */
+		sbuf_free(&p->body);
+		free(p);
+		return;
+	}
 	if (err == UPE_NONE && p->status == 200) {
 		cJSON *j = cJSON_ParseWithLength(p->body.data ? p->body.data : "", p->body.len);
 		cJSON *data = j ? cJSON_GetObjectItemCaseSensitive(j, "data") : NULL;

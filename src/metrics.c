@@ -29,6 +29,8 @@ enum metrics_route metrics_route_of(const char *path)
 		return ROUTE_COMPLETIONS;
 	if (!strcmp(path, "/v1/embeddings"))
 		return ROUTE_EMBEDDINGS;
+	if (!strcmp(path, "/healthz") || !strcmp(path, "/readyz") || !strcmp(path, "/metrics"))
+		return ROUTE_LOCAL;
 	return ROUTE_OTHER;
 }
 
@@ -80,7 +82,7 @@ void metrics_render(struct sbuf *out, struct metrics *const *ms, int n)
 	render_hist(out, #name, help, bounds, scale, hs, n);
 	METRICS_HISTOGRAMS(R_HIST)
 #undef R_HIST
-	static const char *const routes[ROUTE_N] = {"/v1/completions", "/v1/embeddings", "other"};
+	static const char *const routes[ROUTE_N] = {"/v1/completions", "/v1/embeddings", "other", "local"};
 	sbuf_printf(out, "# HELP carpool_http_requests_total Client requests by route and status.\n"
 			 "# TYPE carpool_http_requests_total counter\n");
 	for (int r = 0; r < ROUTE_N; r++)

@@ -28,7 +28,8 @@ struct histogram {
 	unsigned long count;
 };
 
-enum metrics_route { ROUTE_COMPLETIONS, ROUTE_EMBEDDINGS, ROUTE_OTHER, ROUTE_N };
+/* other: every path passed through (and /v1/models); local: carpool's own /healthz, /readyz, /metrics */
+enum metrics_route { ROUTE_COMPLETIONS, ROUTE_EMBEDDINGS, ROUTE_OTHER, ROUTE_LOCAL, ROUTE_N };
 
 struct metrics {
 #define M_COUNTER(name, help) unsigned long name;

@@ -58,7 +58,13 @@ test('every /metrics family is in the README table with its type, labels and buc
   t.after(async () => { await cp.stop(); await sim.kill(); });
   // traffic, so that the labelled families have samples to show their labels
   assert.equal((await request(cp.port, 'POST', '/v1/completions', { model: 'sim-model', prompt: 'm', max_tokens: 2 })).status, 200);
-  const got = scraped((await request(cp.port, 'GET', '/metrics')).body);
+  assert.equal((await request(cp.port, 'POST', '/v1/chat/completions', { model: 'sim-model', messages: [{ role: 'user', content: 'm' }] })).status, 200);
+  await request(cp.port, 'GET', '/readyz');
+  const text = (await request(cp.port, 'GET', '/metrics')).body;
+  // pass-through and carpool's own endpoints are routes of their own
+  assert.match(text, /^carpool_http_requests_total\{route="other",status="200"\} 1$/m);
+  assert.match(text, /^carpool_http_requests_total\{route="local",status="(200|503)"\} 1$/m);
+  const got = scraped(text);
   const doc = documented();
   assert.ok(Object.keys(doc).length >= 30, `the README table lists ${Object.keys(doc).length} families`);
   const missing = Object.keys(got).filter((f) => !doc[f]);

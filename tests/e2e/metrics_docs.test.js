@@ -2,11 +2,10 @@
 // scraped is documented with its type, labels and buckets, and every documented family is exported
 // (issue 11 item 9), so the docs cannot drift from the code.
 'use strict';
-const { test } = require('node:test');
 const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const path = require('node:path');
-const { ROOT, startSim, startCarpool, baseConfig, request } = require('./lib');
+const { test, ROOT, startSim, startCarpool, baseConfig, request } = require('./lib');
 
 // { family: { type, labels: [names], buckets: [numbers] | null } } from the README's table.
 function documented() {

@@ -195,8 +195,8 @@ static void passthrough(struct router *rt, struct creq *r, struct upstream *up)
 	const char *auth = keys_mode(rt) ? NULL : creq_header(r, "Authorization");
 	struct pass *p = xcalloc(1, sizeof *p);
 	p->r = r;
-	p->up = up;
 	CNT_ADD(rt->passthrough, 1);
+	p->up = up;
 	p->call = upstream_call(up, r->method, r->target, hdrs, n, auth, r->body.data, r->body.len, &pass_ops, p);
 	free(hdrs);
 	if (!p->call) {

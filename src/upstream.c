@@ -362,12 +362,18 @@ static void note_answer(struct upstream *up)
 	}
 }
 
+/* A failure: the grace period starts, and a probe will tell when it answers again (without one, an
+ * upstream nobody sends to any more - not ready, ejected, unpolled - could never be ready again). */
 static void note_silence(struct upstream *up)
 {
 	uint64_t now = now_us();
 	if (!CNT_GET(up->failing_since))
 		CNT_SET(up->failing_since, now);
 	CNT_SET(up->failed_at, now);
+	if (!up->probing && !(up->probe_ev && evtimer_pending(up->probe_ev, NULL))) {
+		up->probe_silent = true;
+		probe_later(up, 1000);
+	}
 }
 
 long upstream_ready_grace_ms(const struct upstream *up)
@@ -409,7 +415,7 @@ static void eject(struct upstream *up, const char *why)
 	up->consecutive_failures = 0;
 	log_warn("upstream %s: ejected for %ld ms after %s", up->cfg->url, ms, why);
 	upstream_backoff(up, ms);
-	if (up->cfg->dialect == DIALECT_AUTO) {
+	if (!up->probing) {
 		up->probe_silent = true;
 		probe_later(up, ms);
 	}
@@ -1091,15 +1097,40 @@ static void probe_data(void *arg, const char *data, size_t len)
 		sbuf_add(&p->body, data, len);
 }
 
+/* A probe of an upstream whose dialect is configured: only whether it answers (readiness). */
+static void reach_done(struct upstream *up, const struct probe *p, enum upcall_error err, long next_ms)
+{
+	if (err == UPE_NONE && p->status < 500) {
+		up->probe_wait_ms = 0;
+		return;
+	}
+	unsigned what = err == UPE_NONE ? 0x100u + (unsigned)p->status : 0x10000u + err;
+	if (say_once(&dialect_said[up->index], what)) {
+		if (err == UPE_NONE)
+			log_warn("upstream %s: GET %s/v1/models answered %d: not ready until it answers under 500 "
+				 "(trying again, every 30 s at most)", up->cfg->url, up->prefix, p->status);
+		else
+			log_warn("upstream %s: GET %s/v1/models failed (%s): not ready until it answers (trying again, "
+				 "every 30 s at most)", up->cfg->url, up->prefix, upcall_error_name(err));
+	}
+	up->probe_silent = err != UPE_NONE;
+	probe_later(up, next_ms);
+}
+
 static void probe_done(void *arg, enum upcall_error err)
 {
 	struct probe *p = arg;
 	struct upstream *up = p->up;
 	enum dialect d = DIALECT_OPENAI;
-	if (event_base_got_exit(up->base)) { /* ended by the shutdown (upstream_free): nothing learnt */
-		sbuf_free(&p->body);
-		free(p);
-		return;
+	up->probing = false;
+	if (event_base_got_exit(up->base)) /* ended by the shutdown (upstream_free): nothing learnt */
+		goto out;
+	long next_ms = up->probe_wait_ms ? up->probe_wait_ms * 2 : 1000;
+	if (next_ms > 30000)
+		next_ms = 30000;
+	if (up->cfg->dialect != DIALECT_AUTO) {
+		reach_done(up, p, err, next_ms);
+		goto out;
 	}
 	if (err == UPE_NONE && p->status == 200) {
 		cJSON *j = cJSON_ParseWithLength(p->body.data ? p->body.data : "", p->body.len);
@@ -1141,9 +1172,9 @@ static void probe_done(void *arg, enum upcall_error err)
 					 up->cfg->url, up->prefix, upcall_error_name(err), meanwhile);
 		}
 		up->probe_silent = err != UPE_NONE;
-		long ms = up->probe_wait_ms ? up->probe_wait_ms * 2 : 1000;
-		probe_later(up, ms < 30000 ? ms : 30000);
+		probe_later(up, next_ms);
 	}
+out:
 	sbuf_free(&p->body);
 	free(p);
 }
@@ -1190,7 +1221,9 @@ static void probe_send(struct upstream *up, bool first)
 	if (!c) {
 		free(p);
 		probe_later(up, 30000);
+		return;
 	}
+	up->probing = true;
 }
 
 static void probe_cb(evutil_socket_t fd, short what, void *arg)
@@ -1212,9 +1245,10 @@ static void probe_later(struct upstream *up, long ms)
 
 void upstream_probe(struct upstream *up)
 {
-	if (up->cfg->dialect != DIALECT_AUTO)
-		return;
-	probe_send(up, true);
+	if (up->cfg->dialect == DIALECT_AUTO)
+		probe_send(up, true);
+	else if (!up->cfg->health_path[0] && (!up->cfg->load_poll_ms || up->cfg->dialect == DIALECT_OPENAI))
+		probe_send(up, false); /* nothing else would show that it answers */
 }
 
 /* --- active health checks -------------------------------------------------------------------- */

@@ -43,9 +43,10 @@ struct upstream {
 	char *auth;		/* "Bearer <key>" from api_key_env, or NULL: pass-through */
 	enum dialect dialect;	/* as configured, or detected when configured auto (auto until then: openai) */
 	bool detected;
-	struct event *probe_ev;		/* dialect auto: the next detection, until one succeeds */
-	long probe_wait_ms;		/* the wait before the next detection: 1 s doubling to 30 s */
+	struct event *probe_ev;		/* the next GET /v1/models: detection, or whether it answers again */
+	long probe_wait_ms;		/* the wait before the next probe: 1 s doubling to 30 s */
 	bool probe_silent;		/* the next waits for an upstream that did not answer */
+	bool probing;			/* a probe is out */
 	/* readiness: written by this worker, read by any (CNT_GET) */
 	uint64_t answered_at;		/* now_us() of its last answer (0: never answered) */
 	uint64_t failing_since;		/* now_us() of its first failure since then (0: none) */
@@ -119,7 +120,9 @@ void upstream_probe_info(struct upstream *up);
 /* Starts the periodic active health check, when health_path is set. */
 void upstream_start_health(struct upstream *up);
 /* Detects the dialect with GET /v1/models when it is configured auto (asynchronous); until a probe
- * is answered it tries again after 1 s, doubling to 30 s, and again after each ejection. */
+ * is answered it tries again after 1 s, doubling to 30 s. Any upstream is probed so after a failure
+ * or an ejection (auto: detected again), and at start when nothing else would show that it answers
+ * (no health_path, no load polls): readiness needs an answer. */
 void upstream_probe(struct upstream *up);
 
 /* Starts one HTTP call. path is appended to the URL's prefix. hdrs (may be NULL) are "Name: value"

@@ -89,3 +89,28 @@ test('/readyz: ready once answered, not ready only after a dead upstream failed 
   // another server came back at that address: its dialect is detected again
   await until(() => /dialect llamacpp \(detected\)/.test(cp.log()), 8000, 'llamacpp detected after the ejection');
 });
+
+test('/readyz with nothing but carpool\'s own probe (dialect openai, no health_path, no load polls, no client traffic): not ready until it answers, and ready again when it comes back', async (t) => {
+  const port = await freePort();
+  const url = `http://127.0.0.1:${port}`;
+  const cp = await startCarpool(baseConfig({ url }, { upstream: { dialect: 'openai', load_poll_ms: 0 } }));
+  let sim = null;
+  t.after(async () => { await cp.stop(); if (sim) await sim.kill(); });
+  await sleep(1200);
+  assert.equal(await readyz(cp), 503);
+  assert.equal(count(cp.log(), / warn .*GET \/v1\/models failed \(connect\): not ready until it answers/), 1, cp.log());
+  sim = await startSim(['--listen', `127.0.0.1:${port}`, '--dialect', 'openai']);
+  // tries at about 1, 3, 7 and 15 s after start: ready at the next one, with no client request sent
+  const took = await until(async () => (await readyz(cp)) === 200, 25000, 'ready by the probe alone');
+  t.diagnostic(`ready ${took} ms after the upstream started`);
+  // one failed call starts the grace period and the probes (nothing else would look at it again):
+  // not ready after the grace period, ready again when a probe finds it back
+  await sim.kill('SIGKILL');
+  assert.equal(await readyz(cp), 200, 'nothing has failed yet');
+  const r = await request(cp.port, 'POST', '/v1/chat/completions', { model: 'm', messages: [{ role: 'user', content: 'x' }] });
+  assert.equal(r.status, 502);
+  await until(async () => (await readyz(cp)) === 503, 15000, 'not ready after the grace period');
+  sim = await startSim(['--listen', `127.0.0.1:${port}`, '--dialect', 'openai']);
+  const back = await until(async () => (await readyz(cp)) === 200, 25000, 'ready again by the probe alone');
+  t.diagnostic(`ready again ${back} ms after the upstream came back`);
+});

@@ -1,7 +1,7 @@
 /* batcher: batch keys, windows, dispatch, and the life of one batched upstream call. */
 #include "carpool/batcher.h"
 #include "carpool/metrics.h"
-#include "carpool/server.h"
+#include "carpool/sink.h"
 #include "carpool/splitter.h"
 #include "carpool/sse.h"
 #include "carpool/upstream.h"
@@ -29,7 +29,7 @@ struct batch;
 struct member {
 	struct split_member sm;
 	struct batcher *bt;
-	struct creq *creq;	/* NULL once the client left or was answered */
+	struct sink *client;	/* NULL once the client left or was answered */
 	struct intake_req req;
 	unsigned *ptok_est;
 	uint64_t t_arrival;
@@ -45,7 +45,7 @@ struct member {
  * the upstream's max_inputs_per_call, and are reassembled in order. */
 struct embed_parent {
 	struct batcher *bt;
-	struct creq *creq; /* NULL once answered or gone */
+	struct sink *client; /* NULL once answered or gone */
 	unsigned ninputs, refs, parts_left;
 	cJSON **items;	   /* per input: its data[] element, index already renumbered */
 	long prompt_tokens;
@@ -195,9 +195,9 @@ static unsigned requeue_unstarted(struct batch *b);
 /* The member's client will hear nothing more from us (answered, or gone). */
 static void member_detach(struct member *m)
 {
-	if (m->creq)
-		creq_on_gone(m->creq, NULL, NULL);
-	m->creq = NULL;
+	if (m->client)
+		sink_on_gone(m->client, NULL, NULL);
+	m->client = NULL;
 	if (!m->answered) {
 		m->answered = true;
 		CNT_ADD(m->bt->active, -1);
@@ -206,20 +206,20 @@ static void member_detach(struct member *m)
 
 /* An error for a client whose stream has already started (keep-alive comments went out): an SSE
  * error event, [DONE], and the end of the stream. r is finished afterwards. */
-static void stream_error(struct creq *r, const char *json, size_t len)
+static void stream_error(struct sink *r, const char *json, size_t len)
 {
 	struct sbuf b = {0};
 	sbuf_adds(&b, "data: ");
 	sbuf_add(&b, json, len);
 	sbuf_adds(&b, "\n\ndata: [DONE]\n\n");
-	if (creq_stream_write(r, b.data, b.len) == CP_OK)
-		creq_stream_end(r);
+	if (sink_write(r, b.data, b.len) == CP_OK)
+		sink_end(r);
 	sbuf_free(&b);
 }
 
 static bool member_alive(const struct member *m)
 {
-	return m->parent ? m->parent->creq != NULL && !m->parent->failed : m->creq != NULL;
+	return m->parent ? m->parent->client != NULL && !m->parent->failed : m->client != NULL;
 }
 
 /* An embeddings part failed: its client gets this error (once), the other parts are dropped. */
@@ -228,14 +228,14 @@ static void part_fail_raw(struct member *m, int status, const char *ctype, const
 {
 	struct embed_parent *ep = m->parent;
 	m->part_done = true;
-	if (!ep->creq || ep->failed)
+	if (!ep->client || ep->failed)
 		return;
 	ep->failed = true;
-	struct creq *r = ep->creq;
-	ep->creq = NULL;
-	creq_on_gone(r, NULL, NULL);
+	struct sink *r = ep->client;
+	ep->client = NULL;
+	sink_on_gone(r, NULL, NULL);
 	CNT_ADD(ep->bt->active, -1);
-	creq_reply(r, status, ctype, extra, body, len);
+	sink_reply(r, status, ctype, extra, body, len);
 }
 
 static void member_reply_error(struct member *m, int status, const char *msg, const char *type, const char *extra)
@@ -246,15 +246,15 @@ static void member_reply_error(struct member *m, int status, const char *msg, co
 		free(body);
 		return;
 	}
-	if (!m->creq)
+	if (!m->client)
 		return;
-	struct creq *r = m->creq;
+	struct sink *r = m->client;
 	member_detach(m);
 	char *body = openai_error_json(msg, type, NULL, NULL);
 	if (m->head_sent)
 		stream_error(r, body, strlen(body));
 	else
-		creq_reply(r, status, "application/json", extra, body, strlen(body));
+		sink_reply(r, status, "application/json", extra, body, strlen(body));
 	free(body);
 }
 
@@ -324,12 +324,12 @@ static void batch_free(struct batch *b)
 		struct member *m = b->members[i];
 		if (m->parent && !m->part_done)
 			member_reply_error(m, 502, "carpool: the batch was dropped", "server_error", NULL);
-		else if (m->creq && !m->head_sent)
+		else if (m->client && !m->head_sent)
 			member_reply_error(m, 502, "carpool: the batch was dropped", "server_error", NULL);
-		else if (m->creq) {
-			struct creq *r = m->creq;
+		else if (m->client) {
+			struct sink *r = m->client;
 			member_detach(m);
-			creq_stream_end(r);
+			sink_end(r);
 		}
 		member_free(m);
 	}
@@ -673,16 +673,16 @@ static void annotate(struct batch *b)
 {
 	for (unsigned i = 0; i < b->nmembers; i++) {
 		struct member *m = b->members[i];
-		struct creq *r = m->parent ? m->parent->creq : m->creq;
+		struct sink *r = m->parent ? m->parent->client : m->client;
 		if (!r)
 			continue;
-		r->batch_id = b->id;
-		r->batch_size = b->nprompts;
-		r->queue_us = b->t_sent - m->t_arrival;
+		r->note.batch_id = b->id;
+		r->note.batch_size = b->nprompts;
+		r->note.queue_us = b->t_sent - m->t_arrival;
 		if (b->bt->metrics && b->attempt == 0)
-			metrics_observe_ms(&b->bt->metrics->queue_seconds, (double)r->queue_us / 1000.0);
-		r->upstream = b->up->cfg->url;
-		r->prompts = m->parent ? m->parent->ninputs : m->req.nprompts;
+			metrics_observe_ms(&b->bt->metrics->queue_seconds, (double)r->note.queue_us / 1000.0);
+		r->note.upstream = b->up->cfg->url;
+		r->note.prompts = m->parent ? m->parent->ninputs : m->req.nprompts;
 	}
 }
 
@@ -695,15 +695,15 @@ static void ka_cb(evutil_socket_t fd, short what, void *arg)
 		return;
 	for (unsigned i = 0; i < b->nmembers; i++) {
 		struct member *m = b->members[i];
-		if (!m->creq || !m->req.stream)
+		if (!m->client || !m->req.stream)
 			continue;
 		if (!m->head_sent) {
-			creq_stream_start(m->creq, 200, "text/event-stream",
+			sink_start(m->client, 200, "text/event-stream",
 					  "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n");
 			m->head_sent = true;
 		}
-		if (creq_stream_write(m->creq, ": keep-alive\n\n", 14) != CP_OK) {
-			m->creq = NULL;
+		if (sink_write(m->client, ": keep-alive\n\n", 14) != CP_OK) {
+			m->client = NULL;
 			member_left(m, false);
 		}
 	}
@@ -748,7 +748,7 @@ static void call_head(void *arg, int status, const struct evkeyvalq *headers)
 	sse_init(&b->sse, MAX_SSE_EVENT);
 	for (unsigned i = 0; i < b->nmembers; i++) {
 		struct member *m = b->members[i];
-		if (!m->creq) {
+		if (!m->client) {
 			split_member_gone(&b->sp, &m->sm);
 			continue;
 		}
@@ -757,7 +757,7 @@ static void call_head(void *arg, int status, const struct evkeyvalq *headers)
 			int k = snprintf(extra, sizeof extra,
 					 "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n");
 			batch_extra_headers(b, m, extra + k, sizeof extra - (size_t)k);
-			creq_stream_start(m->creq, 200, "text/event-stream", extra);
+			sink_start(m->client, 200, "text/event-stream", extra);
 			m->head_sent = true;
 		}
 	}
@@ -777,7 +777,7 @@ static int sse_cb(void *arg, const struct sse_event *ev)
 static void member_left(struct member *m, bool may_free)
 {
 	struct batcher *bt = m->bt;
-	m->creq = NULL;
+	m->client = NULL;
 	if (!m->answered) {
 		m->answered = true;
 		CNT_ADD(bt->active, -1);
@@ -806,13 +806,13 @@ static int flush_members(struct batch *b)
 		if (!m->sm.dirty)
 			continue;
 		m->sm.dirty = false;
-		if (!m->creq) {
+		if (!m->client) {
 			sbuf_reset(&m->sm.out);
 			continue;
 		}
 		if (m->req.stream) {
-			if (m->sm.out.len && creq_stream_write(m->creq, m->sm.out.data, m->sm.out.len) != CP_OK) {
-				m->creq = NULL; /* dropped for reading too slowly */
+			if (m->sm.out.len && sink_write(m->client, m->sm.out.data, m->sm.out.len) != CP_OK) {
+				m->client = NULL; /* dropped for reading too slowly */
 				member_left(m, false);
 				dropped = true;
 				continue;
@@ -821,19 +821,19 @@ static int flush_members(struct batch *b)
 				m->wrote = true;
 			sbuf_reset(&m->sm.out);
 			if (m->sm.done) {
-				struct creq *r = m->creq;
+				struct sink *r = m->client;
 				if (b->bt->metrics)
 					for (unsigned c = 0; c < m->sm.nchoices; c++)
 						CNT_ADD(b->bt->metrics->tokens_streamed_total, m->sm.ntokens[c]);
 				member_detach(m);
-				creq_stream_end(r);
+				sink_end(r);
 			}
 		} else if (m->sm.done) {
-			struct creq *r = m->creq;
+			struct sink *r = m->client;
 			char extra[256];
 			batch_extra_headers(b, m, extra, sizeof extra);
 			member_detach(m);
-			creq_reply(r, m->sm.status, "application/json", extra, m->sm.out.data, m->sm.out.len);
+			sink_reply(r, m->sm.status, "application/json", extra, m->sm.out.data, m->sm.out.len);
 			sbuf_free(&m->sm.out);
 		}
 	}
@@ -936,14 +936,14 @@ static void forward_error(struct batch *b)
 			member_reply_error(m, b->status >= 500 ? 502 : b->status, msg, "server_error", extra[0] ? extra : NULL);
 			continue;
 		}
-		if (!m->creq)
+		if (!m->client)
 			continue;
-		struct creq *r = m->creq;
+		struct sink *r = m->client;
 		member_detach(m);
 		if (is_error_json && m->head_sent) {
 			stream_error(r, b->errbody.data, b->errbody.len);
 		} else if (is_error_json) {
-			creq_reply(r, b->status, "application/json", extra[0] ? extra : NULL, b->errbody.data, b->errbody.len);
+			sink_reply(r, b->status, "application/json", extra[0] ? extra : NULL, b->errbody.data, b->errbody.len);
 		} else {
 			char msg[512];
 			snprintf(msg, sizeof msg, "the upstream %.200s answered %d%s%.160s", b->up->cfg->url, b->status,
@@ -953,7 +953,7 @@ static void forward_error(struct batch *b)
 			if (m->head_sent)
 				stream_error(r, body, strlen(body));
 			else
-				creq_reply(r, b->status >= 500 ? 502 : b->status, "application/json", extra[0] ? extra : NULL,
+				sink_reply(r, b->status >= 500 ? 502 : b->status, "application/json", extra[0] ? extra : NULL,
 					   body, strlen(body));
 			free(body);
 		}
@@ -973,7 +973,7 @@ static unsigned requeue_unstarted(struct batch *b)
 	unsigned j = 0, moved = 0;
 	for (unsigned i = 0; i < b->nmembers; i++) {
 		struct member *m = b->members[i];
-		if (m->parent || !m->creq || m->wrote || m->sm.done) {
+		if (m->parent || !m->client || m->wrote || m->sm.done) {
 			b->members[j++] = m;
 			continue;
 		}
@@ -1039,9 +1039,9 @@ static void apportion(long total, const long *weights, long *out, unsigned n)
 
 static void embed_reply(struct embed_parent *ep)
 {
-	struct creq *r = ep->creq;
-	ep->creq = NULL;
-	creq_on_gone(r, NULL, NULL);
+	struct sink *r = ep->client;
+	ep->client = NULL;
+	sink_on_gone(r, NULL, NULL);
 	CNT_ADD(ep->bt->active, -1);
 	cJSON *obj = ep->proto ? cJSON_Duplicate(ep->proto, 1) : cJSON_CreateObject();
 	if (!cJSON_GetObjectItemCaseSensitive(obj, "object"))
@@ -1059,7 +1059,7 @@ static void embed_reply(struct embed_parent *ep)
 	char extra[160];
 	snprintf(extra, sizeof extra, "X-Carpool-Batch: %llu; size=%u\r\nX-Carpool-Usage: %s\r\n",
 		 (unsigned long long)ep->batch_id, ep->batch_size, ep->exact ? "exact" : "estimated");
-	creq_reply(r, 200, "application/json", extra, body, strlen(body));
+	sink_reply(r, 200, "application/json", extra, body, strlen(body));
 	free(body);
 }
 
@@ -1108,7 +1108,7 @@ static void embed_split(struct batch *b)
 		struct embed_parent *ep = m->parent;
 		unsigned local = m->offset + ((unsigned)gi - slot0[owner]);
 		json_set(it, "index", cJSON_CreateNumber(local));
-		if (ep->creq && !ep->failed && local < ep->ninputs && !ep->items[local])
+		if (ep->client && !ep->failed && local < ep->ninputs && !ep->items[local])
 			ep->items[local] = it;
 		else
 			cJSON_Delete(it);
@@ -1124,7 +1124,7 @@ static void embed_split(struct batch *b)
 		ep->batch_size = b->nprompts;
 		if (!ep->proto)
 			ep->proto = cJSON_Duplicate(proto, 1);
-		if (--ep->parts_left == 0 && ep->creq && !ep->failed)
+		if (--ep->parts_left == 0 && ep->client && !ep->failed)
 			embed_reply(ep);
 	}
 	cJSON_Delete(proto);
@@ -1249,13 +1249,13 @@ static void call_done(void *arg, enum upcall_error err)
 
 /* --- submission ------------------------------------------------------------------------------- */
 
-static bool over_queue_limit(struct batcher *bt, struct creq *creq, struct intake_req *r)
+static bool over_queue_limit(struct batcher *bt, struct sink *client, struct intake_req *r)
 {
 	if (bt->active < (unsigned)bt->cfg->limits.max_queue)
 		return false;
 	static const char body[] = "{\"error\":{\"message\":\"carpool is at its queue limit; retry shortly.\","
 				   "\"type\":\"server_error\",\"param\":null,\"code\":\"overloaded\"}}";
-	creq_reply(creq, 503, "application/json", "Retry-After: 1\r\n", body, sizeof body - 1);
+	sink_reply(client, 503, "application/json", "Retry-After: 1\r\n", body, sizeof body - 1);
 	intake_free(r);
 	return true;
 }
@@ -1355,13 +1355,13 @@ static void place(struct batcher *bt, struct member *m, unsigned cands, const ch
 	evtimer_add(b->timer, &tv);
 }
 
-void batcher_submit(struct batcher *bt, struct creq *creq, struct intake_req *r, unsigned cands, const char *auth)
+void batcher_submit(struct batcher *bt, struct sink *client, struct intake_req *r, unsigned cands, const char *auth)
 {
-	if (over_queue_limit(bt, creq, r))
+	if (over_queue_limit(bt, client, r))
 		return;
 	struct member *m = xcalloc(1, sizeof *m);
 	m->bt = bt;
-	m->creq = creq;
+	m->client = client;
 	m->req = *r;
 	memset(r, 0, sizeof *r);
 	m->t_arrival = now_us();
@@ -1374,7 +1374,7 @@ void batcher_submit(struct batcher *bt, struct creq *creq, struct intake_req *r,
 	CNT_ADD(bt->st.requests, 1);
 	CNT_ADD(bt->st.prompts, m->req.nprompts);
 	note_arrival(bt);
-	creq_on_gone(creq, member_gone_cb, m);
+	sink_on_gone(client, member_gone_cb, m);
 	place(bt, m, cands, auth, (unsigned)bt->cfg->batching.max_batch_size, 0);
 }
 
@@ -1382,7 +1382,7 @@ static void parent_gone_cb(void *arg)
 {
 	struct embed_parent *ep = arg;
 	struct batcher *bt = ep->bt;
-	ep->creq = NULL;
+	ep->client = NULL;
 	CNT_ADD(bt->active, -1);
 	CNT_ADD(bt->st.gone, 1);
 	/* a call in flight whose clients have all left is cancelled (contract 7) */
@@ -1393,10 +1393,10 @@ static void parent_gone_cb(void *arg)
 	}
 }
 
-void batcher_submit_embed(struct batcher *bt, struct creq *creq, struct intake_req *r, unsigned cands,
+void batcher_submit_embed(struct batcher *bt, struct sink *client, struct intake_req *r, unsigned cands,
 			  const char *auth)
 {
-	if (over_queue_limit(bt, creq, r))
+	if (over_queue_limit(bt, client, r))
 		return;
 	/* the smallest limits among the candidates: any of them may get a part */
 	unsigned limit = 0;
@@ -1434,7 +1434,7 @@ void batcher_submit_embed(struct batcher *bt, struct creq *creq, struct intake_r
 	char *auth_copy = auth ? xstrdup(auth) : NULL;
 	struct embed_parent *ep = xcalloc(1, sizeof *ep);
 	ep->bt = bt;
-	ep->creq = creq;
+	ep->client = client;
 	ep->ninputs = r->nprompts;
 	ep->items = xcalloc(r->nprompts, sizeof *ep->items);
 	ep->exact = true;
@@ -1443,7 +1443,7 @@ void batcher_submit_embed(struct batcher *bt, struct creq *creq, struct intake_r
 	CNT_ADD(bt->active, 1);
 	CNT_ADD(bt->st.requests, 1);
 	CNT_ADD(bt->st.prompts, r->nprompts);
-	creq_on_gone(creq, parent_gone_cb, ep);
+	sink_on_gone(client, parent_gone_cb, ep);
 	cJSON *inputs = r->prompts;
 	for (unsigned pi = 0; pi < nparts; pi++) {
 		struct member *m = xcalloc(1, sizeof *m);

@@ -2,7 +2,7 @@
 #include "carpool/relay.h"
 #include "carpool/batcher.h"
 #include "carpool/intake.h"
-#include "carpool/server.h"
+#include "carpool/sink.h"
 
 #include <event2/event.h>
 #include <pthread.h>
@@ -13,10 +13,10 @@
 enum relay_op {
 	OP_SUBMIT, /* worker -> dispatcher: payload is a struct handoff pointer */
 	OP_GONE,   /* worker -> dispatcher: the client left (or was dropped as too slow) */
-	OP_START,  /* dispatcher -> worker: struct annot, content type, extra headers */
+	OP_START,  /* dispatcher -> worker: struct sink_note, content type, extra headers */
 	OP_WRITE,  /* dispatcher -> worker: bytes of the stream */
-	OP_END,	   /* dispatcher -> worker: struct annot */
-	OP_REPLY,  /* dispatcher -> worker: struct annot, content type, extra headers, body */
+	OP_END,	   /* dispatcher -> worker: struct sink_note */
+	OP_REPLY,  /* dispatcher -> worker: struct sink_note, content type, extra headers, body */
 	OP_ABORT,  /* dispatcher -> worker */
 };
 
@@ -29,12 +29,7 @@ struct msg {
 	uint8_t from;
 };
 
-/* What the access log of the client's worker needs from the batcher's stand-in. */
-struct annot {
-	uint64_t batch_id, queue_us;
-	const char *upstream; /* the dispatcher's config string: lives as long as the process */
-	uint32_t batch_size, prompts;
-};
+/* What the access log of the client's worker needs from the batcher's stand-in: its sink note. */
 
 struct handoff {
 	struct intake_req req;
@@ -43,9 +38,10 @@ struct handoff {
 	bool embed;
 };
 
-/* The dispatcher's stand-in for another worker's client request; the creq comes first. */
+/* The dispatcher's stand-in for another worker's client request; the sink comes first. */
 struct standin {
-	struct creq cr;
+	struct sink sink;
+	struct relay *rl;
 	int owner;
 	uint64_t id;
 };
@@ -53,7 +49,7 @@ struct standin {
 /* A request this worker handed over: what its gone callback needs. */
 struct ticket {
 	struct relay *rl;
-	struct creq *creq;
+	struct sink *client;
 	uint64_t id;
 };
 
@@ -211,7 +207,7 @@ static void client_gone(void *arg)
 	free(t);
 }
 
-void relay_submit(struct relay *rl, struct creq *creq, struct intake_req *req, unsigned cands, const char *auth,
+void relay_submit(struct relay *rl, struct sink *client, struct intake_req *req, unsigned cands, const char *auth,
 		  bool embed)
 {
 	struct handoff *h = xcalloc(1, sizeof *h);
@@ -222,24 +218,18 @@ void relay_submit(struct relay *rl, struct creq *creq, struct intake_req *req, u
 	h->embed = embed;
 	struct ticket *t = xcalloc(1, sizeof *t);
 	t->rl = rl;
-	t->creq = creq;
+	t->client = client;
 	t->id = ((uint64_t)rl->id << 48) | ++rl->next;
 	idmap_put(&rl->open, t->id, t);
-	creq_on_gone(creq, client_gone, t);
+	sink_on_gone(client, client_gone, t);
 	struct iovec part = {&h, sizeof h};
 	post(rl, 0, OP_SUBMIT, t->id, 0, &part, 1);
 }
 
-static void take_annot(struct creq *r, const char **p)
+static void take_note(struct sink *r, const char **p)
 {
-	struct annot a;
-	memcpy(&a, *p, sizeof a);
-	*p += sizeof a;
-	r->batch_id = a.batch_id;
-	r->queue_us = a.queue_us;
-	r->upstream = a.upstream;
-	r->batch_size = a.batch_size;
-	r->prompts = a.prompts;
+	memcpy(&r->note, *p, sizeof r->note);
+	*p += sizeof r->note;
 }
 
 /* A NUL-terminated string of the payload; "" stands for NULL. */
@@ -256,41 +246,41 @@ static void apply(struct relay *rl, const struct msg *h, const char *p)
 	struct ticket *t = idmap_get(&rl->open, h->id);
 	if (!t)
 		return; /* the client left; the dispatcher hears it (OP_GONE) */
-	struct creq *r = t->creq;
+	struct sink *r = t->client;
 	const char *end = p + h->len;
 	if (h->op != OP_WRITE && h->op != OP_START) {
 		idmap_take(&rl->open, h->id); /* the request ends here */
-		creq_on_gone(r, NULL, NULL);
+		sink_on_gone(r, NULL, NULL);
 		free(t);
 	}
 	switch ((enum relay_op)h->op) {
 	case OP_START: {
-		take_annot(r, &p);
+		take_note(r, &p);
 		const char *ctype = take_str(&p);
 		const char *extra = take_str(&p);
-		creq_stream_start(r, h->status, ctype, extra);
+		sink_start(r, h->status, ctype, extra);
 		break;
 	}
 	case OP_WRITE:
-		if (creq_stream_write(r, p, h->len) != CP_OK) { /* dropped as too slow: r is gone */
+		if (sink_write(r, p, h->len) != CP_OK) { /* dropped as too slow: r is gone */
 			idmap_take(&rl->open, h->id);
 			post(rl, 0, OP_GONE, h->id, 0, NULL, 0);
 			free(t);
 		}
 		break;
 	case OP_END:
-		take_annot(r, &p);
-		creq_stream_end(r);
+		take_note(r, &p);
+		sink_end(r);
 		break;
 	case OP_REPLY: {
-		take_annot(r, &p);
+		take_note(r, &p);
 		const char *ctype = take_str(&p);
 		const char *extra = take_str(&p);
-		creq_reply(r, h->status, ctype, extra, p, (size_t)(end - p));
+		sink_reply(r, h->status, ctype, extra, p, (size_t)(end - p));
 		break;
 	}
 	case OP_ABORT:
-		creq_abort(r);
+		sink_abort(r);
 		break;
 	default:
 		break;
@@ -305,20 +295,22 @@ static void standin_free(struct standin *s, struct relay *rl)
 	free(s);
 }
 
+static const struct sink_ops standin_ops;
+
 static void take_submit(struct relay *rl, const struct msg *h, const char *p)
 {
 	struct handoff *ho;
 	memcpy(&ho, p, sizeof ho);
 	struct standin *s = xcalloc(1, sizeof *s);
-	s->cr.relay = rl;
-	s->cr.t_start = now_us();
+	s->sink.ops = &standin_ops;
+	s->rl = rl;
 	s->owner = h->from;
 	s->id = h->id;
 	idmap_put(&rl->open, s->id, s);
 	if (ho->embed)
-		batcher_submit_embed(rl->bt, &s->cr, &ho->req, ho->cands, ho->auth);
+		batcher_submit_embed(rl->bt, &s->sink, &ho->req, ho->cands, ho->auth);
 	else
-		batcher_submit(rl->bt, &s->cr, &ho->req, ho->cands, ho->auth);
+		batcher_submit(rl->bt, &s->sink, &ho->req, ho->cands, ho->auth);
 	intake_free(&ho->req);
 	free(ho->auth);
 	free(ho);
@@ -329,66 +321,68 @@ static void take_gone(struct relay *rl, const struct msg *h)
 	struct standin *s = idmap_take(&rl->open, h->id);
 	if (!s)
 		return; /* already answered */
-	if (s->cr.gone_cb)
-		s->cr.gone_cb(s->cr.gone_arg);
+	if (s->sink.gone_cb)
+		s->sink.gone_cb(s->sink.gone_arg);
 	free(s);
 }
 
-static struct annot annot_of(const struct creq *r)
-{
-	return (struct annot){.batch_id = r->batch_id, .queue_us = r->queue_us, .upstream = r->upstream,
-			      .batch_size = r->batch_size, .prompts = r->prompts};
-}
-
-void relay_start(struct creq *r, int status, const char *ctype, const char *extra)
+/* The stand-in's sink operations: each action travels to the client's worker; after end, reply and
+ * abort the stand-in is freed. */
+static void standin_start(struct sink *r, int status, const char *ctype, const char *extra)
 {
 	struct standin *s = (struct standin *)r;
-	struct annot a = annot_of(r);
 	ctype = ctype ? ctype : "";
 	extra = extra ? extra : "";
-	struct iovec parts[3] = {{&a, sizeof a}, {(void *)ctype, strlen(ctype) + 1}, {(void *)extra, strlen(extra) + 1}};
-	post(r->relay, s->owner, OP_START, s->id, status, parts, 3);
-	r->started = r->chunked = true;
+	struct iovec parts[3] = {{&r->note, sizeof r->note},
+				 {(void *)ctype, strlen(ctype) + 1},
+				 {(void *)extra, strlen(extra) + 1}};
+	post(s->rl, s->owner, OP_START, s->id, status, parts, 3);
 }
 
-void relay_write(struct creq *r, const char *data, size_t len)
+/* A client too slow for its worker is dropped there; the gone callback tells. */
+static int standin_write(struct sink *r, const char *data, size_t len)
 {
 	struct standin *s = (struct standin *)r;
 	if (!len)
-		return;
+		return CP_OK;
 	struct iovec part = {(void *)data, len};
-	post(r->relay, s->owner, OP_WRITE, s->id, 0, &part, 1);
+	post(s->rl, s->owner, OP_WRITE, s->id, 0, &part, 1);
+	return CP_OK;
 }
 
-void relay_end(struct creq *r)
+static void standin_end(struct sink *r)
 {
 	struct standin *s = (struct standin *)r;
-	struct annot a = annot_of(r);
-	struct iovec part = {&a, sizeof a};
-	post(r->relay, s->owner, OP_END, s->id, 0, &part, 1);
-	standin_free(s, r->relay);
+	struct iovec part = {&r->note, sizeof r->note};
+	post(s->rl, s->owner, OP_END, s->id, 0, &part, 1);
+	standin_free(s, s->rl);
 }
 
-void relay_reply(struct creq *r, int status, const char *ctype, const char *extra, const char *body, size_t len)
+static void standin_reply(struct sink *r, int status, const char *ctype, const char *extra, const char *body,
+			  size_t len)
 {
 	struct standin *s = (struct standin *)r;
-	struct annot a = annot_of(r);
 	ctype = ctype ? ctype : "";
 	extra = extra ? extra : "";
-	struct iovec parts[4] = {{&a, sizeof a},
+	struct iovec parts[4] = {{&r->note, sizeof r->note},
 				 {(void *)ctype, strlen(ctype) + 1},
 				 {(void *)extra, strlen(extra) + 1},
 				 {(void *)body, len}};
-	post(r->relay, s->owner, OP_REPLY, s->id, status, parts, 4);
-	standin_free(s, r->relay);
+	post(s->rl, s->owner, OP_REPLY, s->id, status, parts, 4);
+	standin_free(s, s->rl);
 }
 
-void relay_abort(struct creq *r)
+static void standin_abort(struct sink *r)
 {
 	struct standin *s = (struct standin *)r;
-	post(r->relay, s->owner, OP_ABORT, s->id, 0, NULL, 0);
-	standin_free(s, r->relay);
+	post(s->rl, s->owner, OP_ABORT, s->id, 0, NULL, 0);
+	standin_free(s, s->rl);
 }
+
+static const struct sink_ops standin_ops = {
+	.start = standin_start, .write = standin_write, .end = standin_end, .reply = standin_reply,
+	.abort = standin_abort,
+};
 
 /* --- both ------------------------------------------------------------------------------------ */
 

@@ -7,6 +7,7 @@
 #include "carpool/intake.h"
 #include "carpool/metrics.h"
 #include "carpool/server.h"
+#include "carpool/sink.h"
 #include "carpool/upstream.h"
 
 #include <cjson/cJSON.h>
@@ -84,8 +85,10 @@ static bool check_key(struct router *rt, struct creq *r)
 
 /* --- pass-through --------------------------------------------------------------------------- */
 
+/* A pass-through call writes its answer to the client's sink. */
 struct pass {
-	struct creq *r;
+	struct sink *r;
+	const char *path; /* the request's, for the log: lives as long as r */
 	struct upstream *up;
 	struct upcall *call;
 	bool head_sent;
@@ -135,7 +138,7 @@ static void pass_head(void *arg, int status, const struct evkeyvalq *headers)
 	}
 	if (ctype && !strncasecmp(ctype, "text/event-stream", 17))
 		sbuf_adds(&extra, "X-Accel-Buffering: no\r\n");
-	creq_stream_start(p->r, status, ctype, extra.data);
+	sink_start(p->r, status, ctype, extra.data);
 	sbuf_free(&extra);
 	p->head_sent = true;
 }
@@ -145,7 +148,7 @@ static void pass_data(void *arg, const char *data, size_t len)
 	struct pass *p = arg;
 	if (!p->r || !p->head_sent)
 		return;
-	if (creq_stream_write(p->r, data, len) != CP_OK) {
+	if (sink_write(p->r, data, len) != CP_OK) {
 		p->r = NULL;
 		upcall_cancel(p->call);
 		p->call = NULL;
@@ -158,20 +161,20 @@ static void pass_done(void *arg, enum upcall_error err)
 	struct pass *p = arg;
 	p->call = NULL;
 	if (p->r) {
-		struct creq *r = p->r;
-		creq_on_gone(r, NULL, NULL);
+		struct sink *r = p->r;
+		sink_on_gone(r, NULL, NULL);
 		if (p->head_sent && err != UPE_NONE) {
 			/* a clean end would pass a cut answer off as whole: let the client see the break */
 			log_warn("pass-through %s: the upstream %s broke mid-answer (%s); closing the client connection",
-				 r->path, p->up->cfg->url, upcall_error_name(err));
-			creq_abort(r);
+				 p->path, p->up->cfg->url, upcall_error_name(err));
+			sink_abort(r);
 		} else if (p->head_sent) {
-			creq_stream_end(r);
+			sink_end(r);
 		} else {
 			char msg[300];
 			snprintf(msg, sizeof msg, "carpool could not get an answer from the upstream %.200s (%s)",
 				 p->up->cfg->url, upcall_error_name(err));
-			creq_reply_error(r, err == UPE_FIRST_BYTE || err == UPE_IDLE ? 504 : 502, msg, "server_error", NULL,
+			sink_reply_error(r, err == UPE_FIRST_BYTE || err == UPE_IDLE ? 504 : 502, msg, "server_error", NULL,
 					 NULL);
 		}
 	}
@@ -194,7 +197,8 @@ static void passthrough(struct router *rt, struct creq *r, struct upstream *up)
 	}
 	const char *auth = keys_mode(rt) ? NULL : creq_header(r, "Authorization");
 	struct pass *p = xcalloc(1, sizeof *p);
-	p->r = r;
+	p->r = &r->sink;
+	p->path = r->path;
 	CNT_ADD(rt->passthrough, 1);
 	p->up = up;
 	p->call = upstream_call(up, r->method, r->target, hdrs, n, auth, r->body.data, r->body.len, &pass_ops, p);
@@ -537,11 +541,11 @@ static void completions(struct router *rt, struct creq *r, bool embed)
 	if (forwards && !keys_mode(rt))
 		auth = creq_header(r, "Authorization");
 	if (rt->relay)
-		relay_submit(rt->relay, r, &req, cands, auth, embed);
+		relay_submit(rt->relay, &r->sink, &req, cands, auth, embed);
 	else if (embed)
-		batcher_submit_embed(rt->bt, r, &req, cands, auth);
+		batcher_submit_embed(rt->bt, &r->sink, &req, cands, auth);
 	else
-		batcher_submit(rt->bt, r, &req, cands, auth);
+		batcher_submit(rt->bt, &r->sink, &req, cands, auth);
 }
 
 /* carpool's own endpoints, answered without a key. */

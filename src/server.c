@@ -2,7 +2,6 @@
 #include "carpool/server.h"
 #include "carpool/http.h"
 #include "carpool/metrics.h"
-#include "carpool/relay.h"
 
 #include <errno.h>
 #include <event2/buffer.h>
@@ -129,19 +128,19 @@ static void access_log(struct conn *c, struct creq *r, bool gone)
 	cJSON_AddStringToObject(j, "route", r->path);
 	cJSON_AddNumberToObject(j, "worker", c->srv->worker);
 	cJSON_AddNumberToObject(j, "status", gone && !r->finished ? 499 : r->status);
-	if (r->prompts)
-		cJSON_AddNumberToObject(j, "prompts", r->prompts);
-	if (r->batch_id) {
-		cJSON_AddNumberToObject(j, "batch", (double)r->batch_id);
-		cJSON_AddNumberToObject(j, "batch_size", r->batch_size);
-		cJSON_AddNumberToObject(j, "queue_ms", (double)r->queue_us / 1000.0);
+	if (r->sink.note.prompts)
+		cJSON_AddNumberToObject(j, "prompts", r->sink.note.prompts);
+	if (r->sink.note.batch_id) {
+		cJSON_AddNumberToObject(j, "batch", (double)r->sink.note.batch_id);
+		cJSON_AddNumberToObject(j, "batch_size", r->sink.note.batch_size);
+		cJSON_AddNumberToObject(j, "queue_ms", (double)r->sink.note.queue_us / 1000.0);
 	}
 	if (r->t_first)
 		cJSON_AddNumberToObject(j, "ttft_ms", (double)(r->t_first - r->t_start) / 1000.0);
 	cJSON_AddNumberToObject(j, "duration_ms", (double)(now - r->t_start) / 1000.0);
 	cJSON_AddNumberToObject(j, "bytes", (double)r->bytes);
-	if (r->upstream)
-		cJSON_AddStringToObject(j, "upstream", r->upstream);
+	if (r->sink.note.upstream)
+		cJSON_AddStringToObject(j, "upstream", r->sink.note.upstream);
 	if (gone && !r->finished)
 		cJSON_AddTrueToObject(j, "client_gone");
 	char *line = cJSON_PrintUnformatted(j);
@@ -173,8 +172,8 @@ static void conn_free(struct conn *c)
 	if (c->req) {
 		struct creq *r = c->req;
 		c->req = NULL;
-		if (!r->finished && r->gone_cb)
-			r->gone_cb(r->gone_arg);
+		if (!r->finished && r->sink.gone_cb)
+			r->sink.gone_cb(r->sink.gone_arg);
 		if (!r->finished && (r->started || c->state == ST_HANDLING))
 			access_log(c, r, true);
 		creq_free(r);
@@ -310,8 +309,8 @@ void creq_on_end(struct creq *r, void (*cb)(void *arg), void *arg)
 
 void creq_on_gone(struct creq *r, void (*cb)(void *arg), void *arg)
 {
-	r->gone_cb = cb;
-	r->gone_arg = arg;
+	r->sink.gone_cb = cb;
+	r->sink.gone_arg = arg;
 }
 
 static void write_head(struct creq *r, int status, const char *ctype, const char *extra, long content_length)
@@ -366,10 +365,6 @@ static void finish(struct creq *r)
 
 void creq_reply(struct creq *r, int status, const char *ctype, const char *extra, const char *body, size_t len)
 {
-	if (r->relay) {
-		relay_reply(r, status, ctype, extra, body, len);
-		return;
-	}
 	write_head(r, status, ctype, extra, (long)len);
 	conn_stage(r->conn, "\r\n", 2, len > 0);
 	if (len)
@@ -390,10 +385,6 @@ void creq_reply_error(struct creq *r, int status, const char *message, const cha
 
 void creq_stream_start(struct creq *r, int status, const char *ctype, const char *extra)
 {
-	if (r->relay) {
-		relay_start(r, status, ctype, extra);
-		return;
-	}
 	write_head(r, status, ctype, extra, -1);
 	r->sse = ctype && !strncasecmp(ctype, "text/event-stream", 17);
 	/* out at the end of this loop turn (with the first event if it came in the same read): a client
@@ -427,15 +418,11 @@ static bool client_too_slow(struct conn *c)
 
 int creq_stream_write(struct creq *r, const char *data, size_t len)
 {
-	if (r->relay) { /* a client too slow for its worker is dropped there; the gone callback tells */
-		relay_write(r, data, len);
-		return CP_OK;
-	}
 	struct conn *c = r->conn;
 	if (client_too_slow(c)) {
 		if (c->srv->metrics)
 			CNT_ADD(c->srv->metrics->slow_clients_dropped_total, 1);
-		r->gone_cb = NULL;
+		r->sink.gone_cb = NULL;
 		conn_free(c);
 		return CP_ERROR;
 	}
@@ -465,22 +452,48 @@ int creq_stream_write(struct creq *r, const char *data, size_t len)
 
 void creq_abort(struct creq *r)
 {
-	if (r->relay) {
-		relay_abort(r);
-		return;
-	}
-	r->gone_cb = NULL;
+	r->sink.gone_cb = NULL;
 	conn_free(r->conn);
 }
 
 void creq_stream_end(struct creq *r)
 {
-	if (r->relay) {
-		relay_end(r);
-		return;
-	}
 	conn_stage(r->conn, "0\r\n\r\n", 5, false);
 	finish(r);
+}
+
+/* The sink of a local client (sink.h): the creq functions above. */
+static void sink_start_cb(struct sink *s, int status, const char *ctype, const char *extra)
+{
+	creq_stream_start((struct creq *)s, status, ctype, extra);
+}
+
+static int sink_write_cb(struct sink *s, const char *data, size_t len)
+{
+	return creq_stream_write((struct creq *)s, data, len);
+}
+
+static void sink_end_cb(struct sink *s) { creq_stream_end((struct creq *)s); }
+
+static void sink_reply_cb(struct sink *s, int status, const char *ctype, const char *extra, const char *body,
+			  size_t len)
+{
+	creq_reply((struct creq *)s, status, ctype, extra, body, len);
+}
+
+static void sink_abort_cb(struct sink *s) { creq_abort((struct creq *)s); }
+
+static const struct sink_ops creq_sink_ops = {
+	.start = sink_start_cb, .write = sink_write_cb, .end = sink_end_cb, .reply = sink_reply_cb, .abort = sink_abort_cb,
+};
+
+/* A new request on c. */
+static struct creq *creq_new(struct conn *c)
+{
+	struct creq *r = xcalloc(1, sizeof *r);
+	r->sink.ops = &creq_sink_ops;
+	r->conn = c;
+	return r;
 }
 
 /* Refuses the request being read and closes the connection once the answer is out. */
@@ -488,8 +501,7 @@ static void refuse(struct conn *c, int status, const char *message)
 {
 	struct creq *r = c->req;
 	if (!r) {
-		r = xcalloc(1, sizeof *r);
-		r->conn = c;
+		r = creq_new(c);
 		c->req = r;
 	}
 	r->keepalive = false;
@@ -543,8 +555,7 @@ static int start_request(struct conn *c)
 {
 	struct http_head *h = &c->head;
 	struct server *srv = c->srv;
-	struct creq *r = xcalloc(1, sizeof *r);
-	r->conn = c;
+	struct creq *r = creq_new(c);
 	r->t_start = c->t_head;
 	r->serve = c->serve;
 	snprintf(r->peer, sizeof r->peer, "%s", c->peer);
@@ -1060,10 +1071,10 @@ void server_end_all(struct server *s, const char *message)
 	/* from the head each time: an owner told of one departure may end or free other connections */
 	while ((c = open_request(s))) {
 		struct creq *r = c->req;
-		void (*gone)(void *) = r->gone_cb;
-		r->gone_cb = NULL;
+		void (*gone)(void *) = r->sink.gone_cb;
+		r->sink.gone_cb = NULL;
 		if (gone)
-			gone(r->gone_arg);
+			gone(r->sink.gone_arg);
 		if (c->req != r || r->finished)
 			continue;
 		r->keepalive = false;

@@ -8,7 +8,7 @@
 #include "carpool/intake.h"
 
 struct event_base;
-struct creq;
+struct sink;
 struct upstream;
 struct batcher;
 
@@ -31,12 +31,12 @@ void batcher_free(struct batcher *bt);
 /* Takes a validated completion request: r's contents move into the batcher (r is left empty).
  * cands: the upstreams that may serve it (bit i: upstream i); the least loaded one with room gets each
  * call, another one a retry. auth is the client's Authorization header when it is forwarded (part of the batch key), or NULL.
- * The batcher answers creq, now or later. */
-void batcher_submit(struct batcher *bt, struct creq *creq, struct intake_req *r, unsigned cands, const char *auth);
+ * The batcher answers client (sink.h), now or later. */
+void batcher_submit(struct batcher *bt, struct sink *client, struct intake_req *r, unsigned cands, const char *auth);
 
 /* The same for a validated /v1/embeddings request: its inputs are split into parts of at most the
  * upstream's max_inputs_per_call, batched with other clients' inputs, and reassembled in order. */
-void batcher_submit_embed(struct batcher *bt, struct creq *creq, struct intake_req *r, unsigned cands,
+void batcher_submit_embed(struct batcher *bt, struct sink *client, struct intake_req *r, unsigned cands,
 			  const char *auth);
 
 struct metrics;

@@ -9,6 +9,7 @@
 
 #include "carpool/common.h"
 #include "carpool/config.h"
+#include "carpool/sink.h"
 
 struct event_base;
 struct conn;
@@ -19,8 +20,10 @@ struct creq_header {
 };
 
 /* One client request. Owned by its connection; the handler borrows it until it ends the response
- * (creq_reply / creq_stream_end) or until the gone callback tells it the client left. */
+ * (creq_reply / creq_stream_end) or until the gone callback tells it the client left. It is also the
+ * sink of its answer (sink.h): a handler may hand &r->sink to whoever writes the answer. */
 struct creq {
+	struct sink sink; /* first: the server's sink operations cast back */
 	struct conn *conn;
 	char method[16];
 	char *target; /* as sent: path and query */
@@ -34,20 +37,12 @@ struct creq {
 	bool sse;      /* ... of server-sent events */
 	bool finished; /* response complete */
 	uint64_t t_start;
-	/* for the access log: set by the server (status, bytes, times) and by the handler (the rest) */
+	/* for the access log: set by the server (status, bytes, times), and by the writer in sink.note */
 	int status;
 	size_t bytes;
 	uint64_t t_first;	/* first body byte written */
-	uint64_t queue_us;	/* time in the batch queue */
-	uint64_t batch_id;
-	unsigned batch_size;
-	unsigned prompts;
-	const char *upstream;
-	void (*gone_cb)(void *arg);
-	void *gone_arg;
 	void (*end_cb)(void *arg); /* once, when the request ends for any reason */
 	void *end_arg;
-	struct relay *relay; /* set on the dispatcher's stand-in for another worker's client (relay.h) */
 	long serve;	     /* enum listen_serve: what the listener it came on answers */
 	char peer[64];
 };

@@ -5,7 +5,7 @@
  * predict the exact output of every prompt.
  *
  * It mimics the wire format of three kinds of servers (--dialect): OpenAI, vLLM and llama.cpp
- * (b4748, see /work/shared/upstreams/llamacpp-b4748/). Decoding is modelled like a continuous-batching
+ * (b4748, see tests/transcripts/llamacpp-b4748/). Decoding is modelled like a continuous-batching
  * GPU server: one global "stepper" advances every active sequence of every in-flight call by one token
  * per step; a step costs step_ms plus step_us_per_seq for every sequence in it, and every call first
  * pays call_ms. --slots limits how many sequences decode at once (the rest wait, like llama.cpp).

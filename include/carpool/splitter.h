@@ -2,7 +2,7 @@
  * rewrites `index`, and assembles each client's SSE stream or JSON body. Pure: events in, bytes
  * out (each member's `out` buffer); the caller does the I/O.
  *
- * Index mapping (DESIGN.md contract 3): a member with k prompts and n choices each owns prompt slots
+ * Index mapping (README contract 3): a member with k prompts and n choices each owns prompt slots
  * [slot0, slot0+k); upstream choice index i = p*n + j maps to client index (p - slot0)*n + j. */
 #ifndef CARPOOL_SPLITTER_H
 #define CARPOOL_SPLITTER_H

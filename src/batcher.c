@@ -114,7 +114,7 @@ void batcher_set_metrics(struct batcher *bt, struct metrics *m) { bt->metrics = 
 static void batch_send(struct batch *b);
 static void batch_compact(struct batch *b);
 static void batch_ready(struct batch *b);
-static int flush_members(struct batch *b);
+static void flush_members(struct batch *b);
 
 /* --- key map ------------------------------------------------------------------------------ */
 
@@ -212,8 +212,8 @@ static void stream_error(struct sink *r, const char *json, size_t len)
 	sbuf_adds(&b, "data: ");
 	sbuf_add(&b, json, len);
 	sbuf_adds(&b, "\n\ndata: [DONE]\n\n");
-	if (sink_write(r, b.data, b.len) == CP_OK)
-		sink_end(r);
+	sink_write(r, b.data, b.len);
+	sink_end(r);
 	sbuf_free(&b);
 }
 
@@ -702,10 +702,7 @@ static void ka_cb(evutil_socket_t fd, short what, void *arg)
 					  "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n");
 			m->head_sent = true;
 		}
-		if (sink_write(m->client, ": keep-alive\n\n", 14) != CP_OK) {
-			m->client = NULL;
-			member_left(m, false);
-		}
+		sink_write(m->client, ": keep-alive\n\n", 14);
 	}
 	if (b->call && alive_members(b) == 0) {
 		batch_free(b);
@@ -796,11 +793,10 @@ static void member_left(struct member *m, bool may_free)
 
 static void member_gone_cb(void *arg) { member_left(arg, true); }
 
-/* Writes what the splitter produced, and ends the responses of members that are done. Returns
- * CP_DECLINED if every client has left and the batch was freed. */
-static int flush_members(struct batch *b)
+/* Writes what the splitter produced, and ends the responses of members that are done. A client
+ * dropped for reading too slowly is heard of later, from the loop (its gone callback). */
+static void flush_members(struct batch *b)
 {
-	bool dropped = false;
 	for (unsigned i = 0; i < b->nmembers; i++) {
 		struct member *m = b->members[i];
 		if (!m->sm.dirty)
@@ -811,14 +807,10 @@ static int flush_members(struct batch *b)
 			continue;
 		}
 		if (m->req.stream) {
-			if (m->sm.out.len && sink_write(m->client, m->sm.out.data, m->sm.out.len) != CP_OK) {
-				m->client = NULL; /* dropped for reading too slowly */
-				member_left(m, false);
-				dropped = true;
-				continue;
-			}
-			if (m->sm.out.len)
+			if (m->sm.out.len) {
+				sink_write(m->client, m->sm.out.data, m->sm.out.len);
 				m->wrote = true;
+			}
 			sbuf_reset(&m->sm.out);
 			if (m->sm.done) {
 				struct sink *r = m->client;
@@ -837,11 +829,6 @@ static int flush_members(struct batch *b)
 			sbuf_free(&m->sm.out);
 		}
 	}
-	if (dropped && b->call && alive_members(b) == 0) {
-		batch_free(b);
-		return CP_DECLINED;
-	}
-	return CP_OK;
 }
 
 static void call_data(void *arg, const char *data, size_t len)
@@ -864,12 +851,12 @@ static void call_data(void *arg, const char *data, size_t len)
 	if (sse_feed(&b->sse, data, len, sse_cb, b) != CP_OK) {
 		log_error("batch %llu: upstream SSE event larger than %u bytes", (unsigned long long)b->id, MAX_SSE_EVENT);
 		split_end(&b->sp, 502, "the upstream sent an event larger than carpool accepts");
-		if (flush_members(b) == CP_OK)
-			batch_free(b);
+		flush_members(b);
+		batch_free(b);
 		return;
 	}
-	if (flush_members(b) == CP_OK)
-		batch_note_ended(b);
+	flush_members(b);
+	batch_note_ended(b);
 }
 
 /* The upstream refused a batch of several members: send two halves apart, so that only the
@@ -1157,8 +1144,8 @@ static void call_done(void *arg, enum upcall_error err)
 				 upcall_error_name(err));
 			split_end(&b->sp, err == UPE_IDLE ? 504 : 502, msg);
 		}
-		if (flush_members(b) == CP_OK)
-			batch_free(b);
+		flush_members(b);
+		batch_free(b);
 		return;
 	}
 	long retry_after_ms = b->retry_after[0] ? atol(b->retry_after) * 1000 : 0;

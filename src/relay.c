@@ -261,12 +261,8 @@ static void apply(struct relay *rl, const struct msg *h, const char *p)
 		sink_start(r, h->status, ctype, extra);
 		break;
 	}
-	case OP_WRITE:
-		if (sink_write(r, p, h->len) != CP_OK) { /* dropped as too slow: r is gone */
-			idmap_take(&rl->open, h->id);
-			post(rl, 0, OP_GONE, h->id, 0, NULL, 0);
-			free(t);
-		}
+	case OP_WRITE: /* a client dropped as too slow is heard of from its gone callback (client_gone) */
+		sink_write(r, p, h->len);
 		break;
 	case OP_END:
 		take_note(r, &p);
@@ -340,14 +336,13 @@ static void standin_start(struct sink *r, int status, const char *ctype, const c
 }
 
 /* A client too slow for its worker is dropped there; the gone callback tells. */
-static int standin_write(struct sink *r, const char *data, size_t len)
+static void standin_write(struct sink *r, const char *data, size_t len)
 {
 	struct standin *s = (struct standin *)r;
 	if (!len)
-		return CP_OK;
+		return;
 	struct iovec part = {(void *)data, len};
 	post(s->rl, s->owner, OP_WRITE, s->id, 0, &part, 1);
-	return CP_OK;
 }
 
 static void standin_end(struct sink *r)

@@ -57,6 +57,7 @@ struct server {
 	bool access_owned;  /* opened by us (a file), closed at the end */
 	struct conn *conns; /* every open connection, so that shutdown frees them */
 	struct conn *dirty; /* connections with answer bytes staged this loop turn */
+	struct conn *dropped; /* clients dropped as too slow this loop turn, freed at its end */
 	struct event *flush_ev;
 	int spare_fd;	    /* held back, so that a 503 can still be sent when descriptors run out */
 	struct log_every refused_log, exhausted_log, loop_log;
@@ -80,7 +81,8 @@ struct conn {
 	 * however many events of a client arrive in one turn, it costs one system call. */
 	struct sbuf pend;
 	bool in_dirty;
-	struct conn *dnext, *dprev;
+	bool dropped;		    /* on srv->dropped: nothing more is sent; freed at the turn's end */
+	struct conn *dnext, *dprev; /* on srv->dirty or srv->dropped */
 	uint64_t over_since; /* when its unread output went over max_client_buffer, or 0 */
 	char peer[64];
 };
@@ -180,6 +182,8 @@ static void conn_free(struct conn *c)
 	}
 	if (c->in_dirty)
 		DLIST_UNLINK(c->srv->dirty, c, dprev, dnext);
+	else if (c->dropped)
+		DLIST_UNLINK(c->srv->dropped, c, dprev, dnext);
 	sbuf_free(&c->pend);
 	http_head_free(&c->head);
 	if (c->deadline)
@@ -249,13 +253,16 @@ static void conn_flush(struct conn *c)
 		conn_linger(c);
 }
 
-/* The end of a loop turn (an event made active once per turn): one write per staged client. */
+/* The end of a loop turn (an event made active once per turn): the clients dropped during the
+ * turn are freed (each owner told once, by its gone callback), then one write per staged client. */
 static void flush_cb(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd;
 	(void)what;
 	struct server *srv = arg;
 	struct conn *c;
+	while ((c = srv->dropped))
+		conn_free(c); /* unlinks it; its owner's gone callback may stage other clients' bytes */
 	while ((c = srv->dirty)) {
 		DLIST_UNLINK(srv->dirty, c, dprev, dnext);
 		c->in_dirty = false;
@@ -268,6 +275,8 @@ static void flush_cb(evutil_socket_t fd, short what, void *arg)
  * same answer at once). */
 static void conn_stage(struct conn *c, const void *data, size_t len, bool hold)
 {
+	if (c->dropped)
+		return;
 	sbuf_add(&c->pend, data, len);
 	if (hold || c->in_dirty)
 		return;
@@ -363,8 +372,20 @@ static void finish(struct creq *r)
 		bufferevent_trigger(c->bev, EV_READ, BEV_TRIG_IGNORE_WATERMARKS | BEV_TRIG_DEFER_CALLBACKS);
 }
 
+/* A client dropped as too slow hears nothing more; the owner that ends its request is done with it
+ * (no gone callback), and the connection is freed at the end of the turn. */
+static bool dropped(struct creq *r)
+{
+	if (!r->conn->dropped)
+		return false;
+	r->sink.gone_cb = NULL;
+	return true;
+}
+
 void creq_reply(struct creq *r, int status, const char *ctype, const char *extra, const char *body, size_t len)
 {
+	if (dropped(r))
+		return;
 	write_head(r, status, ctype, extra, (long)len);
 	conn_stage(r->conn, "\r\n", 2, len > 0);
 	if (len)
@@ -385,6 +406,8 @@ void creq_reply_error(struct creq *r, int status, const char *message, const cha
 
 void creq_stream_start(struct creq *r, int status, const char *ctype, const char *extra)
 {
+	if (r->conn->dropped)
+		return;
 	write_head(r, status, ctype, extra, -1);
 	r->sse = ctype && !strncasecmp(ctype, "text/event-stream", 17);
 	/* out at the end of this loop turn (with the first event if it came in the same read): a client
@@ -416,18 +439,35 @@ static bool client_too_slow(struct conn *c)
 	return true;
 }
 
-int creq_stream_write(struct creq *r, const char *data, size_t len)
+/* Drops a client too slow: marked, taken off the write list, sent nothing more; freed (and its
+ * owner's gone callback made) at the end of this loop turn, never under the writer's feet. */
+static void conn_drop(struct conn *c)
+{
+	struct server *srv = c->srv;
+	if (srv->metrics)
+		CNT_ADD(srv->metrics->slow_clients_dropped_total, 1);
+	if (c->in_dirty) {
+		DLIST_UNLINK(srv->dirty, c, dprev, dnext);
+		c->in_dirty = false;
+	}
+	c->dropped = true;
+	sbuf_reset(&c->pend);
+	bufferevent_disable(c->bev, EV_READ | EV_WRITE);
+	DLIST_PUSH(srv->dropped, c, dprev, dnext);
+	event_active(srv->flush_ev, 0, 0);
+}
+
+void creq_stream_write(struct creq *r, const char *data, size_t len)
 {
 	struct conn *c = r->conn;
+	if (c->dropped)
+		return;
 	if (client_too_slow(c)) {
-		if (c->srv->metrics)
-			CNT_ADD(c->srv->metrics->slow_clients_dropped_total, 1);
-		r->sink.gone_cb = NULL;
-		conn_free(c);
-		return CP_ERROR;
+		conn_drop(c);
+		return;
 	}
 	if (!len)
-		return CP_OK;
+		return;
 	r->bytes += len;
 	if (!r->t_first && (len < 1 || data[0] != ':'))
 		r->t_first = now_us();
@@ -447,17 +487,20 @@ int creq_stream_write(struct creq *r, const char *data, size_t len)
 	conn_stage(c, "\r\n", 2, false);
 	if (c->pend.len >= STAGE_MAX) /* a burst: offer it now rather than grow the stage */
 		conn_flush(c);
-	return CP_OK;
 }
 
 void creq_abort(struct creq *r)
 {
+	if (dropped(r))
+		return;
 	r->sink.gone_cb = NULL;
 	conn_free(r->conn);
 }
 
 void creq_stream_end(struct creq *r)
 {
+	if (dropped(r))
+		return;
 	conn_stage(r->conn, "0\r\n\r\n", 5, false);
 	finish(r);
 }
@@ -468,9 +511,9 @@ static void sink_start_cb(struct sink *s, int status, const char *ctype, const c
 	creq_stream_start((struct creq *)s, status, ctype, extra);
 }
 
-static int sink_write_cb(struct sink *s, const char *data, size_t len)
+static void sink_write_cb(struct sink *s, const char *data, size_t len)
 {
-	return creq_stream_write((struct creq *)s, data, len);
+	creq_stream_write((struct creq *)s, data, len);
 }
 
 static void sink_end_cb(struct sink *s) { creq_stream_end((struct creq *)s); }
@@ -1086,8 +1129,8 @@ void server_end_all(struct server *s, const char *message)
 			struct sbuf ev = {0};
 			sbuf_printf(&ev, "data: %s\n\ndata: [DONE]\n\n", err);
 			free(err);
-			if (creq_stream_write(r, ev.data, ev.len) == CP_OK)
-				creq_stream_end(r);
+			creq_stream_write(r, ev.data, ev.len);
+			creq_stream_end(r);
 			sbuf_free(&ev);
 		} else {
 			creq_abort(r);

@@ -95,9 +95,9 @@ void creq_reply_error(struct creq *r, int status, const char *message, const cha
 		      const char *code);
 /* Starts a chunked response. */
 void creq_stream_start(struct creq *r, int status, const char *ctype, const char *extra);
-/* Appends to a started chunked response. CP_ERROR: the client's unread output passed the bound and
- * it was dropped; r is gone (no gone callback is made) and must not be used again. */
-int creq_stream_write(struct creq *r, const char *data, size_t len);
+/* Appends to a started chunked response. A client whose unread output passed the bound is dropped:
+ * it gets nothing more, and at the end of the loop turn it is freed and the gone callback made. */
+void creq_stream_write(struct creq *r, const char *data, size_t len);
 /* Closes the connection without ending the chunked response, so the client sees it incomplete
  * (the upstream broke mid-answer); r must not be used afterwards. */
 void creq_abort(struct creq *r);

@@ -18,9 +18,10 @@ struct sink;
 struct sink_ops {
 	/* Starts a chunked (streamed) response. extra: further header lines, each ending in "\r\n", or NULL. */
 	void (*start)(struct sink *s, int status, const char *ctype, const char *extra);
-	/* Appends to a started stream. CP_ERROR: the client read too slowly and was dropped; s is gone
-	 * (no gone callback is made) and must not be used again. */
-	int (*write)(struct sink *s, const char *data, size_t len);
+	/* Appends to a started stream. A client that reads too slowly is dropped: it gets nothing more,
+	 * and the gone callback is made from the loop at the end of the turn, never under the writer's
+	 * feet (s stays valid until then, and ending it before then is harmless). */
+	void (*write)(struct sink *s, const char *data, size_t len);
 	/* Ends a stream. */
 	void (*end)(struct sink *s);
 	/* A whole response with Content-Length. */
@@ -56,7 +57,7 @@ static inline void sink_start(struct sink *s, int status, const char *ctype, con
 	s->ops->start(s, status, ctype, extra);
 }
 
-static inline int sink_write(struct sink *s, const char *data, size_t len) { return s->ops->write(s, data, len); }
+static inline void sink_write(struct sink *s, const char *data, size_t len) { s->ops->write(s, data, len); }
 
 static inline void sink_end(struct sink *s) { s->ops->end(s); }
 

@@ -372,7 +372,7 @@ static void batch_keepalive(struct batch *b)
 	if (ka <= 0)
 		return;
 	b->ka_timer = evtimer_new(b->bt->base, ka_cb, b);
-	struct timeval tv = {ka / 1000, (ka % 1000) * 1000};
+	struct timeval tv = tv_of_ms(ka);
 	evtimer_add(b->ka_timer, &tv);
 }
 
@@ -709,7 +709,7 @@ static void ka_cb(evutil_socket_t fd, short what, void *arg)
 		return;
 	}
 	long ms = b->bt->cfg->timeouts.sse_keepalive_ms;
-	struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+	struct timeval tv = tv_of_ms(ms);
 	evtimer_add(b->ka_timer, &tv);
 }
 
@@ -1188,7 +1188,7 @@ static void call_done(void *arg, enum upcall_error err)
 			ms = 0; /* another upstream can take it at once */
 		if (ms > 30000)
 			ms = 30000;
-		struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+		struct timeval tv = tv_of_ms(ms);
 		evtimer_add(b->timer, &tv);
 		log_warn("batch %llu: upstream %s failed it (%s, status %d) before any byte reached a client; retry %d in %ld ms%s",
 			 (unsigned long long)b->id, b->up->cfg->url, upcall_error_name(err), b->status, b->attempt, ms,
@@ -1338,7 +1338,7 @@ static void place(struct batcher *bt, struct member *m, unsigned cands, const ch
 	}
 	b->timer = evtimer_new(bt->base, timer_cb, b);
 	long ms = cfg->batching.max_wait_ms;
-	struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+	struct timeval tv = tv_of_ms(ms);
 	evtimer_add(b->timer, &tv);
 }
 
@@ -1492,7 +1492,7 @@ struct batcher_stats batcher_stats(const struct batcher *bt)
 		.retries = CNT_GET(bt->st.retries),
 		.upstream_errors = CNT_GET(bt->st.upstream_errors),
 		.gone = CNT_GET(bt->st.gone),
-		.queued = CNT_GET(bt->active),
+		.active = CNT_GET(bt->active),
 		.max_call_prompts = CNT_GET(bt->st.max_call_prompts),
 	};
 	return st;

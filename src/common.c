@@ -12,7 +12,6 @@
 #include <unistd.h>
 
 static enum log_level g_level = LOG_INFO;
-static const char *g_action;
 
 void utc_now(char *buf, size_t len)
 {
@@ -28,7 +27,6 @@ void utc_now(char *buf, size_t len)
 /* set by a reload in worker 0's thread, read by every worker: relaxed atomics */
 void log_set_level(enum log_level lvl) { __atomic_store_n(&g_level, lvl, __ATOMIC_RELAXED); }
 enum log_level log_get_level(void) { return __atomic_load_n(&g_level, __ATOMIC_RELAXED); }
-void log_set_action(const char *action) { g_action = action; }
 
 void log_msg(enum log_level lvl, const char *fmt, ...)
 {
@@ -42,10 +40,7 @@ void log_msg(enum log_level lvl, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof msg, fmt, ap);
 	va_end(ap);
-	if (g_action)
-		fprintf(stderr, "%s %s [%s] %s\n", ts, names[lvl], g_action, msg);
-	else
-		fprintf(stderr, "%s %s %s\n", ts, names[lvl], msg);
+	fprintf(stderr, "%s %s %s\n", ts, names[lvl], msg);
 }
 
 static char g_via[32];

@@ -92,13 +92,13 @@ static void drain_cb(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	struct worker *w = arg;
 	/* worker 0's stand-ins are in its batcher's count already */
-	unsigned active = batcher_active(w->bt) + (w->relay && w->id ? relay_open(w->relay) : 0);
+	unsigned active = batcher_active(w->bt) + (w->relay && w->id ? relay_open_count(w->relay) : 0);
 	/* the dispatcher serves the other workers' requests until they are gone */
 	bool others = w->relay && w->id == 0 && atomic_load(&g_exited) < g_nworkers - 1;
 	uint64_t waited = (now_us() - w->drain_start) / 1000;
 	if (!w->ended && waited >= (uint64_t)w->cfg.timeouts.drain_ms) {
 		/* each worker counts its own clients: the dispatcher's stand-ins are the others' */
-		unsigned others_open = w->relay && w->id == 0 ? relay_open(w->relay) : 0;
+		unsigned others_open = w->relay && w->id == 0 ? relay_open_count(w->relay) : 0;
 		unsigned own = active > others_open ? active - others_open : 0;
 		if (own)
 			log_warn("worker %d: drain deadline passed with %u requests of its clients open; ending them",

@@ -426,7 +426,7 @@ void relay_link(struct relay *rl, struct relay *const *all, int n, struct batche
 	rl->bt = bt;
 }
 
-unsigned relay_open(const struct relay *rl) { return (unsigned)rl->open.n; }
+unsigned relay_open_count(const struct relay *rl) { return (unsigned)rl->open.n; }
 
 /* Frees what a message still owns (a handoff that never reached the batcher). */
 static void drop_messages(struct sbuf *b)

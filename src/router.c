@@ -376,7 +376,7 @@ static void metrics(struct router *rt, struct creq *r)
 		tot.retries += x->retries;
 		tot.upstream_errors += x->upstream_errors;
 		tot.gone += x->gone;
-		tot.queued += x->queued;
+		tot.active += x->active;
 		passthrough += CNT_GET(peers[p]->passthrough);
 		limited += CNT_GET(peers[p]->limited);
 		reloads += CNT_GET(peers[p]->reloads);
@@ -403,7 +403,7 @@ static void metrics(struct router *rt, struct creq *r)
 	sbuf_printf(&b, "# HELP carpool_clients_gone_total Clients that left before their answer ended.\n"
 			"# TYPE carpool_clients_gone_total counter\ncarpool_clients_gone_total %lu\n", st->gone);
 	sbuf_printf(&b, "# HELP carpool_requests_active Requests queued or streaming now.\n"
-			"# TYPE carpool_requests_active gauge\ncarpool_requests_active %lu\n", st->queued);
+			"# TYPE carpool_requests_active gauge\ncarpool_requests_active %lu\n", st->active);
 	sbuf_printf(&b, "# HELP carpool_passthrough_total Requests forwarded unchanged.\n"
 			"# TYPE carpool_passthrough_total counter\ncarpool_passthrough_total %lu\n", passthrough);
 	sbuf_printf(&b, "# HELP carpool_key_limited_total Requests refused with 429 by a client key's limits.\n"

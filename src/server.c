@@ -290,7 +290,7 @@ static void conn_stage(struct conn *c, const void *data, size_t len, bool hold)
 static void set_header_timeout(struct conn *c)
 {
 	long ms = c->srv->cfg->timeouts.client_idle_ms;
-	struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+	struct timeval tv = tv_of_ms(ms);
 	bufferevent_set_timeouts(c->bev, &tv, &tv);
 }
 
@@ -298,7 +298,7 @@ static void set_header_timeout(struct conn *c)
 static void set_handling_timeout(struct conn *c)
 {
 	long ms = c->srv->cfg->timeouts.client_idle_ms;
-	struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+	struct timeval tv = tv_of_ms(ms);
 	bufferevent_set_timeouts(c->bev, NULL, &tv);
 }
 
@@ -562,7 +562,7 @@ static void dispatch_request(struct conn *c)
 /* The deadline of the part of the request being read (its head, then its body) from now. */
 static void arm_deadline(struct conn *c, long ms)
 {
-	struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+	struct timeval tv = tv_of_ms(ms);
 	evtimer_add(c->deadline, &tv);
 }
 

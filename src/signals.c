@@ -193,7 +193,7 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 	struct signals *s = arg;
 	struct upstream *up = s->up;
 	long ms = up->cfg->load_poll_ms;
-	struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+	struct timeval tv = tv_of_ms(ms);
 	if (up->dialect == DIALECT_OPENAI) { /* a hosted API: no load figures; its room is its budget */
 		if (!s->said_none)
 			log_info("upstream %s: dialect openai: no load figures to read (room: its budget and carpool's own calls)",

@@ -570,7 +570,7 @@ static void conn_put(struct upstream *up, struct upconn *uc)
 	}
 	DLIST_PUSH(up->idle, uc, iprev, next);
 	up->nidle++;
-	struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+	struct timeval tv = tv_of_ms(ms);
 	evtimer_add(uc->idle_ev, &tv);
 }
 
@@ -601,7 +601,7 @@ static void call_arm_next(struct upcall *c);
 
 static void call_arm(struct upcall *c, long ms)
 {
-	struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+	struct timeval tv = tv_of_ms(ms);
 	evtimer_add(c->timer, &tv);
 }
 
@@ -1239,7 +1239,7 @@ static void probe_later(struct upstream *up, long ms)
 	if (!up->probe_ev)
 		up->probe_ev = evtimer_new(up->base, probe_cb, up);
 	up->probe_wait_ms = ms;
-	struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+	struct timeval tv = tv_of_ms(ms);
 	evtimer_add(up->probe_ev, &tv);
 }
 
@@ -1305,7 +1305,7 @@ static void health_cb(evutil_socket_t fd, short what, void *arg)
 	if (!upstream_call(up, "GET", up->cfg->health_path, NULL, 0, NULL, NULL, 0, &health_ops, h))
 		free(h);
 	long ms = up->cfg->health_interval_ms;
-	struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+	struct timeval tv = tv_of_ms(ms);
 	evtimer_add(up->health_ev, &tv);
 }
 

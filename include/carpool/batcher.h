@@ -21,7 +21,7 @@ struct batcher_stats {
 	unsigned long retries;
 	unsigned long upstream_errors;
 	unsigned long gone;	      /* clients that left before their answer ended */
-	unsigned long queued;	      /* requests waiting now */
+	unsigned long active;	      /* requests not yet answered: queued or streaming */
 	unsigned long max_call_prompts;
 };
 

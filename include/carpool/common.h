@@ -6,17 +6,16 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/time.h>
 
 /* A small closed set of return codes (after nginx's OK / ERROR / AGAIN / DECLINED). */
 enum { CP_OK = 0, CP_ERROR = -1, CP_AGAIN = -2, CP_DECLINED = -3 };
 
 enum log_level { LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR, LOG_CRIT };
 
-/* Lines go to stderr as "time level [context] message". The context (what carpool was doing, for
- * whom) is set once per operation with log_set_action() instead of by every call site. */
+/* Lines go to stderr as "time level message". */
 void log_set_level(enum log_level lvl);
 enum log_level log_get_level(void);
-void log_set_action(const char *action);
 void log_msg(enum log_level lvl, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Counters written by one thread (their worker's) and read by others (/metrics): relaxed atomic loads
@@ -91,6 +90,8 @@ char *xstrdup(const char *s);
 char *xstrndup(const char *s, size_t n);
 
 uint64_t now_us(void);
+/* A duration in milliseconds as a struct timeval (for evtimer_add and bufferevent timeouts). */
+static inline struct timeval tv_of_ms(long ms) { return (struct timeval){ms / 1000, (ms % 1000) * 1000}; }
 /* This process's Via entry ("1.1 carpool-" and a random tag, fixed for the life of the process):
  * carpool sends it upstream and refuses a request that carries it (a proxy loop). Thread-safe. */
 const char *instance_via(void);

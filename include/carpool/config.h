@@ -1,6 +1,6 @@
 /* config: the YAML file (libyaml) -> a typed, validated struct config.
  *
- * One declarative table of keys (type, bounds, default, help) drives the parser, the defaults and
+ * One declarative table of keys (name, type, field, bounds, default) drives the parser, the defaults and
  * `--check-config`; every error names FILE:LINE:COLUMN; unknown and duplicate keys are errors. */
 #ifndef CARPOOL_CONFIG_H
 #define CARPOOL_CONFIG_H

@@ -26,7 +26,7 @@ void relay_link(struct relay *r, struct relay *const *all, int n, struct batcher
 void relay_submit(struct relay *r, struct sink *client, struct intake_req *req, unsigned cands, const char *auth,
 		  bool embed);
 /* Requests this worker handed over that have not ended, plus, on the dispatcher, stand-ins alive. */
-unsigned relay_open(const struct relay *r);
+unsigned relay_open_count(const struct relay *r);
 /* Hands over what this loop turn gathered now (a worker about to leave its loop). */
 void relay_flush(struct relay *r);
 /* Frees r, what it still holds and what waits in its inbox. After the worker's server and batcher. */

@@ -24,7 +24,7 @@ all: bin/carpool bin/carpool-sim bin/carpool-loadgen bin/carpool-writefloor
 build/%.o: src/%.c $(wildcard include/carpool/*.h) | build
 	$(CC) $(CFLAGS) -c -o $@ $<
 
-build/main.o: CFLAGS += -DCARPOOL_REVISION=\"$(REVISION)\"
+build/main.o: CFLAGS += -DCARPOOL_REVISION=\"$(REVISION)\" -DCARPOOL_DEFAULT_CONFIG=\"$(SYSCONFDIR)/carpool/carpool.yaml\"
 build/main.o: build/revision
 build/revision: FORCE | build
 	@echo '$(REVISION)' | cmp -s - $@ || echo '$(REVISION)' > $@

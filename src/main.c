@@ -18,6 +18,7 @@
 #include <getopt.h>
 #include <openssl/crypto.h>
 #include <pthread.h>
+#include <errno.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <sys/resource.h>
@@ -62,9 +63,9 @@ static struct auth_table *g_auth;
 
 static void usage(FILE *f)
 {
-	fputs("usage: carpool [-t] -c FILE\n"
+	fputs("usage: carpool [-t] [-c FILE]\n"
 	      "\n"
-	      "  -c, --config FILE     the config file (required)\n"
+	      "  -c, --config FILE     the config file (default: " CARPOOL_DEFAULT_CONFIG ")\n"
 	      "  -t, --check-config    validate FILE (and its client keys file), print \"FILE: ok\" and exit 0;\n"
 	      "                        on an error print FILE:LINE:COLUMN: message and exit 1\n"
 	      "  -h, --help            print this help and exit\n"
@@ -300,7 +301,15 @@ int main(int argc, char **argv)
 		default: usage(stderr); return 2;
 		}
 	}
-	if (!file || optind < argc) {
+	if (!file) {
+		file = CARPOOL_DEFAULT_CONFIG;
+		if (access(file, F_OK) != 0) {
+			fprintf(stderr, "carpool: no -c FILE given, and the default config %s: %s\n", file, strerror(errno));
+			usage(stderr);
+			return 1;
+		}
+	}
+	if (optind < argc) {
 		usage(stderr);
 		return 2;
 	}

@@ -55,11 +55,18 @@ test('--help exits 0 and shows usage', async () => {
   assert.deepEqual(await run(['-h']), r);
 });
 
-test('no arguments -> non-zero exit and a usage message', async () => {
+test('no arguments -> the default config /etc/carpool/carpool.yaml, or a message naming it and the usage', async () => {
+  if (require('node:fs').existsSync('/etc/carpool/carpool.yaml')) {
+    // a machine with carpool installed: the default is what a bare `carpool -t` checks
+    const t = await run(['-t']);
+    assert.match(t.out + t.err, /\/etc\/carpool\/carpool\.yaml/);
+    return;
+  }
   const r = await run([]);
-  assert.notEqual(r.code, 0);
+  assert.equal(r.code, 1);
   assert.equal(r.sig, null);
-  assert.match(r.err, /usage/);
+  assert.match(r.err, /no -c FILE given, and the default config \/etc\/carpool\/carpool\.yaml: No such file or directory/);
+  assert.match(r.err, /usage: carpool \[-t\] \[-c FILE\]/);
 });
 
 test('an unknown option -> non-zero exit', async () => {

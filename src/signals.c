@@ -130,8 +130,13 @@ static void poll_done(void *arg, enum upcall_error err)
 	struct upstream *up = s->up;
 	s->call = NULL;
 	char why[64];
-	if (err != UPE_NONE)
+	if (err != UPE_NONE) {
 		snprintf(why, sizeof why, "%s", upcall_error_name(err));
+		/* the server is gone or restarting (perhaps with another -np): once it answers again,
+		 * its /props is read again */
+		if (up->dialect == DIALECT_LLAMACPP && s->src != SRC_PROPS)
+			s->props_tried = false;
+	}
 	else if (s->status != 200)
 		snprintf(why, sizeof why, "status %d", s->status);
 	else if (s->bytes > (s->src == SRC_METRICS ? MAX_METRICS_BODY : MAX_JSON_BODY))
@@ -153,14 +158,16 @@ static void poll_done(void *arg, enum upcall_error err)
 	}
 	cJSON *j = why[0] ? NULL : cJSON_ParseWithLength(s->json.data ? s->json.data : "", s->json.len);
 	if (s->src == SRC_PROPS) {
-		s->props_tried = true;
+		s->props_tried = err == UPE_NONE; /* asked again at the next poll until the server answers */
+		if (err != UPE_NONE)
+			signals_lost(s, why); /* said once */
 		s->src = SRC_METRICS;
 		const cJSON *ts = cJSON_GetObjectItemCaseSensitive(j, "total_slots");
 		if (cJSON_IsNumber(ts) && ts->valuedouble >= 1 && ts->valuedouble <= 1e6) {
 			s->cap_told = true;
 			CNT_SET(up->learned_cap, (unsigned)ts->valuedouble);
 			log_info("upstream %s: /props says %u slots", up->cfg->url, up->learned_cap);
-		} else {
+		} else if (err == UPE_NONE) {
 			log_info("upstream %s: no total_slots in GET /props (%s)", up->cfg->url, why[0] ? why : "not there");
 		}
 	} else {

@@ -3,7 +3,7 @@
 'use strict';
 const assert = require('node:assert/strict');
 const http = require('node:http');
-const { test, startSim, startCarpool, baseConfig, request, parseSse, collect } = require('./lib');
+const { test, startSim, startCarpool, baseConfig, request, parseSse, collect, freePort } = require('./lib');
 const { expected } = require('./simgen');
 
 // The first prompt `${prefix} ${i}` whose natural answer is `len` tokens long.
@@ -184,6 +184,23 @@ test('vllm /metrics: a server that queues shows its capacity; carpool then waits
   assert.ok(mine.first >= Math.min(...ends) - 150, `mine's first token at ${mine.first} ms, others ended at ${ends}`);
   assert.match(cp.log(), /saturated at 2 running \(1 waiting\): capacity 2 sequences/);
   assert.doesNotMatch(cp.log(), /no load signals/);
+});
+
+test('llamacpp /props: read once the server answers when carpool started first, and again after the server comes back with other slots', async (t) => {
+  const port = await freePort();
+  const up = { url: `http://127.0.0.1:${port}` };
+  const cp = await startCarpool(baseConfig(up, { upstream: { dialect: 'llamacpp', load_poll_ms: 100 } }));
+  let sim = null;
+  t.after(async () => { await cp.stop(); if (sim) await sim.kill(); });
+  await sleep(400); // several polls find nobody there
+  assert.equal(await gauge(cp, up, 'carpool_upstream_sequence_capacity'), 0, 'no capacity before the server answers');
+  assert.equal(count(cp.log(), 'no load signals'), 1, `the lost signals are said once: ${cp.log()}`);
+  sim = await startSim(['--listen', `127.0.0.1:${port}`, '--dialect', 'llamacpp', '--slots', '4']);
+  await until('capacity 4 from /props', async () => (await gauge(cp, up, 'carpool_upstream_sequence_capacity')) === 4, 8000);
+  await sim.kill();
+  await sleep(300);
+  sim = await startSim(['--listen', `127.0.0.1:${port}`, '--dialect', 'llamacpp', '--slots', '2']);
+  await until('capacity 2 from /props after the restart', async () => (await gauge(cp, up, 'carpool_upstream_sequence_capacity')) === 2, 8000);
 });
 
 test('llamacpp /props: total_slots is the capacity; requests past it wait in carpool', async (t) => {

@@ -24,6 +24,10 @@ all: bin/carpool bin/carpool-sim bin/carpool-loadgen bin/carpool-writefloor
 build/%.o: src/%.c $(wildcard include/carpool/*.h) | build
 	$(CC) $(CFLAGS) -c -o $@ $<
 
+# the default config path is compiled in: main.o is rebuilt when SYSCONFDIR changes
+build/sysconfdir: FORCE | build
+	@echo '$(SYSCONFDIR)' | cmp -s - $@ || echo '$(SYSCONFDIR)' > $@
+build/main.o: build/sysconfdir
 build/main.o: CFLAGS += -DCARPOOL_REVISION=\"$(REVISION)\" -DCARPOOL_DEFAULT_CONFIG=\"$(SYSCONFDIR)/carpool/carpool.yaml\"
 build/main.o: build/revision
 build/revision: FORCE | build

@@ -74,7 +74,8 @@ static void usage(FILE *f)
 	      "carpool is a request-batching reverse proxy for OpenAI-compatible LLM servers: it holds\n"
 	      "compatible /v1/completions and /v1/embeddings requests for a short window, sends them\n"
 	      "upstream as one call with an array prompt, and splits the answer back to each client.\n"
-	      "Every config key is documented in configs/carpool.yaml; see also carpool(1).\n"
+	      "Every config key is documented in the example carpool.yaml (configs/ in the sources,\n"
+	      "PREFIX/share/carpool/configs/ once installed); see also carpool(1).\n"
 	      "Signals: SIGTERM/SIGINT drain and stop (timeouts.drain_ms deadline), SIGHUP reloads the config.\n",
 	      f);
 }

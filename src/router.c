@@ -526,6 +526,18 @@ static void completions(struct router *rt, struct creq *r, bool embed)
 		intake_free(&req);
 		return;
 	}
+	/* llama.cpp's server refuses n != 1 with a 500 (which would be retried as a server fault): when
+	 * every candidate speaks its dialect, the client is told at once what is wrong with its request. */
+	bool all_llama = !embed && req.n != 1;
+	for (int i = 0; i < rt->nups && all_llama; i++)
+		if ((cands & (1u << i)) && rt->ups[i].dialect != DIALECT_LLAMACPP)
+			all_llama = false;
+	if (all_llama) {
+		intake_free(&req);
+		creq_reply_error(r, 400, "'n' must be 1: llama.cpp's server gives one choice per prompt.",
+				 "invalid_request_error", "n", NULL);
+		return;
+	}
 	/* A forwarded client credential keys the batch. An upstream with a credential of its own never
 	 * gets the client's; candidates are either all of one kind or each keeps its own rule. */
 	const char *auth = NULL;

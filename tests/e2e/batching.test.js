@@ -207,7 +207,7 @@ test('stream_options.include_usage: each client gets its own usage, never the ba
   }
 });
 
-test('llama.cpp dialect: non-stream array shape, per-prompt usage, n>1 error passes through', async (t) => {
+test('llama.cpp dialect: non-stream array shape, per-prompt usage, n>1 refused by carpool with 400 (llama-server would answer 500)', async (t) => {
   const sim = await startSim(['--dialect', 'llamacpp', '--step-ms', '2']);
   const cp = await startCarpool(baseConfig(sim, { batching: { policy: 'fixed', max_wait_ms: 60 } }));
   t.after(async () => { await cp.stop(); await sim.kill(); });
@@ -232,9 +232,14 @@ test('llama.cpp dialect: non-stream array shape, per-prompt usage, n>1 error pas
   assert.equal(s.text[0], expected('ll d', { maxTokens: 6 }).text);
   assert.equal(s.done, 1);
   assert.equal((await sim.stats()).completion_calls, 1);
+  const calls = (await sim.stats()).completion_calls;
   const n2 = await request(cp.port, 'POST', '/v1/completions', { model: 'm', prompt: 'll e', n: 2 });
-  assert.equal(n2.status, 500);
-  assert.match(JSON.parse(n2.body).error.message, /Only one completion choice/);
+  assert.equal(n2.status, 400, n2.body);
+  const e = JSON.parse(n2.body).error;
+  assert.equal(e.param, 'n');
+  assert.equal(e.type, 'invalid_request_error');
+  assert.match(e.message, /llama\.cpp/);
+  assert.equal((await sim.stats()).completion_calls, calls, 'the upstream was not asked');
 });
 
 test('different credentials never share an upstream call (pass-through auth)', async (t) => {

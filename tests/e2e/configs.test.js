@@ -287,9 +287,10 @@ test('llamacpp-gateway.yaml: completions against llama.cpp-dialect servers with 
   const arr = JSON.parse(pair.body);
   assert.ok(Array.isArray(arr) && arr.length === 2, pair.body);
   arr.forEach((o, k) => assert.equal(o.choices[0].text, expected(two[k], { maxTokens: 4 }).text));
-  // n != 1 is refused by llama-server itself
+  // n != 1, which llama-server refuses with a 500, is refused by carpool at once with a 400
   const n2 = await request(cp.port, 'POST', '/v1/completions', { model: 'any', prompt: 'n two', n: 2 });
-  assert.equal(n2.status, 500, n2.body);
+  assert.equal(n2.status, 400, n2.body);
+  assert.equal(JSON.parse(n2.body).error.param, 'n');
 });
 
 // --- tei-embeddings.yaml ------------------------------------------------------------------------------

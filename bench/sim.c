@@ -8,7 +8,9 @@
  * (b4748, see tests/transcripts/llamacpp-b4748/). Decoding is modelled like a continuous-batching
  * GPU server: one global "stepper" advances every active sequence of every in-flight call by one token
  * per step; a step costs step_ms plus step_us_per_seq for every sequence in it, and every call first
- * pays call_ms. --slots limits how many sequences decode at once (the rest wait, like llama.cpp).
+ * pays call_ms. --slots limits how many sequences decode at once: the rest wait in one FIFO in arrival
+ * order and each takes a slot the step after one frees, whatever call it belongs to (continuous
+ * batching, like vLLM; not a whole call at a time). --answer-tokens sets the range of answer lengths.
  *
  * Magic substrings in a string prompt: "INVALID" (the whole call fails with 400 before any output),
  * "MIDERR" (an error after 2 steps of output), "CRASH" (the TCP connection is closed abruptly after
@@ -119,7 +121,8 @@ static struct {
 	enum { CLOSE_NO, CLOSE_FLUSHED, CLOSE_NEXT } close_after_stream;
 	bool drop_reused;
 	long max_conns, backlog;
-} cfg = { "127.0.0.1", "0", D_VLLM, 5.0, 1.0, 2.0, 0, 0, NULL, NULL, NULL, -1, 100, 0, CLOSE_NO, false, 0, 4096 };
+	unsigned answer_min, answer_max; /* natural answer lengths (simgen_length_in) */
+} cfg = { "127.0.0.1", "0", D_VLLM, 5.0, 1.0, 2.0, 0, 0, NULL, NULL, NULL, -1, 100, 0, CLOSE_NO, false, 0, 4096, SIMGEN_ANSWER_MIN, SIMGEN_ANSWER_MAX };
 
 static struct event_base *g_base;
 static struct evhttp *g_http;
@@ -127,6 +130,7 @@ static SSL_CTX *g_ssl_ctx;
 static struct call_list g_calls = TAILQ_HEAD_INITIALIZER(g_calls);
 static struct seq_queue g_waitq = TAILQ_HEAD_INITIALIZER(g_waitq);
 static unsigned long g_active;     /* sequences decoding now */
+static unsigned long g_waiting;    /* sequences in g_waitq */
 static struct event *g_step_timer;
 static bool g_step_pending, g_in_step;
 static unsigned long g_call_number;
@@ -135,6 +139,7 @@ static long long g_start_time;
 static struct {
 	unsigned long calls, completion_calls, embedding_calls, chat_calls, prompts, max_prompts;
 	unsigned long inflight, max_inflight, disconnects;
+	unsigned long max_running, max_waiting; /* peaks of g_active and g_waiting */
 	cJSON *auth;
 	cJSON *requests; /* the request log (created on first use) */
 	unsigned long logged, unlogged; /* its entries (MAX_LOGGED_REQUESTS at most), requests past that */
@@ -491,6 +496,10 @@ static void handle_stats(struct evhttp_request *req)
 	cJSON_AddNumberToObject(o, "inflight", (double)stats.inflight);
 	cJSON_AddNumberToObject(o, "max_inflight", (double)stats.max_inflight);
 	cJSON_AddNumberToObject(o, "disconnects", (double)stats.disconnects);
+	cJSON_AddNumberToObject(o, "running", (double)g_active);
+	cJSON_AddNumberToObject(o, "waiting", (double)g_waiting);
+	cJSON_AddNumberToObject(o, "max_running", (double)stats.max_running);
+	cJSON_AddNumberToObject(o, "max_waiting", (double)stats.max_waiting);
 	cJSON_AddItemToObject(o, "auth", cJSON_Duplicate(stats.auth, 1));
 	cJSON_AddItemToObject(o, "requests", stats.requests ? cJSON_Duplicate(stats.requests, 1) : cJSON_CreateArray());
 	cJSON_AddNumberToObject(o, "unlogged_requests", (double)stats.unlogged);
@@ -509,6 +518,8 @@ static void handle_stats_reset(struct evhttp_request *req)
 	stats.inflight = inflight; /* still really in flight */
 	stats.max_inflight = inflight;
 	conn_stats_reset();
+	stats.max_running = g_active;
+	stats.max_waiting = g_waiting;
 	send_body(req, 200, json_ctype(), "{\"status\":\"ok\"}");
 }
 
@@ -521,9 +532,10 @@ static void release_seqs(struct call *c)
 {
 	for (unsigned i = 0; i < c->nseqs; i++) {
 		struct seq *s = &c->seqs[i];
-		if (s->state == S_QUEUED)
+		if (s->state == S_QUEUED) {
 			TAILQ_REMOVE(&g_waitq, s, qlink);
-		else if (s->state == S_ACTIVE)
+			g_waiting--;
+		} else if (s->state == S_ACTIVE)
 			g_active--;
 		if (s->state != S_DONE)
 			s->state = S_DONE;
@@ -616,9 +628,12 @@ static void engine_kick(void)
 	while (!TAILQ_EMPTY(&g_waitq) && (cfg.slots <= 0 || g_active < (unsigned long)cfg.slots)) {
 		struct seq *s = TAILQ_FIRST(&g_waitq);
 		TAILQ_REMOVE(&g_waitq, s, qlink);
+		g_waiting--;
 		s->state = S_ACTIVE;
 		g_active++;
 	}
+	if (g_active > stats.max_running)
+		stats.max_running = g_active;
 	schedule_step();
 }
 
@@ -643,21 +658,16 @@ static void timings_obj(cJSON *parent, unsigned prompt_n, unsigned predicted_n)
 	cJSON_AddNumberToObject(t, "predicted_n", predicted_n);
 }
 
-static void full_text(const struct seq *s, char *out, size_t cap)
+/* Adds the text generated so far by s to obj as the string name. */
+static void add_full_text(cJSON *obj, const char *name, const struct seq *s)
 {
+	char *text = xmalloc((size_t)s->gen * SIMGEN_TOKEN_MAX + 1);
 	size_t len = 0;
-	out[0] = 0;
-	for (unsigned i = 0; i < s->gen; i++) {
-		char tok[SIMGEN_TOKEN_MAX];
-		size_t w = simgen_token(s->seed, i, tok);
-		if (len + w + 1 > cap)
-			break;
-		memcpy(out + len, tok, w + 1);
-		len += w;
-	}
+	for (unsigned i = 0; i < s->gen; i++)
+		len += simgen_token(s->seed, i, text + len);
+	cJSON_AddStringToObject(obj, name, text);
+	free(text);
 }
-
-#define TEXT_CAP (SIMGEN_DEFAULT_MAX_TOKENS * SIMGEN_TOKEN_MAX + 1)
 
 /* Sends one SSE event (prefix + JSON) as one HTTP chunk. */
 static void send_event(struct call *c, const char *prefix, cJSON *obj)
@@ -833,17 +843,15 @@ static unsigned long total_completion_tokens(const struct call *c)
 
 static cJSON *nonstream_body(struct call *c)
 {
-	char text[TEXT_CAP];
 	if (c->kind == K_CHAT) {
 		struct seq *s = &c->seqs[0];
-		full_text(s, text, sizeof text);
 		cJSON *o = oai_head(c, "chat.completion");
 		cJSON *ch = cJSON_CreateObject();
 		cJSON_AddItemToArray(cJSON_AddArrayToObject(o, "choices"), ch);
 		cJSON_AddNumberToObject(ch, "index", 0);
 		cJSON *msg = cJSON_AddObjectToObject(ch, "message");
 		cJSON_AddStringToObject(msg, "role", "assistant");
-		cJSON_AddStringToObject(msg, "content", text);
+		add_full_text(msg, "content", s);
 		cJSON_AddNullToObject(ch, "logprobs");
 		cJSON_AddStringToObject(ch, "finish_reason", s->finish);
 		usage_obj(o, "usage", c->prompts[0].ptoks, s->gen, false);
@@ -857,11 +865,10 @@ static cJSON *nonstream_body(struct call *c)
 		for (unsigned p = 0; p < c->nprompts; p++) {
 			struct seq *s = &c->seqs[p * c->n];
 			const struct prompt *pr = &c->prompts[p];
-			full_text(s, text, sizeof text);
 			cJSON *o = cJSON_CreateObject();
 			cJSON *ch = cJSON_CreateObject();
 			cJSON_AddItemToArray(cJSON_AddArrayToObject(o, "choices"), ch);
-			cJSON_AddStringToObject(ch, "text", text);
+			add_full_text(ch, "text", s);
 			cJSON_AddNumberToObject(ch, "index", p);
 			cJSON_AddNullToObject(ch, "logprobs");
 			cJSON_AddStringToObject(ch, "finish_reason", s->finish);
@@ -880,11 +887,10 @@ static cJSON *nonstream_body(struct call *c)
 	cJSON *choices = cJSON_AddArrayToObject(o, "choices");
 	for (unsigned i = 0; i < c->nseqs; i++) { /* seqs are stored in index order */
 		struct seq *s = &c->seqs[i];
-		full_text(s, text, sizeof text);
 		cJSON *ch = cJSON_CreateObject();
 		cJSON_AddItemToArray(choices, ch);
 		cJSON_AddNumberToObject(ch, "index", i);
-		cJSON_AddStringToObject(ch, "text", text);
+		add_full_text(ch, "text", s);
 		oai_choice_fields(ch, s->finish);
 	}
 	usage_obj(o, "usage", total_prompt_tokens(c), total_completion_tokens(c), false);
@@ -1080,7 +1086,10 @@ static void call_start_cb(evutil_socket_t fd, short what, void *arg)
 		c->seqs[i].state = S_QUEUED;
 		TAILQ_INSERT_TAIL(&g_waitq, &c->seqs[i], qlink);
 	}
+	g_waiting += c->nseqs;
 	engine_kick();
+	if (g_waiting > stats.max_waiting)
+		stats.max_waiting = g_waiting;
 }
 
 static void embed_done_cb(evutil_socket_t fd, short what, void *arg)
@@ -1289,7 +1298,7 @@ static void handle_completion(struct evhttp_request *req, bool chat)
 			s->p = p;
 			s->j = j;
 			s->seed = simgen_seed(ps[p].key, ps[p].keylen, j);
-			s->m = simgen_length(s->seed, max_tokens, &s->finish);
+			s->m = simgen_length_in(s->seed, cfg.answer_min, cfg.answer_max, max_tokens, &s->finish);
 			s->state = S_IDLE;
 		}
 	}
@@ -1424,15 +1433,6 @@ static enum metrics_mode g_metrics_mode = M_ON;
 static long g_metrics_hang_after = -1;
 static unsigned long g_metrics_answered;
 
-static unsigned long waiting_seqs(void)
-{
-	unsigned long n = 0;
-	struct seq *s;
-	TAILQ_FOREACH(s, &g_waitq, qlink)
-		n++;
-	return n;
-}
-
 /* vLLM and llama.cpp name their gauges differently; vLLM labels each with model_name. */
 static void handle_metrics(struct evhttp_request *req)
 {
@@ -1451,7 +1451,7 @@ static void handle_metrics(struct evhttp_request *req)
 			"# HELP vllm:num_preemptions_total Cumulative number of preemption from the engine.\n"
 			"# TYPE vllm:num_preemptions_total counter\n"
 			"vllm:num_preemptions_total{engine=\"0\",model_name=\"%s\"} 0.0\n",
-			DEFAULT_MODEL, g_active, DEFAULT_MODEL, waiting_seqs(), DEFAULT_MODEL);
+			DEFAULT_MODEL, g_active, DEFAULT_MODEL, g_waiting, DEFAULT_MODEL);
 	} else {
 		evbuffer_add_printf(b,
 			"# HELP llamacpp:requests_processing Number of requests processing.\n"
@@ -1460,7 +1460,7 @@ static void handle_metrics(struct evhttp_request *req)
 			"# HELP llamacpp:requests_deferred Number of requests deferred.\n"
 			"# TYPE llamacpp:requests_deferred gauge\n"
 			"llamacpp:requests_deferred %lu\n",
-			g_active, waiting_seqs());
+			g_active, g_waiting);
 	}
 	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "text/plain; version=0.0.4; charset=utf-8");
 	evhttp_send_reply(req, 200, "OK", b);
@@ -1789,6 +1789,7 @@ static void usage(FILE *f)
 		"  --call-ms F              fixed cost of a call before its first step in ms (default 1)\n"
 		"  --step-us-per-seq F      extra step cost per active sequence in microseconds (default 2)\n"
 		"  --slots N                max sequences decoding at once, others queue (default 0 = unlimited)\n"
+		"  --answer-tokens MIN:MAX  natural answer lengths, per prompt (default 3:16; max_tokens caps them)\n"
 		"  --max-inputs N           max inputs per /v1/embeddings call (default 0 = unlimited)\n"
 		"  --keep-alive T[,M]       send 'Keep-Alive: timeout=T, max=M' (M default 100), close a connection\n"
 		"                           idle for T s, and close one after its M-th answer\n"
@@ -1912,6 +1913,7 @@ int main(int argc, char **argv)
 		{ "call-ms", required_argument, NULL, 'c' },
 		{ "step-us-per-seq", required_argument, NULL, 'u' },
 		{ "slots", required_argument, NULL, 'S' },
+		{ "answer-tokens", required_argument, NULL, 'a' },
 		{ "max-inputs", required_argument, NULL, 'm' },
 		{ "port-file", required_argument, NULL, 'p' },
 		{ "keep-alive", required_argument, NULL, 'k' },
@@ -1956,6 +1958,13 @@ int main(int argc, char **argv)
 			break;
 		case 'S':
 			cfg.slots = parse_long_opt("slots", optarg);
+			break;
+		case 'a':
+			if (!simgen_parse_answers(optarg, &cfg.answer_min, &cfg.answer_max)) {
+				fprintf(stderr, "carpool-sim: --answer-tokens wants MIN:MAX with 1 <= MIN <= MAX <= %d, got %s\n",
+					SIMGEN_ANSWER_LIMIT, optarg);
+				return 2;
+			}
 			break;
 		case 'm':
 			cfg.max_inputs = parse_long_opt("max-inputs", optarg);

@@ -1,7 +1,10 @@
 /* simgen: deterministic synthetic output of the simulator. See simgen.h for the specification. */
 #include "simgen.h"
 
+#include <ctype.h>
+#include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 uint32_t simgen_fnv1a(const char *key, size_t len)
 {
@@ -20,7 +23,12 @@ uint32_t simgen_seed(const char *key, size_t len, unsigned choice)
 
 unsigned simgen_length(uint32_t seed, long max_tokens, const char **finish)
 {
-	unsigned natural = 3 + seed % 14;
+	return simgen_length_in(seed, SIMGEN_ANSWER_MIN, SIMGEN_ANSWER_MAX, max_tokens, finish);
+}
+
+unsigned simgen_length_in(uint32_t seed, unsigned min, unsigned max, long max_tokens, const char **finish)
+{
+	unsigned natural = min + seed % (max - min + 1);
 	unsigned cap = max_tokens < 0 ? SIMGEN_DEFAULT_MAX_TOKENS : max_tokens == 0 ? 1 : (unsigned)max_tokens;
 	if (cap < natural) {
 		if (finish)
@@ -30,6 +38,22 @@ unsigned simgen_length(uint32_t seed, long max_tokens, const char **finish)
 	if (finish)
 		*finish = "stop";
 	return natural;
+}
+
+bool simgen_parse_answers(const char *s, unsigned *min, unsigned *max)
+{
+	char *end;
+	errno = 0;
+	unsigned long lo = strtoul(s, &end, 10);
+	if (errno || end == s || *end != ':' || !isdigit((unsigned char)*s))
+		return false;
+	const char *h = end + 1;
+	unsigned long hi = strtoul(h, &end, 10);
+	if (errno || end == h || *end || !isdigit((unsigned char)*h) || lo < 1 || lo > hi || hi > SIMGEN_ANSWER_LIMIT)
+		return false;
+	*min = (unsigned)lo;
+	*max = (unsigned)hi;
+	return true;
 }
 
 size_t simgen_token(uint32_t seed, unsigned i, char *out)

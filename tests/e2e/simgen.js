@@ -19,10 +19,11 @@ function seed(prompt, choice = 0) {
   return (fnv1a(promptKey(prompt)) ^ Math.imul(choice, 0x9E3779B9)) >>> 0;
 }
 
-// The text and finish_reason the simulator generates for one choice of one prompt.
-function expected(prompt, { choice = 0, maxTokens } = {}) {
+// The text and finish_reason the simulator generates for one choice of one prompt; answers is the
+// sim's --answer-tokens range [min, max] (default [3, 16]).
+function expected(prompt, { choice = 0, maxTokens, answers = [3, 16] } = {}) {
   const s = seed(prompt, choice);
-  const natural = 3 + (s % 14);
+  const natural = answers[0] + (s % (answers[1] - answers[0] + 1));
   const cap = maxTokens === undefined || maxTokens === null ? 16 : maxTokens === 0 ? 1 : maxTokens;
   const m = Math.min(natural, cap);
   const tokens = [];

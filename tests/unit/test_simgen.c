@@ -138,6 +138,52 @@ static void test_length_bounds(void **state)
 		assert_true(seen[n]);
 }
 
+/* --answer-tokens MIN:MAX: natural lengths MIN + seed % (MAX - MIN + 1); 3:16 is the default rule. */
+static void test_answer_range(void **state)
+{
+	(void)state;
+	uint32_t h = simgen_seed("hello", 5, 0);
+	const char *fin = NULL;
+	/* 1335831723 % 481 == 447 -> L = 467 */
+	assert_int_equal(simgen_length_in(h, 20, 500, 1000, &fin), 467);
+	assert_string_equal(fin, "stop");
+	/* absent max_tokens still caps at 16, like the API's default */
+	assert_int_equal(simgen_length_in(h, 20, 500, -1, &fin), 16);
+	assert_string_equal(fin, "length");
+	assert_int_equal(simgen_length_in(h, 7, 7, 100, NULL), 7);
+	bool seen[501] = {false};
+	for (uint32_t i = 0; i < 20000; i++) {
+		uint32_t s = i * 2654435761u + 777u;
+		unsigned n = simgen_length_in(s, 20, 500, 500, &fin);
+		assert_in_range(n, 20, 500);
+		assert_string_equal(fin, "stop");
+		seen[n] = true;
+		assert_int_equal(simgen_length_in(s, 3, 16, 100, NULL), simgen_length(s, 100, NULL));
+	}
+	for (unsigned n = 20; n <= 500; n++)
+		assert_true(seen[n]);
+}
+
+static void test_parse_answers(void **state)
+{
+	(void)state;
+	unsigned lo = 0, hi = 0;
+	assert_true(simgen_parse_answers("20:500", &lo, &hi));
+	assert_int_equal(lo, 20);
+	assert_int_equal(hi, 500);
+	assert_true(simgen_parse_answers("1:1", &lo, &hi));
+	assert_int_equal(lo, 1);
+	assert_int_equal(hi, 1);
+	static const char *const bad[] = { "", "20", "20:", ":500", "0:5", "9:8", "-1:5", "1:-5", "1:100001",
+					   "1:5x", " 1:5", "1:+5", "1:5:6" };
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		lo = hi = 77;
+		assert_false(simgen_parse_answers(bad[i], &lo, &hi));
+		assert_int_equal(lo, 77);
+		assert_int_equal(hi, 77);
+	}
+}
+
 static void test_token_format(void **state)
 {
 	(void)state;
@@ -187,6 +233,8 @@ int main(void)
 		cmocka_unit_test(test_max_tokens_zero_is_one),
 		cmocka_unit_test(test_max_tokens_equal_natural_is_stop),
 		cmocka_unit_test(test_length_bounds),
+		cmocka_unit_test(test_answer_range),
+		cmocka_unit_test(test_parse_answers),
 		cmocka_unit_test(test_token_format),
 		cmocka_unit_test(test_prompt_tokens_text),
 		cmocka_unit_test(test_embedding_known),

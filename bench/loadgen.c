@@ -2,14 +2,16 @@
  *
  * THIS TALKS TO A SIMULATOR. Every response is checked against the deterministic output defined in
  * bench/simgen.h: for prompt P and choice j the text must be the concatenation of
- * simgen_token(seed, i) for i < m, m = simgen_length(seed, max_tokens, &finish),
- * seed = simgen_seed(P, strlen(P), j), and finish_reason must be `finish`.
+ * simgen_token(seed, i) for i < m, m = simgen_length_in(seed, MIN, MAX, max_tokens, &finish)
+ * (MIN:MAX the sim's --answer-tokens, given here too), seed = simgen_seed(P, strlen(P), j), and
+ * finish_reason must be `finish`.
  *
  * Model: C slots, one keep-alive HTTP/1.1 connection each (raw bufferevents, own minimal response
  * parser: Content-Length, chunked, or close-delimited bodies). Closed loop (default): slot c sends
- * the prompts "<prefix>client-<c>-req-<r>" for r = 0..R-1 back to back. Open loop (--rate X): the
- * same C*R prompts arrive at X per second (Poisson or fixed spacing); the k-th arrival is
- * "client-<k%C>-req-<k/C>" and runs on any idle slot, queueing while all C slots are busy.
+ * the prompts "<prefix>client-<c>-req-<r>" for r = 0..R-1 back to back, its first one c*S/C seconds
+ * after the start with --ramp-s S. Open loop (--rate X): the same C*R prompts arrive at X per second
+ * (Poisson or fixed spacing); the k-th arrival is "client-<k%C>-req-<k/C>" and runs on any idle slot,
+ * queueing while all C slots are busy; its TTFT and latency count from its arrival, queueing included.
  *
  * Streaming responses are parsed incrementally (SSE over any chunking, LF / CRLF / CR line ends).
  * Only 127.0.0.1, ::1 and localhost targets are accepted.
@@ -54,6 +56,9 @@ static struct {
 	long requests;
 	enum mode mode;
 	long max_tokens; /* < 0: omitted from the request */
+	bool max_tokens_set;
+	unsigned answer_min, answer_max; /* the sim's --answer-tokens */
+	double ramp_s; /* closed loop: first requests spread over this many seconds */
 	long n;
 	double rate; /* 0: closed loop */
 	bool poisson;
@@ -71,6 +76,8 @@ static struct {
 	.requests = 1,
 	.mode = MODE_STREAM,
 	.max_tokens = 16,
+	.answer_min = SIMGEN_ANSWER_MIN,
+	.answer_max = SIMGEN_ANSWER_MAX,
 	.n = 1,
 	.poisson = true,
 	.seed = 1,
@@ -85,8 +92,7 @@ static struct {
 #define MAX_LINE 16384          /* status / header / chunk-size line */
 #define MAX_BODY (64u << 20)    /* non-SSE body */
 #define MAX_SSE_EVENT (4u << 20)
-#define MAX_CHOICE_TEXT 65536
-#define EXP_TEXT_CAP (SIMGEN_DEFAULT_MAX_TOKENS * SIMGEN_TOKEN_MAX + 1)
+#define MAX_CHOICE_EXTRA 65536 /* text kept beyond the expected length, to show a mismatch */
 
 static uint64_t now_ns(void)
 {
@@ -229,8 +235,7 @@ enum hstate {
 enum fail { R_GOOD = 0, R_MISMATCH = 1, R_ERROR = 2 };
 
 struct choice {
-	char exp[EXP_TEXT_CAP];
-	size_t exp_len;
+	struct dbuf exp;
 	unsigned exp_tokens;
 	const char *exp_finish;
 	struct dbuf got;
@@ -253,9 +258,11 @@ struct slot {
 
 	/* current request */
 	long job_c, job_r;
+	uint64_t t_arrival; /* open loop: when the job arrived */
 	char prompt[512];
 	size_t prompt_len;
 	uint64_t t_start, t_first;
+	uint64_t t_origin; /* TTFT and latency count from here: t_start, or the arrival in open loop */
 	bool got_first;
 	bool retried;
 	struct dbuf req; /* serialized request, kept for a stale-connection retry */
@@ -295,6 +302,7 @@ static uint64_t t_begin, t_last_end;
 static struct event *arrival_ev;
 static long arrived, assigned;
 static double next_arrival_s;
+static uint64_t *arrival_ns; /* open loop: arrival time of each job */
 static long *idle_stack;
 static long idle_n;
 static uint64_t rng_state;
@@ -394,7 +402,7 @@ static void handle_choice_obj(struct slot *s, const cJSON *c, bool stream, uint6
 		}
 		size_t tl = strlen(text->valuestring);
 		if (tl) {
-			if (ch->got.len + tl > MAX_CHOICE_TEXT) {
+			if (ch->got.len + tl > ch->exp.len + MAX_CHOICE_EXTRA) {
 				ch->overflow = true;
 			} else {
 				dbuf_add(&ch->got, text->valuestring, tl);
@@ -574,7 +582,8 @@ static void verify_choices(struct slot *s)
 	for (long j = 0; j < opt.n; j++) {
 		struct choice *ch = &s->ch[j];
 		const char *got = ch->got.p ? ch->got.p : "";
-		bool text_ok = !ch->overflow && ch->got.len == ch->exp_len && memcmp(got, ch->exp, ch->exp_len) == 0;
+		const char *want = ch->exp.p ? ch->exp.p : "";
+		bool text_ok = !ch->overflow && ch->got.len == ch->exp.len && memcmp(got, want, ch->exp.len) == 0;
 		bool fin_ok = ch->finish_seen && strcmp(ch->got_finish, ch->exp_finish) == 0;
 		if (opt.mode == MODE_NONSTREAM && !ch->seen) {
 			set_fail(s, R_MISMATCH, "choice %ld missing from the response", j);
@@ -582,7 +591,7 @@ static void verify_choices(struct slot *s)
 		}
 		if (!text_ok || !fin_ok) {
 			char e[400], g[400];
-			show(e, sizeof e, ch->exp, ch->exp_len);
+			show(e, sizeof e, want, ch->exp.len);
 			show(g, sizeof g, got, ch->got.len);
 			set_fail(s, R_MISMATCH,
 				 "choice %ld:\n    expected text \"%s\" finish_reason %s\n    got      text \"%s\"%s finish_reason %s",
@@ -1009,11 +1018,14 @@ static void start_job(struct slot *s)
 		for (long j = 0; j < opt.n; j++) {
 			struct choice *ch = &s->ch[j];
 			uint32_t seed = simgen_seed(s->prompt, s->prompt_len, (unsigned)j);
-			unsigned m = simgen_length(seed, opt.max_tokens, &ch->exp_finish);
-			ch->exp_len = 0;
+			unsigned m = simgen_length_in(seed, opt.answer_min, opt.answer_max, opt.max_tokens,
+						      &ch->exp_finish);
+			dbuf_clear(&ch->exp);
 			ch->exp_tokens = m;
-			for (unsigned i = 0; i < m; i++)
-				ch->exp_len += simgen_token(seed, i, ch->exp + ch->exp_len);
+			for (unsigned i = 0; i < m; i++) {
+				char tok[SIMGEN_TOKEN_MAX];
+				dbuf_add(&ch->exp, tok, simgen_token(seed, i, tok));
+			}
 			dbuf_clear(&ch->got);
 			ch->got_finish[0] = 0;
 			ch->finish_seen = false;
@@ -1025,6 +1037,7 @@ static void start_job(struct slot *s)
 	build_request(s);
 	st_requests++;
 	s->t_start = now_ns();
+	s->t_origin = opt.rate > 0 ? s->t_arrival : s->t_start;
 	struct timeval tv = {(time_t)opt.timeout_s, (suseconds_t)((opt.timeout_s - floor(opt.timeout_s)) * 1e6)};
 	evtimer_add(s->timer, &tv);
 	if (!s->bev && !open_conn(s)) {
@@ -1073,14 +1086,14 @@ static void finish_request(struct slot *s, bool reusable)
 			verify_embeddings(s);
 		}
 	}
-	double lat = ns_to_ms(t - s->t_start);
+	double lat = ns_to_ms(t - s->t_origin);
 	if (s->fail == R_GOOD) {
 		st_ok++;
 		farr_push(&st_lat, lat);
 		if (opt.mode == MODE_STREAM) {
 			st_tokens += s->chunks;
 			if (s->got_first)
-				farr_push(&st_ttft, ns_to_ms(s->t_first - s->t_start));
+				farr_push(&st_ttft, ns_to_ms(s->t_first - s->t_origin));
 			for (size_t i = 0; i < s->gaps.n; i++)
 				farr_push(&st_gap, s->gaps.v[i]);
 		} else if (opt.mode == MODE_NONSTREAM) {
@@ -1153,6 +1166,7 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 	if (s->job_k >= 0 && !stopping) {
 		s->job_c = s->job_k % opt.concurrency;
 		s->job_r = s->job_k / opt.concurrency;
+		s->t_arrival = arrival_ns[s->job_k];
 		s->job_k = -1;
 		start_job(s);
 		return;
@@ -1206,7 +1220,7 @@ static void on_arrival(evutil_socket_t fd, short what, void *arg)
 	(void)arg;
 	double el = (double)(now_ns() - t_begin) / 1e9;
 	while (!stopping && arrived < total_planned && next_arrival_s <= el) {
-		arrived++;
+		arrival_ns[arrived++] = t_begin + (uint64_t)llround(next_arrival_s * 1e9);
 		next_arrival_s += opt.poisson ? -log(rng_uniform()) / opt.rate : 1.0 / opt.rate;
 	}
 	assign_idle();
@@ -1260,9 +1274,12 @@ static void usage(FILE *f)
 		"  --concurrency C     connections / max requests in flight (64)\n"
 		"  --requests R        requests per client (1); C*R prompts in all\n"
 		"  --mode M            stream | nonstream | embeddings (stream)\n"
-		"  --max-tokens N      max_tokens sent (16); negative: omit the field\n"
+		"  --max-tokens N      max_tokens sent (16, or MAX with --answer-tokens); negative: omit the field\n"
+		"  --answer-tokens MIN:MAX  the simulator's --answer-tokens, to predict its answers (3:16)\n"
 		"  --n N               choices per request (1)\n"
-		"  --rate X            open loop: start X requests/s in total (still at most C in flight)\n"
+		"  --ramp-s S          closed loop: client c sends its first request c*S/C s after the start (0)\n"
+		"  --rate X            open loop: start X requests/s in total (still at most C in flight);\n"
+		"                      TTFT and latency count from each arrival, time queued here included\n"
 		"  --arrival A         poisson | fixed spacing for --rate (poisson)\n"
 		"  --seed S            seed of the Poisson arrivals (1)\n"
 		"  --prefix STR        prompt prefix (\"\"); prompt = <prefix>client-<c>-req-<r>\n"
@@ -1383,7 +1400,7 @@ static void parse_args(int argc, char **argv)
 {
 	enum {
 		O_URL = 256, O_CONC, O_REQ, O_MODE, O_MAXTOK, O_N, O_RATE, O_ARRIVAL, O_SEED, O_PREFIX, O_MODEL,
-		O_KEY, O_TIMEOUT, O_DURATION, O_DETAILS, O_QUIET, O_NORETRY, O_HELP,
+		O_KEY, O_TIMEOUT, O_DURATION, O_DETAILS, O_QUIET, O_NORETRY, O_ANSWERS, O_RAMP, O_HELP,
 	};
 	static const struct option lo[] = {
 		{"url", required_argument, 0, O_URL},
@@ -1403,6 +1420,8 @@ static void parse_args(int argc, char **argv)
 		{"max-details", required_argument, 0, O_DETAILS},
 		{"quiet", no_argument, 0, O_QUIET},
 		{"no-retry", no_argument, 0, O_NORETRY},
+		{"answer-tokens", required_argument, 0, O_ANSWERS},
+		{"ramp-s", required_argument, 0, O_RAMP},
 		{"help", no_argument, 0, O_HELP},
 		{0, 0, 0, 0},
 	};
@@ -1425,7 +1444,12 @@ static void parse_args(int argc, char **argv)
 			else
 				ok = false;
 			break;
-		case O_MAXTOK: ok = parse_long(optarg, &opt.max_tokens, -1000000, 1000000); break;
+		case O_MAXTOK:
+			ok = parse_long(optarg, &opt.max_tokens, -1000000, 1000000);
+			opt.max_tokens_set = true;
+			break;
+		case O_ANSWERS: ok = simgen_parse_answers(optarg, &opt.answer_min, &opt.answer_max); break;
+		case O_RAMP: ok = parse_double(optarg, &opt.ramp_s, 0); break;
 		case O_N: ok = parse_long(optarg, &opt.n, 1, 1024); break;
 		case O_RATE: ok = parse_double(optarg, &opt.rate, 0) && opt.rate > 0; break;
 		case O_ARRIVAL:
@@ -1474,6 +1498,8 @@ static void parse_args(int argc, char **argv)
 		exit(2);
 	if (opt.mode == MODE_EMBEDDINGS)
 		opt.n = 1;
+	if (!opt.max_tokens_set && opt.answer_max > opt.max_tokens)
+		opt.max_tokens = opt.answer_max; /* let the whole range through */
 }
 
 /* ---------------------------------------------------------------- main */
@@ -1541,9 +1567,13 @@ int main(int argc, char **argv)
 	}
 	if (opt.rate <= 0) {
 		active = opt.concurrency;
-		for (long i = 0; i < opt.concurrency; i++)
-			event_active(slots[i].kick, EV_TIMEOUT, 0);
+		for (long i = 0; i < opt.concurrency; i++) {
+			double d = opt.ramp_s * (double)i / (double)opt.concurrency;
+			struct timeval tv = {(time_t)d, (suseconds_t)((d - floor(d)) * 1e6)};
+			event_add(slots[i].kick, &tv);
+		}
 	} else {
+		arrival_ns = xcalloc((size_t)total_planned, sizeof *arrival_ns);
 		active = 0;
 		for (long i = opt.concurrency - 1; i >= 0; i--) {
 			slots[i].parked = true;
@@ -1578,10 +1608,12 @@ int main(int argc, char **argv)
 	if (!opt.quiet) {
 		static const char *mode_names[] = {"stream", "nonstream", "embeddings"};
 		printf("carpool-loadgen: http://%s%s/v1/%s  mode=%s concurrency=%ld requests/client=%ld n=%ld "
-		       "max_tokens=%ld %s\n",
+		       "max_tokens=%ld answers=%u:%u %s\n",
 		       opt.host_hdr, opt.path, opt.mode == MODE_EMBEDDINGS ? "embeddings" : "completions",
-		       mode_names[opt.mode], opt.concurrency, opt.requests, opt.n, opt.max_tokens,
-		       opt.rate > 0 ? "open-loop" : "closed-loop");
+		       mode_names[opt.mode], opt.concurrency, opt.requests, opt.n, opt.max_tokens, opt.answer_min,
+		       opt.answer_max, opt.rate > 0 ? "open-loop" : "closed-loop");
+		if (opt.rate <= 0 && opt.ramp_s > 0)
+			printf("  ramp:       clients started over %.3f s\n", opt.ramp_s);
 		if (opt.rate > 0)
 			printf("  arrivals:   %.1f/s %s, max backlog %ld\n", opt.rate, opt.poisson ? "poisson" : "fixed",
 			       backlog_max);
@@ -1618,8 +1650,10 @@ int main(int argc, char **argv)
 		event_free(s->kick);
 		event_free(s->timer);
 		dbuf_free(&s->req);
-		for (long j = 0; j < opt.n; j++)
+		for (long j = 0; j < opt.n; j++) {
 			dbuf_free(&s->ch[j].got);
+			dbuf_free(&s->ch[j].exp);
+		}
 		free(s->ch);
 		dbuf_free(&s->body);
 		dbuf_free(&s->line);
@@ -1628,6 +1662,7 @@ int main(int argc, char **argv)
 	}
 	free(slots);
 	free(idle_stack);
+	free(arrival_ns);
 	free(st_ttft.v);
 	free(st_gap.v);
 	free(st_lat.v);

@@ -12,6 +12,8 @@
  * order and each takes a slot the step after one frees, whatever call it belongs to (continuous
  * batching, like vLLM; not a whole call at a time). --answer-tokens sets the range of answer lengths.
  *
+ * --rpm R models a hosted API's request budget: at most R POSTs to /v1/ in any 60 s; the others get 429.
+ *
  * Magic substrings in a string prompt: "INVALID" (the whole call fails with 400 before any output),
  * "MIDERR" (an error after 2 steps of output), "CRASH" (the TCP connection is closed abruptly after
  * 2 steps of output). See bench/SIM.md.
@@ -113,7 +115,7 @@ static struct {
 	char port[16];
 	enum dialect dialect;
 	double step_ms, call_ms, step_us_per_seq;
-	long slots, max_inputs;
+	long slots, max_inputs, rpm;
 	const char *port_file, *tls_cert, *tls_key;
 	/* connection handling (see "connections" below) */
 	long ka_timeout_s, ka_max; /* --keep-alive T[,M]: advertised (and T enforced); -1: not sent */
@@ -122,7 +124,7 @@ static struct {
 	bool drop_reused;
 	long max_conns, backlog;
 	unsigned answer_min, answer_max; /* natural answer lengths (simgen_length_in) */
-} cfg = { "127.0.0.1", "0", D_VLLM, 5.0, 1.0, 2.0, 0, 0, NULL, NULL, NULL, -1, 100, 0, CLOSE_NO, false, 0, 4096, SIMGEN_ANSWER_MIN, SIMGEN_ANSWER_MAX };
+} cfg = { "127.0.0.1", "0", D_VLLM, 5.0, 1.0, 2.0, 0, 0, 0, NULL, NULL, NULL, -1, 100, 0, CLOSE_NO, false, 0, 4096, SIMGEN_ANSWER_MIN, SIMGEN_ANSWER_MAX };
 
 static struct event_base *g_base;
 static struct evhttp *g_http;
@@ -135,11 +137,15 @@ static struct event *g_step_timer;
 static bool g_step_pending, g_in_step;
 static unsigned long g_call_number;
 static long long g_start_time;
+/* --rpm: when the last cfg.rpm accepted calls came (monotonic seconds), a ring; g_budget_n used */
+static double *g_budget;
+static unsigned long g_budget_n, g_budget_head;
 
 static struct {
 	unsigned long calls, completion_calls, embedding_calls, chat_calls, prompts, max_prompts;
 	unsigned long inflight, max_inflight, disconnects;
 	unsigned long max_running, max_waiting; /* peaks of g_active and g_waiting */
+	unsigned long rate_limited;             /* calls refused with 429 (--rpm) */
 	cJSON *auth;
 	cJSON *requests; /* the request log (created on first use) */
 	unsigned long logged, unlogged; /* its entries (MAX_LOGGED_REQUESTS at most), requests past that */
@@ -226,6 +232,8 @@ static const char *error_type(int code)
 		return "invalid_request_error";
 	case 404:
 		return "not_found_error";
+	case 429:
+		return "requests"; /* OpenAI's type for a request-rate limit */
 	default:
 		return "server_error";
 	}
@@ -500,6 +508,7 @@ static void handle_stats(struct evhttp_request *req)
 	cJSON_AddNumberToObject(o, "waiting", (double)g_waiting);
 	cJSON_AddNumberToObject(o, "max_running", (double)stats.max_running);
 	cJSON_AddNumberToObject(o, "max_waiting", (double)stats.max_waiting);
+	cJSON_AddNumberToObject(o, "rate_limited", (double)stats.rate_limited);
 	cJSON_AddItemToObject(o, "auth", cJSON_Duplicate(stats.auth, 1));
 	cJSON_AddItemToObject(o, "requests", stats.requests ? cJSON_Duplicate(stats.requests, 1) : cJSON_CreateArray());
 	cJSON_AddNumberToObject(o, "unlogged_requests", (double)stats.unlogged);
@@ -1669,6 +1678,41 @@ static void conn_stats_reset(void)
 	cstats.max_served = g_served;
 }
 
+static double mono_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* --rpm: takes one call from the budget (at most cfg.rpm in any 60 s), or answers 429 with Retry-After
+ * (the seconds until the oldest call of the window leaves it) and returns false. */
+static bool budget_take(struct evhttp_request *req)
+{
+	double now = mono_s();
+	unsigned long r = (unsigned long)cfg.rpm;
+	if (g_budget_n == r) {
+		double oldest = g_budget[g_budget_head];
+		if (now - oldest < 60.0) {
+			char v[32];
+			struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+			snprintf(v, sizeof v, "%ld", (long)ceil(oldest + 60.0 - now));
+			evhttp_add_header(h, "Retry-After", v);
+			snprintf(v, sizeof v, "%ld", cfg.rpm);
+			evhttp_add_header(h, "x-ratelimit-limit-requests", v);
+			evhttp_add_header(h, "x-ratelimit-remaining-requests", "0");
+			stats.rate_limited++;
+			send_error(req, 429, NULL, "Rate limit reached for requests: limit %ld per minute", cfg.rpm);
+			return false;
+		}
+		g_budget_head = (g_budget_head + 1) % r; /* the oldest leaves the window */
+		g_budget_n--;
+	}
+	g_budget[(g_budget_head + g_budget_n) % r] = now;
+	g_budget_n++;
+	return true;
+}
+
 static void on_request(struct evhttp_request *req, void *arg)
 {
 	(void)arg;
@@ -1728,6 +1772,8 @@ static void dispatch_request(struct evhttp_request *req)
 	log_request(req, path);
 	enum evhttp_cmd_type m = evhttp_request_get_command(req);
 	bool get = m == EVHTTP_REQ_GET, post = m == EVHTTP_REQ_POST;
+	if (post && cfg.rpm > 0 && !strncmp(path, "/v1/", 4) && !budget_take(req))
+		return;
 	if (post && !strcmp(path, "/v1/completions"))
 		handle_completion(req, false);
 	else if (post && !strcmp(path, "/v1/chat/completions"))
@@ -1800,6 +1846,7 @@ static void usage(FILE *f)
 		"  --drop-reused            close, unanswered, a connection on which a second request arrives\n"
 		"  --max-conns N            serve at most N connections at once; the rest wait (default 0 = no limit)\n"
 		"  --backlog N              listen backlog (default 4096)\n"
+		"  --rpm R                  request budget: at most R POSTs to /v1/ in any 60 s, others get 429\n"
 		"  --port-file FILE         write the bound port number to FILE\n"
 		"  --tls-cert FILE          serve HTTPS with this certificate chain (needs --tls-key)\n"
 		"  --tls-key FILE           private key for --tls-cert\n"
@@ -1915,6 +1962,7 @@ int main(int argc, char **argv)
 		{ "slots", required_argument, NULL, 'S' },
 		{ "answer-tokens", required_argument, NULL, 'a' },
 		{ "max-inputs", required_argument, NULL, 'm' },
+		{ "rpm", required_argument, NULL, 'r' },
 		{ "port-file", required_argument, NULL, 'p' },
 		{ "keep-alive", required_argument, NULL, 'k' },
 		{ "idle-close-ms", required_argument, NULL, 'i' },
@@ -1968,6 +2016,13 @@ int main(int argc, char **argv)
 			break;
 		case 'm':
 			cfg.max_inputs = parse_long_opt("max-inputs", optarg);
+			break;
+		case 'r':
+			cfg.rpm = parse_long_opt("rpm", optarg);
+			if (cfg.rpm > 10000000) {
+				fprintf(stderr, "carpool-sim: --rpm is at most 10000000\n");
+				return 2;
+			}
 			break;
 		case 'p':
 			cfg.port_file = optarg;
@@ -2048,6 +2103,8 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 	g_start_time = (long long)time(NULL);
 	stats.auth = cJSON_CreateObject();
+	if (cfg.rpm > 0)
+		g_budget = xmalloc(sizeof *g_budget * (size_t)cfg.rpm);
 
 	if (cfg.tls_cert) {
 		g_ssl_ctx = SSL_CTX_new(TLS_server_method());
@@ -2134,6 +2191,7 @@ int main(int argc, char **argv)
 	SSL_CTX_free(g_ssl_ctx);
 	cJSON_Delete(stats.auth);
 	cJSON_Delete(stats.requests);
+	free(g_budget);
 	libevent_global_shutdown();
 	return 0;
 }

@@ -1,4 +1,4 @@
-// The simulator's model of an upstream that decodes like vLLM: --slots schedules sequences one at a
+// The simulator's model of upstreams: one that decodes like vLLM, where --slots schedules sequences one at a
 // time in arrival order (a sequence takes a slot the step after one frees, not when a whole call ends),
 // --answer-tokens gives answers of varied lengths, /stats reports sequences running and waiting.
 'use strict';
@@ -137,4 +137,32 @@ test('--answer-tokens rejects malformed ranges', async () => {
   for (const bad of ['0:5', '9:8', '20', '1:100001']) {
     await assert.rejects(startSim(['--answer-tokens', bad]), /exited \(2\)/, bad);
   }
+});
+
+test('--rpm: a hosted API budget; past it, 429 with Retry-After and nothing decoded', async (t) => {
+  const sim = await startSim(['--rpm', '3', '--step-ms', '1', '--dialect', 'openai']);
+  t.after(() => sim.kill());
+  const t0 = Date.now();
+  for (let i = 0; i < 3; i++) {
+    const r = await request(sim.port, 'POST', '/v1/completions', { prompt: `budget-${i}` });
+    assert.equal(r.status, 200);
+    assert.equal(JSON.parse(r.body).choices[0].text, expected(`budget-${i}`).text);
+  }
+  for (const p of ['/v1/completions', '/v1/embeddings']) {
+    const r = await request(sim.port, 'POST', p, { prompt: 'over', input: 'over' });
+    assert.equal(r.status, 429);
+    const e = JSON.parse(r.body).error;
+    assert.equal(e.type, 'requests');
+    assert.match(e.message, /Rate limit reached for requests: limit 3 per minute/);
+    // The oldest call leaves the 60 s window 60 s after it came.
+    const wait = Number(r.headers['retry-after']);
+    assert.ok(wait >= 59 - (Date.now() - t0) / 1000 && wait <= 60, `Retry-After ${wait}`);
+    assert.equal(r.headers['x-ratelimit-limit-requests'], '3');
+    assert.equal(r.headers['x-ratelimit-remaining-requests'], '0');
+  }
+  assert.equal((await request(sim.port, 'GET', '/health')).status, 200, 'GETs are not counted');
+  const st = await sim.stats();
+  assert.equal(st.rate_limited, 2);
+  assert.equal(st.completion_calls, 3);
+  await assert.rejects(startSim(['--rpm', '10000001']), /exited \(2\)/);
 });

@@ -92,8 +92,10 @@ demo: all
 	bash bench/demo.sh
 
 # The benchmark beside nginx (installs nginx and gnuplot when missing); writes bench/RESULTS.md.
+# Then the latency of batching, direct vs carpool's default config; writes bench/RESULTS-latency.md.
 bench: all
 	bash bench/run-bench.sh
+	bash bench/latency.sh
 
 # Install: the binary, the man page (where `man carpool` finds it), the example configs, the systemd
 # unit (its paths rewritten for PREFIX and SYSCONFDIR), and SYSCONFDIR/carpool/carpool.yaml when there

@@ -11,7 +11,7 @@
 #
 # THE UPSTREAM IS A SIMULATOR (bench/sim.c), not a model. Loopback only.
 # Knobs: RUNS (3), CONCS ("16 64 256 512"), RATES (arrivals/s, "12 30 60"), POISSON_S (6 s of arrivals
-# per rate), REQS (2 per client), LIGHT_REQS (40), HOSTED_RPM (20), HOSTED_S (9 s of arrivals at
+# per rate), REQS (2 per client), LIGHT_REQS (100), HOSTED_RPM (20), HOSTED_S (9 s of arrivals at
 # 10 x HOSTED_RPM per minute), QUICK=1 (one run, 16 and 512 streams, one rate).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +24,7 @@ CONCS=${CONCS:-"16 64 256 512"}
 RATES=${RATES:-"12 30 60"}
 POISSON_S=${POISSON_S:-6}
 REQS=${REQS:-2}
-LIGHT_REQS=${LIGHT_REQS:-40}
+LIGHT_REQS=${LIGHT_REQS:-100}
 HOSTED_RPM=${HOSTED_RPM:-20}
 HOSTED_S=${HOSTED_S:-9}
 SECTION=${SECTION:-after}

@@ -60,7 +60,8 @@ test('--slots: a queued request takes the slot of a short sequence as soon as it
   const answers = [4, 60];
   const sim = await startSim(['--slots', '2', '--step-ms', '20', '--answer-tokens', answers.join(':')]);
   t.after(() => sim.kill());
-  const short = promptWith('short-', answers, (n) => n <= 6);
+  // The short one lasts 8-12 steps (160 ms or more): time enough to read /stats while all three are in.
+  const short = promptWith('short-', answers, (n) => n >= 8 && n <= 12);
   const long = promptWith('long-', answers, (n) => n >= 55);
   const late = promptWith('late-', answers, (n) => n >= 10);
   // One call of two sequences fills both slots; the third sequence arrives while they decode.
@@ -92,7 +93,9 @@ test('--slots: a queued request takes the slot of a short sequence as soon as it
 });
 
 test('--slots: waiting sequences start in arrival order', async (t) => {
-  const sim = await startSim(['--slots', '1', '--step-ms', '10']);
+  // Each answer lasts 300 ms or more, so the first is still decoding when the last one arrives.
+  const answers = [30, 40];
+  const sim = await startSim(['--slots', '1', '--step-ms', '10', '--answer-tokens', answers.join(':')]);
   t.after(() => sim.kill());
   const calls = [];
   for (let i = 0; i < 4; i++) {
@@ -106,7 +109,7 @@ test('--slots: waiting sequences start in arrival order', async (t) => {
   const ends = rs.map((r) => r.t0 + r.finish[0]);
   for (let i = 1; i < rs.length; i++) {
     assert.ok(starts[i] >= ends[i - 1], `request ${i} started before request ${i - 1} ended`);
-    assert.equal(rs[i].text[0], expected(`order-${i}`, { maxTokens: 1000 }).text);
+    assert.equal(rs[i].text[0], expected(`order-${i}`, { maxTokens: 1000, answers }).text);
   }
 });
 

@@ -27,7 +27,7 @@ upstreams:
 YAML
 start_carpool "$work/carpool.yaml" "$work/carpool.log"
 
-stat() { curl -s "http://127.0.0.1:$sim_port/stats" | sed -n "s/.*\"$1\":\([0-9]*\).*/\1/p"; }
+stat() { sim_stats "$sim_port" "$1"; }
 field() { echo "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
 # burst PORT: the same CLIENTS prompts each time, so both sides do exactly the same work
 burst() {

@@ -53,7 +53,6 @@ start_carpool "$work/carpool.yaml" "$work/carpool.log"
 pids+=("$cp_pid")
 declare -A port=([direct]=$sim_port [carpool]=$cp_port)
 
-simstat() { sed -n "s/.*\"$2\":\([0-9]*\).*/\1/p" <<<"$1"; }
 field() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p"; }
 fail=0
 # measure KIND SCENARIO VIA RUN LOADGEN-ARGS...: one loadgen run; appends a line to $work/data. It
@@ -64,14 +63,13 @@ measure() {
 	local kind=$1 scen=$2 via=$3 run=$4 sp=${stat_port:-$main_sim}
 	shift 4
 	curl -s -X POST "http://127.0.0.1:$sp/stats/reset" >/dev/null
-	local r st
+	local r calls prompts waiting limited
 	r=$(bin/carpool-loadgen --url "http://127.0.0.1:${target_port:-${port[$via]}}" --answer-tokens "$ANSWERS" --timeout-s 120 \
 		--quiet "$@" 2>>"$work/loadgen.err" | tail -1) || ((${expect_errors:-0})) || fail=1
-	st=$(curl -s "http://127.0.0.1:$sp/stats")
-	echo "[$(($(date +%s) - T0)) s] run $run $kind $scen via $via: $r calls=$(simstat "$st" completion_calls) peak_waiting=$(simstat "$st" max_waiting)"
+	read -r calls prompts waiting limited < <(sim_stats "$sp" completion_calls prompts max_waiting rate_limited)
+	echo "[$(($(date +%s) - T0)) s] run $run $kind $scen via $via: $r calls=$calls peak_waiting=$waiting"
 	echo "$kind $scen $via $run $(field "$r" ttft_p50_ms) $(field "$r" ttft_p99_ms) $(field "$r" tokens_per_s)" \
-		"$(simstat "$st" completion_calls) $(simstat "$st" prompts) $(field "$r" errors) $(field "$r" mismatches)" \
-		"$(simstat "$st" max_waiting) $(simstat "$st" rate_limited)" >>"$work/data"
+		"$calls $prompts $(field "$r" errors) $(field "$r" mismatches) $waiting $limited" >>"$work/data"
 }
 # Direct first in odd runs, carpool first in even ones.
 order() { if (($1 % 2)); then echo "direct carpool"; else echo "carpool direct"; fi; }

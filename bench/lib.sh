@@ -43,3 +43,13 @@ start_carpool() {
 	wait_line "$2" ready
 	cp_port=$(port_in "$2")
 }
+
+# sim_stats PORT KEY...: those top-level figures of the sim's /stats on one line, parsed as JSON (the
+# request log in /stats reuses names such as "prompts", so a pattern match can find the wrong one)
+sim_stats() {
+	local port=$1
+	shift
+	curl -s "http://127.0.0.1:$port/stats" | node -e '
+		const s = JSON.parse(require("fs").readFileSync(0, "utf8"));
+		console.log(process.argv.slice(1).map((k) => s[k] ?? "-").join(" "));' "$@"
+}

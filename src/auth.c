@@ -26,11 +26,11 @@ static void add_key(struct auth_table *t, const char *key, long max_concurrent, 
 	t->keys[t->n++] = k;
 }
 
-static int load_file(struct auth_table *t, const char *path, char *err, size_t errlen)
+static int load_file(struct auth_table *t, const char *cfgpath, const char *path, char *err, size_t errlen)
 {
 	FILE *f = fopen(path, "r");
 	if (!f) {
-		snprintf(err, errlen, "%s: %s", path, strerror(errno));
+		snprintf(err, errlen, "%s: auth.keys_file %s: %s", cfgpath, path, strerror(errno));
 		return CP_ERROR;
 	}
 	char line[1024];
@@ -72,7 +72,7 @@ int auth_load(const struct config *cfg, struct auth_table **out, char *err, size
 		add_key(t, cfg->auth.keys[i], 0, 0);
 	for (int i = 0; i < cfg->auth.nclients; i++)
 		add_key(t, cfg->auth.clients[i].key, cfg->auth.clients[i].max_concurrent, cfg->auth.clients[i].rate_limit_rpm);
-	if (cfg->auth.keys_file[0] && load_file(t, cfg->auth.keys_file, err, errlen) != CP_OK) {
+	if (cfg->auth.keys_file[0] && load_file(t, cfg->path, cfg->auth.keys_file, err, errlen) != CP_OK) {
 		auth_free(t);
 		return CP_ERROR;
 	}

@@ -21,6 +21,7 @@
 #include "simgen.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
@@ -423,7 +424,9 @@ static int find_magic(const struct prompt *ps, unsigned n, const char *word)
 /* ------------------------------------------------------------------ stats */
 
 /* Every request but /stats gets an entry {method, path, auth} in /stats "requests" (auth "" when
- * the header is absent), so that a test can tell which credential reached which route. */
+ * the header is absent), so that a test can tell which credential reached which route; and the
+ * request-id, trace and forwarding headers it carried, when it carried them (x-request-id,
+ * traceparent, tracestate, x-forwarded-for, x-forwarded-proto). */
 static void log_request(struct evhttp_request *req, const char *path)
 {
 	static const struct {
@@ -452,6 +455,19 @@ static void log_request(struct evhttp_request *req, const char *path)
 	cJSON_AddStringToObject(g_logged, "method", method);
 	cJSON_AddStringToObject(g_logged, "path", path);
 	cJSON_AddStringToObject(g_logged, "auth", auth ? auth : "");
+	static const char *const traced[] = {"X-Request-Id", "traceparent", "tracestate", "X-Forwarded-For",
+					     "X-Forwarded-Proto"};
+	for (size_t i = 0; i < sizeof traced / sizeof traced[0]; i++) {
+		const char *v = evhttp_find_header(evhttp_request_get_input_headers(req), traced[i]);
+		if (v) {
+			char key[32];
+			size_t k = 0;
+			for (; traced[i][k] && k < sizeof key - 1; k++)
+				key[k] = (char)tolower((unsigned char)traced[i][k]);
+			key[k] = '\0';
+			cJSON_AddStringToObject(g_logged, key, v);
+		}
+	}
 	cJSON_AddItemToArray(stats.requests, g_logged);
 }
 

@@ -13,10 +13,15 @@
 /* One lock for every worker's use of the keys: admission is a few instructions, so it is cheap. */
 static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
 
-static void add_key(struct auth_table *t, const char *key, long max_concurrent, long rpm)
+/* name: "" for key#N, N its place among every key (auth.keys, auth.clients, keys_file in turn). */
+static void add_key(struct auth_table *t, const char *key, const char *name, long max_concurrent, long rpm)
 {
 	struct auth_key *k = xcalloc(1, sizeof *k);
 	k->key = xstrdup(key);
+	if (name[0])
+		snprintf(k->name, sizeof k->name, "%s", name);
+	else
+		snprintf(k->name, sizeof k->name, "key#%d", t->n + 1);
 	k->max_concurrent = max_concurrent;
 	k->rpm = rpm;
 	k->tokens = rpm ? (rpm / 6.0 > 1.0 ? rpm / 6.0 : 1.0) : 0;
@@ -59,7 +64,7 @@ static int load_file(struct auth_table *t, const char *cfgpath, const char *path
 				return CP_ERROR;
 			}
 		}
-		add_key(t, key, mc, rpm);
+		add_key(t, key, "", mc, rpm);
 	}
 	fclose(f);
 	return CP_OK;
@@ -69,9 +74,9 @@ int auth_load(const struct config *cfg, struct auth_table **out, char *err, size
 {
 	struct auth_table *t = xcalloc(1, sizeof *t);
 	for (int i = 0; i < cfg->auth.nkeys; i++)
-		add_key(t, cfg->auth.keys[i], 0, 0);
+		add_key(t, cfg->auth.keys[i], "", 0, 0);
 	for (int i = 0; i < cfg->auth.nclients; i++)
-		add_key(t, cfg->auth.clients[i].key, cfg->auth.clients[i].max_concurrent, cfg->auth.clients[i].rate_limit_rpm);
+		add_key(t, cfg->auth.clients[i].key, cfg->auth.clients[i].name, cfg->auth.clients[i].max_concurrent, cfg->auth.clients[i].rate_limit_rpm);
 	if (cfg->auth.keys_file[0] && load_file(t, cfg->path, cfg->auth.keys_file, err, errlen) != CP_OK) {
 		auth_free(t);
 		return CP_ERROR;

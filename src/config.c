@@ -98,6 +98,7 @@ static const struct cfg_section batching_sec = {batching_keys, NKEYS(batching_ke
 
 static const struct cfg_key client_keys[] = {
 	{"key", CT_STR, F(struct cfg_client, key), FS(struct cfg_client, key), 0, 0, "", 0, 0, 0},
+	{"name", CT_STR, F(struct cfg_client, name), FS(struct cfg_client, name), 0, 0, "", 0, 0, 0},
 	{"max_concurrent", CT_INT, F(struct cfg_client, max_concurrent), 0, 0, 1000000, "0", 0, 0, 0},
 	{"rate_limit_rpm", CT_INT, F(struct cfg_client, rate_limit_rpm), 0, 0, 100000000, "0", 0, 0, 0},
 };

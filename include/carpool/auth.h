@@ -9,6 +9,7 @@
 
 struct auth_key {
 	char *key;
+	char name[64];	     /* what the access log names it by: its configured name, or key#N */
 	long max_concurrent; /* 0: no limit */
 	long rpm;	     /* 0: no limit */
 	long active;

@@ -60,6 +60,7 @@ struct cfg_upstream {
 
 struct cfg_client {
 	char key[128];
+	char name[64]; /* for the access log; "" : key#N, its place among the keys */
 	long max_concurrent;
 	long rate_limit_rpm;
 };

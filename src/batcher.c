@@ -627,7 +627,11 @@ static void batch_send(struct batch *b)
 	b->sent = true;
 	enum dialect d = batch_dialect(b);
 	char *body = b->embed ? build_embed_body(b) : build_body(b, d);
-	const char *hdrs[] = {"Content-Type", "application/json", "Accept", b->embed ? "application/json" : "text/event-stream"};
+	/* the call's request id names the batch; each member's access-log line names the batch too */
+	char rid[48];
+	snprintf(rid, sizeof rid, "carpool-batch-%llu", (unsigned long long)b->id);
+	const char *hdrs[] = {"Content-Type", "application/json", "Accept", b->embed ? "application/json" : "text/event-stream",
+			      "X-Request-Id", rid};
 	/* carpool's own credential when the upstream has one; a client key is never forwarded */
 	const char *auth = b->up->auth ? NULL : b->auth;
 	b->t_sent = now_us();
@@ -641,7 +645,7 @@ static void batch_send(struct batch *b)
 		CNT_ADD(bt->st.max_call_prompts, b->nprompts - bt->st.max_call_prompts);
 	log_debug("batch %llu: sending %u prompts from %u clients to %s", (unsigned long long)b->id, b->nprompts,
 		  b->nmembers, b->up->cfg->url);
-	b->call = upstream_call(b->up, "POST", b->embed ? "/v1/embeddings" : "/v1/completions", hdrs, 2, auth, body,
+	b->call = upstream_call(b->up, "POST", b->embed ? "/v1/embeddings" : "/v1/completions", hdrs, 3, auth, body,
 				strlen(body), &call_ops, b);
 	free(body);
 	if (!b->call) {

@@ -79,6 +79,7 @@ static bool check_key(struct router *rt, struct creq *r)
 		free(body);
 		return false;
 	}
+	snprintf(r->key_name, sizeof r->key_name, "%s", k->name);
 	creq_on_end(r, key_end, k);
 	return true;
 }
@@ -132,7 +133,9 @@ static void pass_head(void *arg, int status, const struct evkeyvalq *headers)
 			ctype = kv->value;
 			continue;
 		}
-		if (hop_by_hop(kv->key, connection) || strchr(kv->value, '\n') || strchr(kv->value, '\r'))
+		/* carpool's own Date and X-Request-Id head every answer it writes */
+		if (hop_by_hop(kv->key, connection) || !strcasecmp(kv->key, "Date") ||
+		    !strcasecmp(kv->key, "X-Request-Id") || strchr(kv->value, '\n') || strchr(kv->value, '\r'))
 			continue;
 		sbuf_printf(&extra, "%s: %s\r\n", kv->key, kv->value);
 	}
@@ -180,24 +183,41 @@ static const struct upcall_ops pass_ops = {pass_head, pass_data, pass_done};
 
 static void passthrough(struct router *rt, struct creq *r, struct upstream *up)
 {
-	const char **hdrs = xcalloc(r->nheaders * 2 + 1, sizeof *hdrs);
+	const char **hdrs = xcalloc(r->nheaders * 2 + 7, sizeof *hdrs);
 	size_t n = 0;
 	const char *connection = creq_header(r, "Connection");
 	for (size_t i = 0; i < r->nheaders; i++) {
-		if (hop_by_hop(r->headers[i].name, connection))
+		const char *name = r->headers[i].name;
+		/* these three carpool sets itself; traceparent and tracestate pass as they came */
+		if (hop_by_hop(name, connection) || !strcasecmp(name, "X-Request-Id") ||
+		    !strcasecmp(name, "X-Forwarded-For") || !strcasecmp(name, "X-Forwarded-Proto"))
 			continue;
-		hdrs[2 * n] = r->headers[i].name;
+		hdrs[2 * n] = name;
 		hdrs[2 * n + 1] = r->headers[i].value;
 		n++;
 	}
+	/* the client's address (the peer without its port) after every X-Forwarded-For it sent */
+	struct sbuf xff = {0};
+	for (size_t i = 0; i < r->nheaders; i++)
+		if (!strcasecmp(r->headers[i].name, "X-Forwarded-For"))
+			sbuf_printf(&xff, "%s, ", r->headers[i].value);
+	const char *port = strcmp(r->peer, "unix") ? strrchr(r->peer, ':') : NULL;
+	sbuf_add(&xff, r->peer, port ? (size_t)(port - r->peer) : strlen(r->peer));
+	sbuf_add(&xff, "", 1);
+	const char *extra[] = {"X-Request-Id", r->id, "X-Forwarded-For", xff.data, "X-Forwarded-Proto", r->tls ? "https" : "http"};
+	for (size_t i = 0; i < 6; i++)
+		hdrs[2 * n + i] = extra[i];
+	n += 3;
 	const char *auth = keys_mode(rt) ? NULL : creq_header(r, "Authorization");
 	struct pass *p = xcalloc(1, sizeof *p);
 	p->r = &r->sink;
 	p->path = r->path;
+	r->sink.note.upstream = up->cfg->url;
 	CNT_ADD(rt->passthrough, 1);
 	p->up = up;
 	p->call = upstream_call(up, r->method, r->target, hdrs, n, auth, r->body.data, r->body.len, &pass_ops, p);
 	free(hdrs);
+	sbuf_free(&xff);
 	if (!p->call) {
 		free(p);
 		char msg[300];

@@ -3,6 +3,7 @@
 #include "carpool/http.h"
 #include "carpool/metrics.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -13,6 +14,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <openssl/err.h>
+#include <openssl/rand.h>
 #include <openssl/ssl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -91,6 +93,7 @@ static void conn_read_cb(struct bufferevent *bev, void *arg);
 static void conn_event_cb(struct bufferevent *bev, short what, void *arg);
 static void conn_write_cb(struct bufferevent *bev, void *arg);
 static void refuse(struct conn *c, int status, const char *message);
+static const char *http_date_now(void);
 
 /* Counts the request in the metrics: route and status, times, streams. */
 static void observe_end(struct conn *c, struct creq *r, bool gone)
@@ -126,6 +129,11 @@ static void access_log(struct conn *c, struct creq *r, bool gone)
 	utc_now(t, sizeof t);
 	cJSON_AddStringToObject(j, "time", t);
 	cJSON_AddStringToObject(j, "client", r->peer);
+	cJSON_AddStringToObject(j, "request_id", r->id);
+	if (r->trace_id[0])
+		cJSON_AddStringToObject(j, "trace_id", r->trace_id);
+	if (r->key_name[0])
+		cJSON_AddStringToObject(j, "key", r->key_name);
 	cJSON_AddStringToObject(j, "method", r->method);
 	cJSON_AddStringToObject(j, "route", r->path);
 	cJSON_AddNumberToObject(j, "worker", c->srv->worker);
@@ -331,7 +339,11 @@ static void write_head(struct creq *r, int status, const char *ctype, const char
 	sbuf_addll(out, status);
 	sbuf_add(out, " ", 1);
 	sbuf_adds(out, http_reason(status));
-	sbuf_adds(out, "\r\nServer: carpool\r\n");
+	sbuf_adds(out, "\r\nServer: carpool\r\nDate: ");
+	sbuf_adds(out, http_date_now());
+	sbuf_adds(out, "\r\nX-Request-Id: ");
+	sbuf_adds(out, r->id);
+	sbuf_add(out, "\r\n", 2);
 	if (ctype) {
 		sbuf_adds(out, "Content-Type: ");
 		sbuf_adds(out, ctype);
@@ -386,6 +398,14 @@ void creq_reply(struct creq *r, int status, const char *ctype, const char *extra
 {
 	if (dropped(r))
 		return;
+	struct sbuf tagged = {0};
+	if (status >= 400 && len > 10 && !memcmp(body, "{\"error\":{", 10) && body[len - 1] == '}') {
+		/* an OpenAI error object gets the request id beside "error" (the id needs no escaping) */
+		sbuf_add(&tagged, body, len - 1);
+		sbuf_printf(&tagged, ",\"request_id\":\"%s\"}", r->id);
+		body = tagged.data;
+		len = tagged.len;
+	}
 	write_head(r, status, ctype, extra, (long)len);
 	conn_stage(r->conn, "\r\n", 2, len > 0);
 	if (len)
@@ -394,6 +414,7 @@ void creq_reply(struct creq *r, int status, const char *ctype, const char *extra
 	if (!r->t_first)
 		r->t_first = now_us();
 	finish(r);
+	sbuf_free(&tagged);
 }
 
 void creq_reply_error(struct creq *r, int status, const char *message, const char *type, const char *param,
@@ -530,12 +551,74 @@ static const struct sink_ops creq_sink_ops = {
 	.start = sink_start_cb, .write = sink_write_cb, .end = sink_end_cb, .reply = sink_reply_cb, .abort = sink_abort_cb,
 };
 
+/* "Mon, 30 Nov 2026 11:20:38 GMT" (RFC 9110 IMF-fixdate), formatted once a second per thread. */
+static const char *http_date_now(void)
+{
+	static __thread time_t sec;
+	static __thread char buf[32];
+	time_t now = time(NULL);
+	if (now != sec) {
+		static const char days[][4] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+		static const char months[][4] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+						 "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+		struct tm tm;
+		gmtime_r(&now, &tm);
+		snprintf(buf, sizeof buf, "%s, %02d %s %04d %02d:%02d:%02d GMT", days[tm.tm_wday], tm.tm_mday,
+			 months[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+		sec = now;
+	}
+	return buf;
+}
+
+/* A client's X-Request-Id is kept when it is 1..CREQ_ID_MAX bytes of [A-Za-z0-9._:-]: safe in a
+ * header, a JSON string and a log line as it is. */
+static bool request_id_ok(const char *s)
+{
+	size_t n = 0;
+	for (; s[n]; n++)
+		if (n >= CREQ_ID_MAX || !(isalnum((unsigned char)s[n]) || strchr("._:-", s[n])))
+			return false;
+	return n > 0;
+}
+
+/* A made id: 32 hex digits, a random per-thread prefix and a counter (unique without a system call
+ * per request). */
+static void make_request_id(char *out)
+{
+	static __thread uint64_t prefix, seq;
+	if (!prefix) {
+		if (RAND_bytes((unsigned char *)&prefix, sizeof prefix) != 1 || !prefix)
+			prefix = now_us() ^ (uint64_t)(uintptr_t)&prefix;
+	}
+	snprintf(out, CREQ_ID_MAX + 1, "%016llx%016llx", (unsigned long long)prefix, (unsigned long long)++seq);
+}
+
+/* The trace id of a W3C traceparent "VV-<32 hex>-<16 hex>-FF" into out[33], or "" when it is not one. */
+static void trace_id_of(const char *tp, char *out)
+{
+	out[0] = '\0';
+	if (!tp || strlen(tp) < 55 || tp[2] != '-' || tp[35] != '-' || tp[52] != '-')
+		return;
+	bool zero = true;
+	for (int i = 3; i < 35; i++) {
+		if (!isxdigit((unsigned char)tp[i]) || isupper((unsigned char)tp[i]))
+			return;
+		zero &= tp[i] == '0';
+	}
+	if (zero)
+		return;
+	memcpy(out, tp + 3, 32);
+	out[32] = '\0';
+}
+
 /* A new request on c. */
 static struct creq *creq_new(struct conn *c)
 {
 	struct creq *r = xcalloc(1, sizeof *r);
 	r->sink.ops = &creq_sink_ops;
 	r->conn = c;
+	r->tls = c->tls;
+	make_request_id(r->id);
 	return r;
 }
 
@@ -621,6 +704,10 @@ static int start_request(struct conn *c)
 		r->headers[i].value = xstrdup(h->fields[i].value);
 	}
 	r->nheaders = h->nfields;
+	const char *rid = creq_header(r, "X-Request-Id");
+	if (rid && request_id_ok(rid))
+		strcpy(r->id, rid);
+	trace_id_of(creq_header(r, "traceparent"), r->trace_id);
 	const char *via = instance_via();
 	for (size_t i = 0; i < r->nheaders; i++)
 		if (!strcasecmp(r->headers[i].name, "Via") && strstr(r->headers[i].value, via + 4)) {

@@ -22,6 +22,8 @@ struct creq_header {
 /* One client request. Owned by its connection; the handler borrows it until it ends the response
  * (creq_reply / creq_stream_end) or until the gone callback tells it the client left. It is also the
  * sink of its answer (sink.h): a handler may hand &r->sink to whoever writes the answer. */
+#define CREQ_ID_MAX 64 /* an X-Request-Id longer than this, or with other than [A-Za-z0-9._:-], is replaced */
+
 struct creq {
 	struct sink sink; /* first: the server's sink operations cast back */
 	struct conn *conn;
@@ -44,7 +46,11 @@ struct creq {
 	void (*end_cb)(void *arg); /* once, when the request ends for any reason */
 	void *end_arg;
 	long serve;	     /* enum listen_serve: what the listener it came on answers */
+	bool tls;	     /* it came over TLS (X-Forwarded-Proto) */
 	char peer[64];
+	char id[CREQ_ID_MAX + 1]; /* the request id: the client's X-Request-Id when it is safe, else made */
+	char trace_id[33];	   /* from a valid W3C traceparent, or "" */
+	char key_name[64];	   /* the name of the client key it used (never the key), or "" */
 };
 
 typedef void (*server_handler)(struct creq *r, void *arg);

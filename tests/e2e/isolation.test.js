@@ -43,7 +43,8 @@ async function mergedClients(t, up, tag, statusCheck) {
     statusCheck(r.status, r.body);
     assert.match(String(r.headers['content-type']), /^application\/json/, r.body);
     const j = JSON.parse(r.body); // exactly one JSON value: JSON.parse refuses trailing bytes
-    assert.deepEqual(Object.keys(j), ['error'], r.body);
+    assert.deepEqual(Object.keys(j), ['error', 'request_id'], r.body);
+    assert.equal(j.request_id, r.headers['x-request-id'], r.body);
     for (const k of ['message', 'type', 'param', 'code']) assert.ok(k in j.error, `error.${k} missing: ${r.body}`);
     assert.ok(j.error.message.includes(up.url), `the message does not name the upstream: ${r.body}`);
     for (const p of prompts) assert.ok(!r.body.includes(p), `client ${i} received prompt text "${p}": ${r.body}`);

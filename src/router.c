@@ -521,10 +521,12 @@ static bool ready(struct router *rt)
 static void no_such_model(struct creq *r, const char *model)
 {
 	char msg[300];
-	if (model)
-		snprintf(msg, sizeof msg, "The model '%.200s' is not served here: no upstream lists it.", model);
-	else
-		snprintf(msg, sizeof msg, "No upstream serves requests without a model; name one in 'model'.");
+	if (!model) { /* only an upstream that serves any model ("*") takes a request that names none */
+		creq_reply_error(r, 400, "You must provide a model parameter: no upstream here serves requests without one.",
+				 "invalid_request_error", "model", NULL);
+		return;
+	}
+	snprintf(msg, sizeof msg, "The model '%.200s' is not served here: no upstream lists it.", model);
 	creq_reply_error(r, 404, msg, "invalid_request_error", "model", "model_not_found");
 }
 
@@ -631,6 +633,11 @@ void router_handle(struct creq *r, void *arg)
 	if (r->body.len && !strcmp(r->method, "POST")) {
 		cJSON *j = cJSON_ParseWithLength(r->body.data, r->body.len);
 		cJSON *model = j ? cJSON_GetObjectItemCaseSensitive(j, "model") : NULL;
+		if (!up && cJSON_IsObject(j) && !model) {
+			no_such_model(r, NULL);
+			cJSON_Delete(j);
+			return;
+		}
 		if (cJSON_IsString(model)) {
 			struct upstream *u = router_pick(rt, model->valuestring);
 			if (!u) {

@@ -50,3 +50,25 @@ test('routes: a model no upstream serves gets the same 404 model_not_found, nami
   const ok = await request(cp.port, 'POST', '/v1/chat/completions', { model: 'sim-model', messages: [{ role: 'user', content: 'x' }] });
   assert.notEqual(ok.status, 404, `a served model on chat: ${ok.body}`);
 });
+
+test('routes: without a model, 400 on every route when no upstream serves any model; served when one does ("*")', async (t) => {
+  const sim = await startSim();
+  const cp = await startCarpool(baseConfig(sim, { upstream: { models: ['sim-model'] } }));
+  const any = await startCarpool(baseConfig(sim)); // models: ["*"], the default
+  t.after(async () => { await cp.stop(); await any.stop(); await sim.kill(); });
+  const routes = [
+    ['/v1/completions', { prompt: 'x', max_tokens: 1 }],
+    ['/v1/embeddings', { input: 'x' }],
+    ['/v1/chat/completions', { messages: [{ role: 'user', content: 'x' }] }],
+  ];
+  for (const [p, body] of routes) {
+    const r = await request(cp.port, 'POST', p, body);
+    assert.equal(r.status, 400, `${p}: ${r.status} ${r.body}`);
+    const e = JSON.parse(r.body).error;
+    assert.equal(e.param, 'model', p);
+    assert.equal(e.type, 'invalid_request_error', p);
+    assert.match(e.message, /model/, p);
+    const ok = await request(any.port, 'POST', p, body);
+    assert.equal(ok.status, 200, `${p} through an upstream serving "*" (llama.cpp clients omit model): ${ok.body}`);
+  }
+});

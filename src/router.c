@@ -32,9 +32,9 @@ unsigned router_candidates(struct router *rt, const char *model)
 	return mask;
 }
 
-struct upstream *router_pick(struct router *rt, const char *model)
+/* The least loaded of the upstreams in mask (calls in flight per unit of weight; unhealthy last). */
+static struct upstream *pick_among(struct router *rt, unsigned mask)
 {
-	unsigned mask = router_candidates(rt, model);
 	struct upstream *best = NULL;
 	double best_load = 0;
 	for (int i = 0; i < rt->nups; i++) {
@@ -48,6 +48,11 @@ struct upstream *router_pick(struct router *rt, const char *model)
 		}
 	}
 	return best;
+}
+
+struct upstream *router_pick(struct router *rt, const char *model)
+{
+	return pick_among(rt, router_candidates(rt, model));
 }
 
 static void key_end(void *arg) { auth_release(arg); }
@@ -649,6 +654,8 @@ void router_handle(struct creq *r, void *arg)
 		}
 		cJSON_Delete(j);
 	}
+	if (!up) /* a request that names no model (GET /v1/models, ...): any upstream can answer it */
+		up = pick_among(rt, rt->nups >= 32 ? ~0u : (1u << rt->nups) - 1);
 	if (!up) {
 		creq_reply_error(r, 502, "No upstream is configured.", "server_error", NULL, NULL);
 		return;

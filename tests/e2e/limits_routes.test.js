@@ -71,4 +71,8 @@ test('routes: without a model, 400 on every route when no upstream serves any mo
     const ok = await request(any.port, 'POST', p, body);
     assert.equal(ok.status, 200, `${p} through an upstream serving "*" (llama.cpp clients omit model): ${ok.body}`);
   }
+  // a request that names no model by its nature goes to any upstream (it got 502 "No upstream is configured")
+  const models = await request(cp.port, 'GET', '/v1/models');
+  assert.equal(models.status, 200, models.body);
+  assert.equal(JSON.parse(models.body).data[0].id, 'sim-model');
 });

@@ -4,7 +4,7 @@
 const assert = require('node:assert/strict');
 const http = require('node:http');
 const net = require('node:net');
-const { test, startSim, startCarpool, baseConfig, request, parseSse, collect } = require('./lib');
+const { test, startSim, startCarpool, baseConfig, request, parseSse, collect, postUpstream } = require('./lib');
 const { expected } = require('./simgen');
 
 let uniq = 0;
@@ -271,24 +271,11 @@ test('(e) upstream black hole with connect_ms below first_byte_ms -> 504 in ~fir
 
 // A fake upstream that answers every POST with `status`, an error JSON and Retry-After.
 async function refusingUpstream(status, message, retryAfter) {
-  const seen = [];
-  const srv = http.createServer((req, res) => {
-    let body = '';
-    req.on('data', (c) => { body += c; });
-    req.on('end', () => {
-      if (req.method !== 'POST') {
-        res.writeHead(404, { 'Content-Type': 'application/json' });
-        res.end('{"error":{"message":"not here","type":"invalid_request_error"}}');
-        return;
-      }
-      seen.push(body);
-      const out = JSON.stringify({ error: { message: message, type: status >= 500 ? 'server_error' : 'rate_limit_error' } });
-      res.writeHead(status, { 'Content-Type': 'application/json', 'Retry-After': String(retryAfter), 'Content-Length': Buffer.byteLength(out) });
-      res.end(out);
-    });
-  });
-  await new Promise((r) => srv.listen(0, '127.0.0.1', r));
-  return { srv, seen, url: `http://127.0.0.1:${srv.address().port}`, close: () => new Promise((r) => { srv.closeAllConnections(); srv.close(r); }) };
+  return postUpstream(() => ({
+    status,
+    headers: { 'Content-Type': 'application/json', 'Retry-After': String(retryAfter) },
+    body: JSON.stringify({ error: { message: message, type: status >= 500 ? 'server_error' : 'rate_limit_error' } }),
+  }));
 }
 
 // Five clients at once (streaming or not: `stream` does not split a batch). carpool may retry a

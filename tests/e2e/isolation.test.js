@@ -3,30 +3,16 @@
 // error page that echoes the request. Each member gets carpool's own error JSON, naming the upstream.
 'use strict';
 const assert = require('node:assert/strict');
-const http = require('node:http');
-const { test, startCarpool, baseConfig, request } = require('./lib');
+const { test, startCarpool, baseConfig, request, postUpstream } = require('./lib');
 
-// A fake upstream whose answer to every POST is made by `answer(parsedBody)` -> {status, type, body}.
+// A fake upstream whose answer to every POST is made by `answer(parsedBody)` -> {status, type, body};
+// `seen` holds the parsed bodies.
 async function echoUpstream(answer) {
-  const seen = [];
-  const srv = http.createServer((req, res) => {
-    let body = '';
-    req.on('data', (c) => { body += c; });
-    req.on('end', () => {
-      if (req.method !== 'POST') {
-        res.writeHead(404, { 'Content-Type': 'application/json' });
-        res.end('{"error":{"message":"not here","type":"invalid_request_error"}}');
-        return;
-      }
-      const j = JSON.parse(body);
-      seen.push(j);
-      const out = answer(j);
-      res.writeHead(out.status, { 'Content-Type': out.type, 'Content-Length': Buffer.byteLength(out.body) });
-      res.end(out.body);
-    });
+  const up = await postUpstream((raw) => {
+    const out = answer(JSON.parse(raw));
+    return { status: out.status, headers: { 'Content-Type': out.type }, body: out.body };
   });
-  await new Promise((r) => srv.listen(0, '127.0.0.1', r));
-  return { seen, url: `http://127.0.0.1:${srv.address().port}`, close: () => new Promise((r) => { srv.closeAllConnections(); srv.close(r); }) };
+  return { ...up, get seen() { return up.seen.map((b) => JSON.parse(b)); } };
 }
 
 // Four clients at once, two streaming and two not; every body must be carpool's own error JSON with

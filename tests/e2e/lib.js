@@ -369,8 +369,31 @@ function curl(args, input) {
   });
 }
 
+// A fake upstream: every POST is answered by answer(rawBody) -> {status, headers, body} and its body
+// kept in `seen`; anything else gets 404.
+async function postUpstream(answer) {
+  const seen = [];
+  const srv = http.createServer((req, res) => {
+    let body = '';
+    req.on('data', (c) => { body += c; });
+    req.on('end', () => {
+      if (req.method !== 'POST') {
+        res.writeHead(404, { 'Content-Type': 'application/json' });
+        res.end('{"error":{"message":"not here","type":"invalid_request_error"}}');
+        return;
+      }
+      seen.push(body);
+      const out = answer(body);
+      res.writeHead(out.status, { ...out.headers, 'Content-Length': Buffer.byteLength(out.body) });
+      res.end(out.body);
+    });
+  });
+  await new Promise((r) => srv.listen(0, '127.0.0.1', r));
+  return { srv, seen, url: `http://127.0.0.1:${srv.address().port}`, close: () => new Promise((r) => { srv.closeAllConnections(); srv.close(r); }) };
+}
+
 module.exports = {
-  test, TEST_TIMEOUT_MS, ROOT, BIN, startSim, startCarpool, baseConfig, request, readyz, freePort, parseSse, collect, curl,
+  postUpstream, test, TEST_TIMEOUT_MS, ROOT, BIN, startSim, startCarpool, baseConfig, request, readyz, freePort, parseSse, collect, curl,
   toYaml, tmpdir, assertCleanLog, assertEmbeddings, probeWorker, connectOnWorkers, rawPost, sendUntilClose, splitResponses,
   agent, makeCerts,
 };

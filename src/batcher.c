@@ -206,17 +206,6 @@ static void member_detach(struct member *m)
 
 /* An error for a client whose stream has already started (keep-alive comments went out): an SSE
  * error event, [DONE], and the end of the stream. r is finished afterwards. */
-static void stream_error(struct sink *r, const char *json, size_t len)
-{
-	struct sbuf b = {0};
-	sbuf_adds(&b, "data: ");
-	sbuf_add(&b, json, len);
-	sbuf_adds(&b, "\n\ndata: [DONE]\n\n");
-	sink_write(r, b.data, b.len);
-	sink_end(r);
-	sbuf_free(&b);
-}
-
 static bool member_alive(const struct member *m)
 {
 	return m->parent ? m->parent->client != NULL && !m->parent->failed : m->client != NULL;
@@ -252,7 +241,7 @@ static void member_reply_error(struct member *m, int status, const char *msg, co
 	member_detach(m);
 	char *body = openai_error_json(msg, type, NULL, NULL);
 	if (m->head_sent)
-		stream_error(r, body, strlen(body));
+		sink_stream_error(r, body, strlen(body));
 	else
 		sink_reply(r, status, "application/json", extra, body, strlen(body));
 	free(body);
@@ -296,9 +285,7 @@ static void batch_release_seqs(struct batch *b)
  * in sequences, and a short member frees its own at once, not when its call ends). */
 static void batch_note_ended(struct batch *b)
 {
-	unsigned ended = 0;
-	for (unsigned i = 0; i < b->nmembers; i++)
-		ended += b->members[i]->sm.finished;
+	unsigned ended = b->split_ready ? b->sp.finished : 0; /* kept by the splitter: no walk per read */
 	if (ended > b->seqs_held)
 		ended = b->seqs_held;
 	if (ended > b->seqs_ended) {
@@ -932,7 +919,7 @@ static void forward_error(struct batch *b)
 		struct sink *r = m->client;
 		member_detach(m);
 		if (is_error_json && m->head_sent) {
-			stream_error(r, b->errbody.data, b->errbody.len);
+			sink_stream_error(r, b->errbody.data, b->errbody.len);
 		} else if (is_error_json) {
 			sink_reply(r, b->status, "application/json", extra[0] ? extra : NULL, b->errbody.data, b->errbody.len);
 		} else {
@@ -942,7 +929,7 @@ static void forward_error(struct batch *b)
 			char *body = openai_error_json(msg, b->status < 500 ? "invalid_request_error" : "server_error", NULL,
 						       NULL);
 			if (m->head_sent)
-				stream_error(r, body, strlen(body));
+				sink_stream_error(r, body, strlen(body));
 			else
 				sink_reply(r, b->status >= 500 ? 502 : b->status, "application/json", extra[0] ? extra : NULL,
 					   body, strlen(body));

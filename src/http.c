@@ -323,7 +323,8 @@ int http_head_feed(struct http_head *h, const char *data, size_t len, size_t *us
 		const char *lf = memchr(p, '\n', avail);
 		size_t take = lf ? (size_t)(lf - p) + 1 : avail;
 		if (h->buf.len + take > h->max_bytes)
-			return head_fail(h, h->kind == HTTP_REQUEST ? 431 : 502, "Request header fields too large.");
+			return head_fail(h, h->kind == HTTP_REQUEST ? 431 : 502,
+					 h->kind == HTTP_REQUEST ? "Request header fields too large." : "Response head too large.");
 		sbuf_add(&h->buf, p, take);
 		*used += take;
 		if (!lf)

@@ -191,9 +191,12 @@ static void passthrough(struct router *rt, struct creq *r, struct upstream *up)
 	const char **hdrs = xcalloc(r->nheaders * 2 + 7, sizeof *hdrs);
 	size_t n = 0;
 	const char *connection = creq_header(r, "Connection");
+	struct sbuf xff = {0};
 	for (size_t i = 0; i < r->nheaders; i++) {
 		const char *name = r->headers[i].name;
 		/* these three carpool sets itself; traceparent and tracestate pass as they came */
+		if (!strcasecmp(name, "X-Forwarded-For")) /* kept, with the client's address after it */
+			sbuf_printf(&xff, "%s, ", r->headers[i].value);
 		if (hop_by_hop(name, connection) || !strcasecmp(name, "X-Request-Id") ||
 		    !strcasecmp(name, "X-Forwarded-For") || !strcasecmp(name, "X-Forwarded-Proto"))
 			continue;
@@ -202,10 +205,6 @@ static void passthrough(struct router *rt, struct creq *r, struct upstream *up)
 		n++;
 	}
 	/* the client's address (the peer without its port) after every X-Forwarded-For it sent */
-	struct sbuf xff = {0};
-	for (size_t i = 0; i < r->nheaders; i++)
-		if (!strcasecmp(r->headers[i].name, "X-Forwarded-For"))
-			sbuf_printf(&xff, "%s, ", r->headers[i].value);
 	const char *port = strcmp(r->peer, "unix") ? strrchr(r->peer, ':') : NULL;
 	sbuf_add(&xff, r->peer, port ? (size_t)(port - r->peer) : strlen(r->peer));
 	sbuf_add(&xff, "", 1);

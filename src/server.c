@@ -897,6 +897,8 @@ static void accept_error_cb(struct evconnlistener *lev, void *arg)
 		return;
 	}
 	unsigned shed = 0;
+	if (srv->spare_fd < 0) /* the last re-open failed: try again, so that a 503 can still be sent */
+		srv->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	while (srv->spare_fd >= 0 && shed < 256) {
 		close(srv->spare_fd);
 		int fd = accept4(evconnlistener_get_fd(lev), NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -1213,12 +1215,8 @@ void server_end_all(struct server *s, const char *message)
 			creq_reply_error(r, 503, message, "server_error", NULL, NULL);
 		} else if (r->sse) {
 			char *err = openai_error_json(message, "server_error", NULL, NULL);
-			struct sbuf ev = {0};
-			sbuf_printf(&ev, "data: %s\n\ndata: [DONE]\n\n", err);
+			sink_stream_error(&r->sink, err, strlen(err));
 			free(err);
-			creq_stream_write(r, ev.data, ev.len);
-			creq_stream_end(r);
-			sbuf_free(&ev);
 		} else {
 			creq_abort(r);
 		}

@@ -201,6 +201,9 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 	struct upstream *up = s->up;
 	long ms = up->cfg->load_poll_ms;
 	struct timeval tv = tv_of_ms(ms);
+	/* the timer runs whatever the dialect: an auto upstream is detected again after a failure, and
+	 * may turn out to be a server with load figures after all */
+	evtimer_add(s->tick, &tv);
 	if (up->dialect == DIALECT_OPENAI) { /* a hosted API: no load figures; its room is its budget */
 		if (!s->said_none)
 			log_info("upstream %s: dialect openai: no load figures to read (room: its budget and carpool's own calls)",
@@ -208,7 +211,6 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 		s->said_none = true;
 		return;
 	}
-	evtimer_add(s->tick, &tv);
 	if (up->dialect == DIALECT_AUTO)
 		return; /* not detected yet */
 	if (s->call) {

@@ -347,6 +347,7 @@ static void take_choice(struct split *sp, struct split_member *m, unsigned ci, c
 	if (cJSON_IsString(fr) && !m->fin[ci]) {
 		m->fin[ci] = 1;
 		m->finished++;
+		sp->finished++;
 	}
 }
 
@@ -539,6 +540,7 @@ static int fast_event(struct split *sp, const char *data, size_t len)
 	if (finished && !m->fin[ci]) {
 		m->fin[ci] = 1;
 		m->finished++;
+		sp->finished++;
 	}
 	if (m->finished == m->nchoices && !alone_passthrough(sp))
 		complete(sp, m);

@@ -69,6 +69,18 @@ static inline void sink_reply(struct sink *s, int status, const char *ctype, con
 
 static inline void sink_abort(struct sink *s) { s->ops->abort(s); }
 
+/* Ends a stream that has started with an error event (an error JSON) and its [DONE]. */
+static inline void sink_stream_error(struct sink *s, const char *json, size_t len)
+{
+	struct sbuf b = {0};
+	sbuf_adds(&b, "data: ");
+	sbuf_add(&b, json, len);
+	sbuf_adds(&b, "\n\ndata: [DONE]\n\n");
+	sink_write(s, b.data, b.len);
+	sink_end(s);
+	sbuf_free(&b);
+}
+
 /* An OpenAI-style error response. */
 static inline void sink_reply_error(struct sink *s, int status, const char *message, const char *type,
 				    const char *param, const char *code)

@@ -51,6 +51,7 @@ struct split {
 	cJSON *usage_total;	/* the upstream's whole-call usage, when it sent one */
 	bool upstream_done;	/* [DONE] seen */
 	unsigned remaining;	/* members not done */
+	unsigned finished;	/* choices that ended, over every member (the sum of their `finished`) */
 	unsigned long events;
 	unsigned long fast_events; /* events handled by the byte-level fast path */
 	bool no_fast;		/* tests: always take the full-parse path */

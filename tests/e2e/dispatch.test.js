@@ -142,8 +142,10 @@ test('policy fixed still holds each batch for max_wait_ms', async (t) => {
   const t0 = Date.now();
   const r = await timedStream(cp.port, t0, { prompt: 'held', max_tokens: 3 });
   assert.equal(r.status, 200);
-  assert.ok(r.first >= 290, `first token after ${r.first} ms, window 300`);
-  assert.ok(queueMs(r.headers) >= 290, r.headers['server-timing']);
+  // libevent arms timers from the loop's cached clock, which a busy turn (ASan on a loaded machine)
+  // leaves some ms behind: the window may close up to that much early
+  assert.ok(r.first >= 250, `first token after ${r.first} ms, window 300`);
+  assert.ok(queueMs(r.headers) >= 250, r.headers['server-timing']);
 });
 
 // --- the upstream's own load signals ---

@@ -397,7 +397,7 @@ static long soonest_ms(struct batch *b)
 	for (int i = 0; i < bt->nups; i++) {
 		if (!(b->cands & (1u << i)))
 			continue;
-		uint64_t until = bt->ups[i].backoff_until;
+		uint64_t until = upstream_backoff_until(&bt->ups[i]);
 		long ms = until > now ? (long)((until - now) / 1000) : 0;
 		if (best < 0 || ms < best)
 			best = ms;
@@ -1171,7 +1171,8 @@ static void call_done(void *arg, enum upcall_error err)
 		long ms = RETRY_BACKOFF_MS << (b->attempt - 1);
 		/* the same upstream takes it no sooner than its backoff (a 429 / 503, or an ejection) ends */
 		uint64_t now = now_us();
-		long held = b->up->backoff_until > now ? (long)((b->up->backoff_until - now + 999) / 1000) : 0;
+		uint64_t until = upstream_backoff_until(b->up);
+		long held = until > now ? (long)((until - now + 999) / 1000) : 0;
 		bool backed_off = held > ms;
 		if (backed_off)
 			ms = held;

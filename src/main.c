@@ -30,10 +30,10 @@
 
 #define MAX_WORKERS 64
 
-/* One event loop and everything it drives: its own upstream pools, batcher and client
- * connections. With batching.queue: shared (and more than one worker) batches form on worker 0 for
- * every worker (relay.h); with per_worker each worker batches its own clients. The client keys are
- * shared (under a lock). */
+/* One event loop and everything it drives: its own copy of each upstream pool (their health is one
+ * record, upstream.h), batcher and client connections. With batching.queue: shared (and more than
+ * one worker) batches form on worker 0 for every worker (relay.h), and only worker 0 has a batcher;
+ * with per_worker each worker batches its own clients. The client keys are shared (under a lock). */
 struct worker {
 	int id;
 	pthread_t thread;
@@ -42,7 +42,7 @@ struct worker {
 	struct config cfg; /* this worker's copy: a reload updates it from the worker's own thread */
 	struct upstream ups[CFG_MAX_UPSTREAMS];
 	int nups;
-	struct batcher *bt;
+	struct batcher *bt;  /* NULL on a worker other than 0 when the queue is shared */
 	struct relay *relay; /* NULL unless the queue is shared */
 	struct router rt;
 	struct server *srv;
@@ -94,7 +94,7 @@ static void drain_cb(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	struct worker *w = arg;
 	/* worker 0's stand-ins are in its batcher's count already */
-	unsigned active = batcher_active(w->bt) + (w->relay && w->id ? relay_open_count(w->relay) : 0);
+	unsigned active = (w->bt ? batcher_active(w->bt) : 0) + (w->relay && w->id ? relay_open_count(w->relay) : 0);
 	/* the dispatcher serves the other workers' requests until they are gone */
 	bool others = w->relay && w->id == 0 && atomic_load(&g_exited) < g_nworkers - 1;
 	uint64_t waited = (now_us() - w->drain_start) / 1000;
@@ -208,8 +208,9 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
 		event_active(g_workers[i]->stop_ev, 0, 0);
 }
 
-/* Builds worker id's loop; the primary (id 0) opens the listeners, the others share them. */
-static int worker_init(struct worker *w, int id, const struct config *cfg, struct server *primary)
+/* Builds worker id's loop; the primary (id 0) opens the listeners, the others share them. batches:
+ * whether this worker forms batches (worker 0, or every worker when the queue is per_worker). */
+static int worker_init(struct worker *w, int id, const struct config *cfg, struct server *primary, bool batches)
 {
 	w->id = id;
 	w->cfg = *cfg;
@@ -222,14 +223,17 @@ static int worker_init(struct worker *w, int id, const struct config *cfg, struc
 	w->reload_ev = event_new(w->base, -1, 0, worker_reload_cb, w);
 	w->drain_ev = evtimer_new(w->base, drain_cb, w);
 	for (int i = 0; i < w->cfg.nupstreams; i++) {
-		if (upstream_init(&w->ups[i], i, w->base, w->dns, &w->cfg, &w->cfg.upstreams[i]) != CP_OK) {
+		struct upstream *first = id ? &g_workers[0]->ups[i] : NULL; /* owns the health record */
+		if (upstream_init(&w->ups[i], i, w->base, w->dns, &w->cfg, &w->cfg.upstreams[i], first) != CP_OK) {
 			w->nups = i + 1;
 			return CP_ERROR;
 		}
 		w->nups = i + 1;
 	}
-	w->bt = batcher_new(w->base, &w->cfg, w->ups, w->nups);
-	batcher_set_metrics(w->bt, &w->metrics);
+	if (batches) {
+		w->bt = batcher_new(w->base, &w->cfg, w->ups, w->nups);
+		batcher_set_metrics(w->bt, &w->metrics);
+	}
 	w->rt = (struct router){.cfg = &w->cfg, .ups = w->ups, .nups = w->nups, .bt = w->bt, .auth = &g_auth,
 				.metrics = &w->metrics, .peers = g_routers, .npeers = 0};
 	w->srv = primary ? server_new_shared(w->base, &w->cfg, router_handle, &w->rt, primary)
@@ -354,7 +358,8 @@ int main(int argc, char **argv)
 		struct worker *w = xcalloc(1, sizeof *w);
 		g_workers[i] = w;
 		g_nworkers = i + 1;
-		if (worker_init(w, i, &cfg, i ? g_workers[0]->srv : NULL) != CP_OK)
+		bool batches = i == 0 || cfg.batching.queue != QUEUE_SHARED;
+		if (worker_init(w, i, &cfg, i ? g_workers[0]->srv : NULL, batches) != CP_OK)
 			goto out;
 		g_routers[i] = &w->rt;
 	}

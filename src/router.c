@@ -369,17 +369,6 @@ static void upstream_load_metrics(struct sbuf *b, struct router *rt, struct rout
 
 /* --- local endpoints ---------------------------------------------------------------------------- */
 
-/* Upstream i is ready. The workers' copies of it are judged together: each sees only its own calls. */
-static bool upstream_ready_of(struct router *const *peers, int npeers, int i)
-{
-	struct upstream *copies[64];
-	if (npeers > 64)
-		npeers = 64;
-	for (int p = 0; p < npeers; p++)
-		copies[p] = &peers[p]->ups[i];
-	return upstream_ready(copies, npeers);
-}
-
 /* Prometheus text. With several workers the figures are totals over all of them, read without
  * locks: each counter is written by its own worker only, with relaxed atomic stores (CNT_ADD), and
  * read here with relaxed atomic loads (CNT_GET). */
@@ -391,7 +380,8 @@ static void metrics(struct router *rt, struct creq *r)
 	struct batcher_stats tot = {0};
 	unsigned long passthrough = 0, limited = 0, reloads = 0, reload_failures = 0;
 	for (int p = 0; p < npeers; p++) {
-		const struct batcher_stats xs = batcher_stats(peers[p]->bt), *x = &xs;
+		const struct batcher_stats xs = peers[p]->bt ? batcher_stats(peers[p]->bt) : (struct batcher_stats){0};
+		const struct batcher_stats *x = &xs;
 		tot.requests += x->requests;
 		tot.prompts += x->prompts;
 		tot.calls += x->calls;
@@ -488,7 +478,7 @@ static void metrics(struct router *rt, struct creq *r)
 			"failing past its grace period.\n# TYPE carpool_upstream_ready gauge\n");
 	for (int i = 0; i < rt->nups; i++)
 		sbuf_printf(&b, "carpool_upstream_ready{upstream=\"%s\"} %d\n", rt->ups[i].cfg->url,
-			    upstream_ready_of(peers, npeers, i));
+			    upstream_ready(&rt->ups[i]));
 	sbuf_printf(&b, "# HELP carpool_upstream_failures_by_cause_total Failed upstream calls by cause.\n"
 			"# TYPE carpool_upstream_failures_by_cause_total counter\n");
 	for (int i = 0; i < rt->nups; i++)
@@ -512,11 +502,8 @@ static void metrics(struct router *rt, struct creq *r)
 /* Ready: some upstream has answered and has not been failing since for its grace period. */
 static bool ready(struct router *rt)
 {
-	struct router *self[1] = {rt};
-	struct router **peers = rt->peers ? rt->peers : self;
-	int npeers = rt->peers ? rt->npeers : 1;
 	for (int i = 0; i < rt->nups; i++)
-		if (upstream_ready_of(peers, npeers, i))
+		if (upstream_ready(&rt->ups[i]))
 			return true;
 	return false;
 }

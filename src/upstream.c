@@ -102,10 +102,15 @@ static void room_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 int upstream_init(struct upstream *up, int index, struct event_base *base, struct evdns_base *dns,
-		  const struct config *root, const struct cfg_upstream *cfg)
+		  const struct config *root, const struct cfg_upstream *cfg, struct upstream *first)
 {
 	memset(up, 0, sizeof *up);
 	up->index = index;
+	/* before any thread starts: the copies register in the main thread */
+	up->owns_health = !first;
+	up->health = first ? first->health : xcalloc(1, sizeof *up->health);
+	if (up->health->ncopies < UPSTREAM_MAX_COPIES)
+		up->health->copies[up->health->ncopies++] = up;
 	up->base = base;
 	up->dns = dns;
 	up->cfg = cfg;
@@ -263,9 +268,29 @@ void upstream_free(struct upstream *up)
 	up->room_ev = NULL;
 	up->ssl_ctx = NULL;
 	up->auth = NULL;
+	/* after every loop has ended: no other thread reads the list now */
+	struct upstream_health *h = up->health;
+	for (int i = 0; h && i < h->ncopies; i++)
+		if (h->copies[i] == up)
+			h->copies[i] = h->copies[--h->ncopies];
+	if (up->owns_health)
+		free(h);
+	up->health = NULL;
 }
 
-bool upstream_healthy(const struct upstream *up) { return now_us() >= up->backoff_until; }
+/* The health record is written by every worker: relaxed atomics, read-modify-write where two
+ * workers may write at once. */
+uint64_t upstream_backoff_until(const struct upstream *up) { return CNT_GET(up->health->backoff_until); }
+
+bool upstream_healthy(const struct upstream *up) { return now_us() >= upstream_backoff_until(up); }
+
+/* Every worker's copy re-examines what waits for the upstream (its batcher's room callback). */
+static void wake_copies(struct upstream *up)
+{
+	for (int i = 0; i < up->health->ncopies; i++)
+		if (up->health->copies[i]->room_ev)
+			event_active(up->health->copies[i]->room_ev, 0, 0);
+}
 
 static void wake_at(struct upstream *up, uint64_t when)
 {
@@ -280,9 +305,11 @@ void upstream_backoff(struct upstream *up, long ms)
 {
 	log_debug("upstream %s: backing off for %ld ms", up->cfg->url, ms);
 	uint64_t until = now_us() + (uint64_t)ms * 1000u;
-	if (until > up->backoff_until)
-		up->backoff_until = until;
-	wake_at(up, up->backoff_until);
+	uint64_t cur = CNT_GET(up->health->backoff_until);
+	while (until > cur && !__atomic_compare_exchange_n(&up->health->backoff_until, &cur, until, true,
+							    __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+		;
+	wake_at(up, upstream_backoff_until(up));
 }
 
 static void refill(struct upstream *up)
@@ -333,7 +360,7 @@ bool upstream_has_room(struct upstream *up)
 	if (!upstream_free_seqs(up))
 		return false;
 	if (!upstream_healthy(up)) {
-		wake_at(up, up->backoff_until); /* whoever asked is asked again when it ends */
+		wake_at(up, upstream_backoff_until(up)); /* whoever asked is asked again when it ends */
 		return false;
 	}
 	if (up->cfg->rate_limit_rpm) {
@@ -354,8 +381,8 @@ static void probe_later(struct upstream *up, long ms);
  * (one that answered the probe with an error status keeps the backoff). */
 static void note_answer(struct upstream *up)
 {
-	CNT_SET(up->answered_at, now_us());
-	CNT_SET(up->failing_since, 0);
+	CNT_SET(up->health->answered_at, now_us());
+	CNT_SET(up->health->failing_since, 0);
 	if (up->probe_silent && up->probe_ev && evtimer_pending(up->probe_ev, NULL)) {
 		up->probe_silent = false;
 		evtimer_add(up->probe_ev, &zero_tv);
@@ -367,9 +394,9 @@ static void note_answer(struct upstream *up)
 static void note_silence(struct upstream *up)
 {
 	uint64_t now = now_us();
-	if (!CNT_GET(up->failing_since))
-		CNT_SET(up->failing_since, now);
-	CNT_SET(up->failed_at, now);
+	uint64_t none = 0;
+	__atomic_compare_exchange_n(&up->health->failing_since, &none, now, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+	CNT_SET(up->health->failed_at, now);
 	if (!up->probing && !(up->probe_ev && evtimer_pending(up->probe_ev, NULL))) {
 		up->probe_silent = true;
 		probe_later(up, 1000);
@@ -382,56 +409,53 @@ long upstream_ready_grace_ms(const struct upstream *up)
 	return checks > 5000 ? checks : 5000;
 }
 
-bool upstream_ready(struct upstream *const *copies, int n)
+bool upstream_ready(const struct upstream *up)
 {
-	uint64_t answered = 0, failing = 0;
-	for (int w = 0; w < n; w++)
-		if (CNT_GET(copies[w]->answered_at) > answered)
-			answered = CNT_GET(copies[w]->answered_at);
+	const struct upstream_health *h = up->health;
+	uint64_t answered = CNT_GET(h->answered_at);
 	if (!answered)
 		return false;
-	/* a copy that failed after the last answer anywhere: failing since that answer at the earliest */
-	for (int w = 0; w < n; w++) {
-		uint64_t since = CNT_GET(copies[w]->failing_since);
-		if (!since || CNT_GET(copies[w]->failed_at) <= answered)
-			continue;
-		since = since > answered ? since : answered;
-		if (!failing || since < failing)
-			failing = since;
-	}
-	return !failing || now_us() - failing < (uint64_t)upstream_ready_grace_ms(copies[0]) * 1000u;
+	/* failing since the last answer at the earliest (an answer and a failure on two workers at once
+	 * may leave an older failing_since behind) */
+	uint64_t since = CNT_GET(h->failing_since);
+	if (!since || CNT_GET(h->failed_at) <= answered)
+		return true;
+	since = since > answered ? since : answered;
+	uint64_t now = now_us();
+	return now < since || now - since < (uint64_t)upstream_ready_grace_ms(up) * 1000u;
 }
 
-/* A call that could not connect or broke: three in a row eject the upstream for a while. */
 /* Takes the upstream out of service, for a backoff that doubles with each ejection in a row. An
  * upstream detected once is detected again when it comes back: it may be another server. */
 static void eject(struct upstream *up, const char *why)
 {
-	long ms = 1000L << (up->ejections < 5 ? up->ejections : 5);
+	unsigned in_a_row = __atomic_fetch_add(&up->health->ejections, 1, __ATOMIC_RELAXED);
+	long ms = 1000L << (in_a_row < 5 ? in_a_row : 5);
 	if (ms > 30000)
 		ms = 30000;
-	up->ejections++;
 	CNT_ADD(up->ejected_total, 1);
-	up->consecutive_failures = 0;
+	CNT_SET(up->health->consecutive_failures, 0);
 	log_warn("upstream %s: ejected for %ld ms after %s", up->cfg->url, ms, why);
 	upstream_backoff(up, ms);
 	if (!up->probing) {
 		up->probe_silent = true;
 		probe_later(up, ms);
 	}
-	event_active(up->room_ev, 0, 0); /* the batcher re-examines what waits for it */
+	wake_copies(up); /* every worker's batcher re-examines what waits for it */
 }
 
+/* A call that could not connect or broke: three in a row, on any worker, eject the upstream (the
+ * worker whose failure is the third ejects it, once). */
 static void note_failure(struct upstream *up)
 {
-	if (++up->consecutive_failures >= 3)
+	if (__atomic_add_fetch(&up->health->consecutive_failures, 1, __ATOMIC_RELAXED) == 3)
 		eject(up, "repeated failures");
 }
 
 static void note_success(struct upstream *up)
 {
-	up->consecutive_failures = 0;
-	up->ejections = 0;
+	CNT_SET(up->health->consecutive_failures, 0);
+	CNT_SET(up->health->ejections, 0);
 }
 
 static void conn_read_cb(struct bufferevent *bev, void *arg);
@@ -1280,8 +1304,8 @@ static void health_done(void *arg, enum upcall_error err)
 		if (!upstream_healthy(up))
 			log_info("upstream %s: health check passed; back in service", up->cfg->url);
 		note_success(up);
-		up->backoff_until = 0;
-		event_active(up->room_ev, 0, 0);
+		CNT_SET(up->health->backoff_until, 0);
+		wake_copies(up);
 	} else {
 		up->health_fail++;
 		note_silence(up);

@@ -28,8 +28,30 @@ struct upcall_ops {
 	void (*on_done)(void *arg, enum upcall_error err);
 };
 
+/* The health of one configured upstream, one record for all workers: whether it is in service
+ * (ejected, or backed off after a 429 / 503) and whether it is ready (/readyz). Each worker keeps its
+ * own copy of every upstream (struct upstream: connections, timers, calls of that worker's loop), and
+ * every copy points to this one record. Owner: worker 0's copy, which creates it (upstream_init with
+ * first NULL) and frees it (upstream_free, after every other copy is freed). Any worker writes it,
+ * with atomics: a call that fails on any worker counts towards an ejection, and an ejection, a
+ * backoff or a passing health check (run by worker 0 only) holds for every worker at once, so
+ * /readyz, carpool_upstream_healthy and the choice of an upstream agree whichever worker asks. */
+#define UPSTREAM_MAX_COPIES 64
+struct upstream_health {
+	uint64_t backoff_until;		/* now_us() before which no call is sent (ejected, or told 429) */
+	unsigned consecutive_failures;	/* calls in a row that could not connect or broke */
+	unsigned ejections;		/* ejections in a row: the backoff doubles */
+	uint64_t answered_at;		/* now_us() of its last answer (0: never answered) */
+	uint64_t failing_since;		/* now_us() of its first failure since then (0: none) */
+	uint64_t failed_at;		/* now_us() of its last failure (0: none) */
+	struct upstream *copies[UPSTREAM_MAX_COPIES]; /* every worker's copy, woken when it is back */
+	int ncopies;
+};
+
 struct upstream {
 	int index;
+	struct upstream_health *health; /* shared by every worker's copy (above) */
+	bool owns_health;		/* worker 0's copy */
 	struct event_base *base;
 	struct evdns_base *dns;
 	const struct cfg_upstream *cfg;
@@ -47,10 +69,6 @@ struct upstream {
 	long probe_wait_ms;		/* the wait before the next probe: 1 s doubling to 30 s */
 	bool probe_silent;		/* the next waits for an upstream that did not answer */
 	bool probing;			/* a probe is out */
-	/* readiness: written by this worker, read by any (CNT_GET) */
-	uint64_t answered_at;		/* now_us() of its last answer (0: never answered) */
-	uint64_t failing_since;		/* now_us() of its first failure since then (0: none) */
-	uint64_t failed_at;		/* now_us() of its last failure (0: none) */
 	unsigned max_inputs;		/* embeddings inputs per call: the config's, or less if /info says so */
 	unsigned inflight;		/* calls open now */
 	unsigned seqs;			/* sequences carpool has in flight on it (prompts x n); each frees as it ends */
@@ -65,9 +83,6 @@ struct upstream {
 	struct upcall *open_calls;	/* every call not yet freed (so that shutdown frees them all) */
 	struct upconn *dying;	/* connections waiting for their deferred free */
 	unsigned long calls, errors;
-	unsigned consecutive_failures; /* calls in a row that could not connect or broke */
-	unsigned ejections;		/* ejections in a row: the backoff doubles */
-	uint64_t backoff_until;		/* now_us() before which no call is sent (ejected, or told 429) */
 	double tokens;			/* rate_limit_rpm budget: calls that may start now */
 	uint64_t tokens_at;
 	struct event *wake_ev;		/* re-offers room when a backoff or the budget allows again */
@@ -87,9 +102,12 @@ struct upstream {
 
 struct upcall;
 
-/* Sets up the pool; CP_ERROR (logged) if the URL or the TLS setup is bad or api_key_env is unset. */
+/* Sets up the pool; CP_ERROR (logged) if the URL or the TLS setup is bad or api_key_env is unset.
+ * first: worker 0's copy of the same upstream, whose health record up shares; NULL for worker 0's
+ * copy itself, which creates the record. */
 int upstream_init(struct upstream *up, int index, struct event_base *base, struct evdns_base *dns,
-		  const struct config *root, const struct cfg_upstream *cfg);
+		  const struct config *root, const struct cfg_upstream *cfg, struct upstream *first);
+/* Frees the pool; worker 0's copy, the health record's owner, must be freed last. */
 void upstream_free(struct upstream *up);
 
 /* May a call start now: not backed off, a sequence free, under max_inflight (when set), and within
@@ -104,12 +122,15 @@ unsigned upstream_free_seqs(const struct upstream *up);
 /* A call of n sequences starts / n of its sequences ended (the room they free is offered at once). */
 void upstream_seqs_take(struct upstream *up, unsigned n);
 void upstream_seqs_end(struct upstream *up, unsigned n);
-/* Healthy: not ejected (3 calls in a row that failed to connect or broke eject it, with a
- * doubling backoff from 1 s to 30 s; a success or a good health check restores it). */
+/* Healthy: not ejected (3 calls in a row, on any worker, that failed to connect or broke eject it,
+ * with a doubling backoff from 1 s to 30 s; a success or a good health check restores it) and not
+ * backed off. The same answer on every worker (struct upstream_health). */
 bool upstream_healthy(const struct upstream *up);
-/* Ready: of the n workers' copies of one upstream, one has answered (any call with a response under
- * 500, or a passing health check) and it has not been failing since for upstream_ready_grace_ms. */
-bool upstream_ready(struct upstream *const *copies, int n);
+/* now_us() before which no call is sent to up (0 or past: none). */
+uint64_t upstream_backoff_until(const struct upstream *up);
+/* Ready: it has answered (any call with a response under 500, on any worker, or a passing health
+ * check) and has not been failing since for upstream_ready_grace_ms. The same on every worker. */
+bool upstream_ready(const struct upstream *up);
 /* How long an upstream that answered before must fail before it is not ready: 5 s, or three health
  * checks when they are slower. */
 long upstream_ready_grace_ms(const struct upstream *up);

@@ -160,7 +160,7 @@ static void worker_reload_cb(evutil_socket_t fd, short what, void *arg)
 	w->cfg.log.level = n->log.level;
 	free(n);
 	if (w->id == 0)
-		CNT_ADD(w->rt.reloads, 1);
+		CNT_ADD(w->metrics.config_reloads_total, 1);
 }
 
 /* SIGHUP (main thread): the new file is validated first; a bad one leaves the running config in
@@ -172,7 +172,7 @@ static void reload(struct worker *w0)
 	char err[1024];
 	struct auth_table *auth = NULL;
 	if (config_load(w0->cfg.path, &n, err, sizeof err) != CP_OK || auth_load(&n, &auth, err, sizeof err) != CP_OK) {
-		CNT_ADD(w0->rt.reload_failures, 1);
+		CNT_ADD(w0->metrics.config_reload_failures_total, 1);
 		log_error("reload failed, keeping the running config: %s", err);
 		return;
 	}

@@ -1,4 +1,4 @@
-/* metrics: histograms and counters, rendered as Prometheus text. */
+/* metrics: histograms and counters, and the Prometheus text of a scrape from the declared lists. */
 #include "carpool/metrics.h"
 
 #include <string.h>
@@ -57,28 +57,60 @@ static void render_hist(struct sbuf *out, const char *name, const char *help, co
 	sbuf_printf(out, "carpool_%s_sum %g\ncarpool_%s_count %lu\n", name, sum / scale, name, count);
 }
 
-void metrics_render(struct sbuf *out, struct metrics *const *ms, int n)
+/* The per-upstream families, one after another, each with a line per upstream. */
+static void render_upstreams(struct sbuf *out, const struct metrics_view *v)
 {
-	unsigned long v;
+#define R_FAMILY(name, type, help, value, fmt)                                                       \
+	sbuf_printf(out, "# HELP carpool_" #name " " help "\n# TYPE carpool_" #name " " #type "\n"); \
+	for (int i = 0; i < v->nups; i++)                                                             \
+		sbuf_printf(out, "carpool_" #name "{upstream=\"%s\"} " fmt "\n", v->ups[i].url, v->ups[i].value);
+#define R_FIGURE(name, type, ctype, fmt, help) R_FAMILY(name, type, help, name, fmt)
+#define R_SUM(name, member, help) R_FAMILY(name, counter, help, name, "%lu")
+	METRICS_UPSTREAM(R_FIGURE, R_SUM)
+#undef R_FIGURE
+#undef R_SUM
+#undef R_FAMILY
+	sbuf_printf(out, "# HELP carpool_upstream_failures_by_cause_total Failed upstream calls by cause.\n"
+			 "# TYPE carpool_upstream_failures_by_cause_total counter\n");
+	for (int i = 0; i < v->nups; i++)
+		for (int c = 0; c < METRICS_NCAUSES; c++)
+			sbuf_printf(out, "carpool_upstream_failures_by_cause_total{upstream=\"%s\",cause=\"%s\"} %lu\n",
+				    v->ups[i].url, v->causes[c], v->ups[i].failures_by_cause[c]);
+}
+
+/* Read without locks: each worker's counters are written by that worker only, with relaxed atomic
+ * stores (CNT_ADD), and read here with relaxed atomic loads (CNT_GET). */
+void metrics_render(struct sbuf *out, const struct metrics_view *v)
+{
+	struct metrics *const *ms = v->workers;
+	int n = v->nworkers;
+	unsigned long sum;
+#define R_BATCH(name, member, type, help)                                                          \
+	sbuf_printf(out, "# HELP carpool_" #name " " help "\n# TYPE carpool_" #name " " #type "\ncarpool_" #name " %lu\n", \
+		    v->batch.name);
+	METRICS_BATCH(R_BATCH)
+#undef R_BATCH
 #define R_COUNTER(name, help)                                                                \
-	v = 0;                                                                               \
+	sum = 0;                                                                             \
 	for (int w = 0; w < n; w++)                                                          \
-		v += CNT_GET(ms[w]->name);                                                   \
+		sum += CNT_GET(ms[w]->name);                                                 \
 	sbuf_printf(out, "# HELP carpool_" #name " " help "\n# TYPE carpool_" #name " %s\ncarpool_" #name " %lu\n", \
-		    strstr(#name, "_total") ? "counter" : "gauge", v);
+		    strstr(#name, "_total") ? "counter" : "gauge", sum);
+	METRICS_ROUTING_COUNTERS(R_COUNTER)
+	render_upstreams(out, v);
 	METRICS_COUNTERS(R_COUNTER)
 #undef R_COUNTER
-	v = 0;
+	sum = 0;
 	for (int w = 0; w < n; w++)
-		v += CNT_GET(ms[w]->streams_started_total) - CNT_GET(ms[w]->streams_ended_total);
+		sum += CNT_GET(ms[w]->streams_started_total) - CNT_GET(ms[w]->streams_ended_total);
 	sbuf_printf(out, "# HELP carpool_open_streams Streaming responses open now.\n# TYPE carpool_open_streams gauge\n"
-			 "carpool_open_streams %lu\n", v);
+			 "carpool_open_streams %lu\n", sum);
 	struct histogram *hs[64] = {NULL};
 	if (n > 64)
 		n = 64;
 #define R_HIST(name, help, bounds, scale)          \
 	for (int w = 0; w < n; w++)                \
-		hs[w] = &ms[w]->name;              \
+		hs[w] = &ms[w]->name;     \
 	render_hist(out, #name, help, bounds, scale, hs, n);
 	METRICS_HISTOGRAMS(R_HIST)
 #undef R_HIST
@@ -87,10 +119,10 @@ void metrics_render(struct sbuf *out, struct metrics *const *ms, int n)
 			 "# TYPE carpool_http_requests_total counter\n");
 	for (int r = 0; r < ROUTE_N; r++)
 		for (int st = 100; st < 600; st++) {
-			v = 0;
+			sum = 0;
 			for (int w = 0; w < n; w++)
-				v += CNT_GET(ms[w]->requests[r][st]);
-			if (v)
-				sbuf_printf(out, "carpool_http_requests_total{route=\"%s\",status=\"%d\"} %lu\n", routes[r], st, v);
+				sum += CNT_GET(ms[w]->requests[r][st]);
+			if (sum)
+				sbuf_printf(out, "carpool_http_requests_total{route=\"%s\",status=\"%d\"} %lu\n", routes[r], st, sum);
 		}
 }

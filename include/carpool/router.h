@@ -16,13 +16,10 @@ struct router {
 	struct batcher *bt;
 	struct relay *relay;	  /* set when batches form on worker 0 for every worker (batching.queue: shared) */
 	struct auth_table **auth; /* client keys, shared by the workers; NULL or empty: no check */
-	struct metrics *metrics;  /* this worker's */
+	struct metrics *metrics;  /* this worker's (never NULL) */
 	struct router **peers;	  /* every worker's router, for /metrics totals (this one included) */
 	int npeers;
-	unsigned long passthrough;
 	unsigned long refused;
-	unsigned long limited;
-	unsigned long reloads, reload_failures;
 };
 
 /* The server's request handler; arg is a struct router. */

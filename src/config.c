@@ -32,12 +32,26 @@ struct cfg_key {
 struct cfg_section {
 	const struct cfg_key *keys;
 	size_t nkeys;
-	size_t elem_size; /* CT_LIST element size */
+	size_t elem_size; /* of its struct: a CT_LIST element's size */
 };
 
 #define NKEYS(a) (sizeof(a) / sizeof((a)[0]))
-#define F(type, member) offsetof(type, member)
-#define FS(type, member) sizeof(((type *)0)->member)
+
+/* One constructor per type. A key is named as its field in the section's struct (T), so that the
+ * YAML key, the field and the table cannot drift apart. */
+#define KEY(T, m, ty) .name = #m, .type = ty, .off = offsetof(T, m)
+#define KEY_INT(T, m, lo, hi, dflt) {KEY(T, m, CT_INT), .min = lo, .max = hi, .def = dflt}
+#define KEY_BOOL(T, m, dflt) {KEY(T, m, CT_BOOL), .def = dflt}
+#define KEY_STR(T, m, dflt) {KEY(T, m, CT_STR), .size = sizeof(((T *)0)->m), .def = dflt}
+#define KEY_ENUM(T, m, choices, dflt) {KEY(T, m, CT_ENUM), .names = choices, .def = dflt}
+/* a list of strings: at most nmax, counted in the int field count; dflt: the one item by default */
+#define KEY_STRLIST(T, m, count, nmax, dflt) \
+	{KEY(T, m, CT_STRLIST), .size = sizeof(((T *)0)->m[0]), .max = nmax, .def = dflt, .count_off = offsetof(T, count)}
+#define KEY_SECTION(T, m, section) {KEY(T, m, CT_SECTION), .sub = &section}
+/* a list of sections: at most nmax, counted in the int field count */
+#define KEY_LIST(T, m, count, nmax, section) \
+	{KEY(T, m, CT_LIST), .max = nmax, .sub = &section, .count_off = offsetof(T, count)}
+#define SECTION(keys, T) {keys, NKEYS(keys), sizeof(T)}
 
 static const char *const dialect_names[] = {"auto", "openai", "vllm", "llamacpp", NULL};
 static const char *const policy_names[] = {"adaptive", "fixed", NULL};
@@ -46,112 +60,114 @@ static const char *const level_names[] = {"debug", "info", "warn", "error", "cri
 static const char *const serve_names[] = {"all", "api", "ops", NULL};
 
 static const struct cfg_key tls_server_keys[] = {
-	{"cert", CT_STR, F(struct cfg_tls_server, cert), FS(struct cfg_tls_server, cert), 0, 0, "", 0, 0, 0},
-	{"key", CT_STR, F(struct cfg_tls_server, key), FS(struct cfg_tls_server, key), 0, 0, "", 0, 0, 0},
+	KEY_STR(struct cfg_tls_server, cert, ""),
+	KEY_STR(struct cfg_tls_server, key, ""),
 };
-static const struct cfg_section tls_server_sec = {tls_server_keys, NKEYS(tls_server_keys), 0};
+static const struct cfg_section tls_server_sec = SECTION(tls_server_keys, struct cfg_tls_server);
 
 static const struct cfg_key listen_keys[] = {
-	{"address", CT_STR, F(struct cfg_listen, address), FS(struct cfg_listen, address), 0, 0, "", 0, 0, 0},
-	{"mode", CT_STR, F(struct cfg_listen, mode), FS(struct cfg_listen, mode), 0, 0, "0660", 0, 0, 0},
-	{"serve", CT_ENUM, F(struct cfg_listen, serve), 0, 0, 0, "all", serve_names, 0, 0},
-	{"tls", CT_SECTION, F(struct cfg_listen, tls), 0, 0, 0, NULL, 0, &tls_server_sec, 0},
+	KEY_STR(struct cfg_listen, address, ""),
+	KEY_STR(struct cfg_listen, mode, "0660"),
+	KEY_ENUM(struct cfg_listen, serve, serve_names, "all"),
+	KEY_SECTION(struct cfg_listen, tls, tls_server_sec),
 };
-static const struct cfg_section listen_sec = {listen_keys, NKEYS(listen_keys), sizeof(struct cfg_listen)};
+static const struct cfg_section listen_sec = SECTION(listen_keys, struct cfg_listen);
 
 static const struct cfg_key tls_client_keys[] = {
-	{"verify", CT_BOOL, F(struct cfg_tls_client, verify), 0, 0, 0, "true", 0, 0, 0},
-	{"ca_file", CT_STR, F(struct cfg_tls_client, ca_file), FS(struct cfg_tls_client, ca_file), 0, 0, "", 0, 0, 0},
+	KEY_BOOL(struct cfg_tls_client, verify, "true"),
+	KEY_STR(struct cfg_tls_client, ca_file, ""),
 };
-static const struct cfg_section tls_client_sec = {tls_client_keys, NKEYS(tls_client_keys), 0};
+static const struct cfg_section tls_client_sec = SECTION(tls_client_keys, struct cfg_tls_client);
 
 #define U struct cfg_upstream
 static const struct cfg_key upstream_keys[] = {
-	{"url", CT_STR, F(U, url), FS(U, url), 0, 0, "", 0, 0, 0},
-	{"dialect", CT_ENUM, F(U, dialect), 0, 0, 0, "auto", dialect_names, 0, 0},
-	{"api_key_env", CT_STR, F(U, api_key_env), FS(U, api_key_env), 0, 0, "", 0, 0, 0},
-	{"max_sequences", CT_INT, F(U, max_sequences), 0, 0, 1000000, "0", 0, 0, 0},
-	{"max_inflight", CT_INT, F(U, max_inflight), 0, 0, 1000000, "0", 0, 0, 0},
-	{"rate_limit_rpm", CT_INT, F(U, rate_limit_rpm), 0, 0, 100000000, "0", 0, 0, 0},
-	{"weight", CT_INT, F(U, weight), 0, 1, 1000, "1", 0, 0, 0},
-	{"models", CT_STRLIST, F(U, models), FS(U, models[0]), 0, CFG_MAX_MODELS, "*", 0, 0, F(U, nmodels)},
-	{"max_inputs_per_call", CT_INT, F(U, max_inputs_per_call), 0, 1, 1000000, "2048", 0, 0, 0},
-	{"max_tokens_per_call", CT_INT, F(U, max_tokens_per_call), 0, 1, 100000000, "300000", 0, 0, 0},
-	{"health_path", CT_STR, F(U, health_path), FS(U, health_path), 0, 0, "", 0, 0, 0},
-	{"health_interval_ms", CT_INT, F(U, health_interval_ms), 0, 100, 3600000, "5000", 0, 0, 0},
-	{"load_poll_ms", CT_INT, F(U, load_poll_ms), 0, 0, 3600000, "500", 0, 0, 0},
-	{"keepalive_ms", CT_INT, F(U, keepalive_ms), 0, 0, 3600000, "4000", 0, 0, 0},
-	{"keepalive_conns", CT_INT, F(U, keepalive_conns), 0, 0, 4096, "0", 0, 0, 0},
-	{"tls", CT_SECTION, F(U, tls), 0, 0, 0, NULL, 0, &tls_client_sec, 0},
+	KEY_STR(U, url, ""),
+	KEY_ENUM(U, dialect, dialect_names, "auto"),
+	KEY_STR(U, api_key_env, ""),
+	KEY_INT(U, max_sequences, 0, 1000000, "0"),
+	KEY_INT(U, max_inflight, 0, 1000000, "0"),
+	KEY_INT(U, rate_limit_rpm, 0, 100000000, "0"),
+	KEY_INT(U, weight, 1, 1000, "1"),
+	KEY_STRLIST(U, models, nmodels, CFG_MAX_MODELS, "*"),
+	KEY_INT(U, max_inputs_per_call, 1, 1000000, "2048"),
+	KEY_INT(U, max_tokens_per_call, 1, 100000000, "300000"),
+	KEY_STR(U, health_path, ""),
+	KEY_INT(U, health_interval_ms, 100, 3600000, "5000"),
+	KEY_INT(U, load_poll_ms, 0, 3600000, "500"),
+	KEY_INT(U, keepalive_ms, 0, 3600000, "4000"),
+	KEY_INT(U, keepalive_conns, 0, 4096, "0"),
+	KEY_SECTION(U, tls, tls_client_sec),
 };
 #undef U
-static const struct cfg_section upstream_sec = {upstream_keys, NKEYS(upstream_keys), sizeof(struct cfg_upstream)};
+static const struct cfg_section upstream_sec = SECTION(upstream_keys, struct cfg_upstream);
 
-#define C struct config
 static const struct cfg_key batching_keys[] = {
-	{"policy", CT_ENUM, F(C, batching.policy) - F(C, batching), 0, 0, 0, "adaptive", policy_names, 0, 0},
-	{"max_wait_ms", CT_INT, F(C, batching.max_wait_ms) - F(C, batching), 0, 0, 60000, "10", 0, 0, 0},
-	{"max_batch_size", CT_INT, F(C, batching.max_batch_size) - F(C, batching), 0, 1, 4096, "64", 0, 0, 0},
-	{"queue", CT_ENUM, F(C, batching.queue) - F(C, batching), 0, 0, 0, "shared", queue_names, 0, 0},
+	KEY_ENUM(struct cfg_batching, policy, policy_names, "adaptive"),
+	KEY_INT(struct cfg_batching, max_wait_ms, 0, 60000, "10"),
+	KEY_INT(struct cfg_batching, max_batch_size, 1, 4096, "64"),
+	KEY_ENUM(struct cfg_batching, queue, queue_names, "shared"),
 };
-static const struct cfg_section batching_sec = {batching_keys, NKEYS(batching_keys), 0};
+static const struct cfg_section batching_sec = SECTION(batching_keys, struct cfg_batching);
 
 static const struct cfg_key client_keys[] = {
-	{"key", CT_STR, F(struct cfg_client, key), FS(struct cfg_client, key), 0, 0, "", 0, 0, 0},
-	{"name", CT_STR, F(struct cfg_client, name), FS(struct cfg_client, name), 0, 0, "", 0, 0, 0},
-	{"max_concurrent", CT_INT, F(struct cfg_client, max_concurrent), 0, 0, 1000000, "0", 0, 0, 0},
-	{"rate_limit_rpm", CT_INT, F(struct cfg_client, rate_limit_rpm), 0, 0, 100000000, "0", 0, 0, 0},
+	KEY_STR(struct cfg_client, key, ""),
+	KEY_STR(struct cfg_client, name, ""),
+	KEY_INT(struct cfg_client, max_concurrent, 0, 1000000, "0"),
+	KEY_INT(struct cfg_client, rate_limit_rpm, 0, 100000000, "0"),
 };
-static const struct cfg_section client_sec = {client_keys, NKEYS(client_keys), sizeof(struct cfg_client)};
+static const struct cfg_section client_sec = SECTION(client_keys, struct cfg_client);
 
 static const struct cfg_key auth_keys[] = {
-	{"keys", CT_STRLIST, F(C, auth.keys) - F(C, auth), FS(C, auth.keys[0]), 0, CFG_MAX_KEYS, NULL, 0, 0,
-	 F(C, auth.nkeys) - F(C, auth)},
-	{"keys_file", CT_STR, F(C, auth.keys_file) - F(C, auth), FS(C, auth.keys_file), 0, 0, "", 0, 0, 0},
-	{"clients", CT_LIST, F(C, auth.clients) - F(C, auth), 0, 0, CFG_MAX_KEYS, NULL, 0, &client_sec,
-	 F(C, auth.nclients) - F(C, auth)},
+	KEY_STRLIST(struct cfg_auth, keys, nkeys, CFG_MAX_KEYS, NULL),
+	KEY_STR(struct cfg_auth, keys_file, ""),
+	KEY_LIST(struct cfg_auth, clients, nclients, CFG_MAX_KEYS, client_sec),
 };
-static const struct cfg_section auth_sec = {auth_keys, NKEYS(auth_keys), 0};
+static const struct cfg_section auth_sec = SECTION(auth_keys, struct cfg_auth);
 
+#define L struct cfg_limits
 static const struct cfg_key limits_keys[] = {
-	{"max_body_bytes", CT_INT, F(C, limits.max_body_bytes) - F(C, limits), 0, 1024, 1L << 30, "4194304", 0, 0, 0},
-	{"max_header_bytes", CT_INT, F(C, limits.max_header_bytes) - F(C, limits), 0, 1024, 1L << 20, "65536", 0, 0, 0},
-	{"max_clients", CT_INT, F(C, limits.max_clients) - F(C, limits), 0, 1, 1000000, "10000", 0, 0, 0},
-	{"max_queue", CT_INT, F(C, limits.max_queue) - F(C, limits), 0, 1, 10000000, "10000", 0, 0, 0},
-	{"max_client_buffer", CT_INT, F(C, limits.max_client_buffer) - F(C, limits), 0, 4096, 1L << 30, "1048576", 0, 0, 0},
+	KEY_INT(L, max_body_bytes, 1024, 1L << 30, "4194304"),
+	KEY_INT(L, max_header_bytes, 1024, 1L << 20, "65536"),
+	KEY_INT(L, max_clients, 1, 1000000, "10000"),
+	KEY_INT(L, max_queue, 1, 10000000, "10000"),
+	KEY_INT(L, max_client_buffer, 4096, 1L << 30, "1048576"),
 };
-static const struct cfg_section limits_sec = {limits_keys, NKEYS(limits_keys), 0};
+#undef L
+static const struct cfg_section limits_sec = SECTION(limits_keys, struct cfg_limits);
 
+#define T struct cfg_timeouts
 static const struct cfg_key timeouts_keys[] = {
-	{"connect_ms", CT_INT, F(C, timeouts.connect_ms) - F(C, timeouts), 0, 1, 600000, "2000", 0, 0, 0},
-	{"first_byte_ms", CT_INT, F(C, timeouts.first_byte_ms) - F(C, timeouts), 0, 1, 3600000, "120000", 0, 0, 0},
-	{"idle_ms", CT_INT, F(C, timeouts.idle_ms) - F(C, timeouts), 0, 1, 3600000, "60000", 0, 0, 0},
-	{"client_idle_ms", CT_INT, F(C, timeouts.client_idle_ms) - F(C, timeouts), 0, 1, 3600000, "60000", 0, 0, 0},
-	{"client_header_ms", CT_INT, F(C, timeouts.client_header_ms) - F(C, timeouts), 0, 1, 3600000, "30000", 0, 0, 0},
-	{"client_body_ms", CT_INT, F(C, timeouts.client_body_ms) - F(C, timeouts), 0, 1, 3600000, "60000", 0, 0, 0},
-	{"drain_ms", CT_INT, F(C, timeouts.drain_ms) - F(C, timeouts), 0, 0, 3600000, "10000", 0, 0, 0},
-	{"sse_keepalive_ms", CT_INT, F(C, timeouts.sse_keepalive_ms) - F(C, timeouts), 0, 0, 3600000, "15000", 0, 0, 0},
+	KEY_INT(T, connect_ms, 1, 600000, "2000"),
+	KEY_INT(T, first_byte_ms, 1, 3600000, "120000"),
+	KEY_INT(T, idle_ms, 1, 3600000, "60000"),
+	KEY_INT(T, client_idle_ms, 1, 3600000, "60000"),
+	KEY_INT(T, client_header_ms, 1, 3600000, "30000"),
+	KEY_INT(T, client_body_ms, 1, 3600000, "60000"),
+	KEY_INT(T, drain_ms, 0, 3600000, "10000"),
+	KEY_INT(T, sse_keepalive_ms, 0, 3600000, "15000"),
 };
-static const struct cfg_section timeouts_sec = {timeouts_keys, NKEYS(timeouts_keys), 0};
+#undef T
+static const struct cfg_section timeouts_sec = SECTION(timeouts_keys, struct cfg_timeouts);
 
 static const struct cfg_key log_keys[] = {
-	{"level", CT_ENUM, F(C, log.level) - F(C, log), 0, 0, 0, "info", level_names, 0, 0},
-	{"access", CT_STR, F(C, log.access) - F(C, log), FS(C, log.access), 0, 0, "off", 0, 0, 0},
+	KEY_ENUM(struct cfg_log, level, level_names, "info"),
+	KEY_STR(struct cfg_log, access, "off"),
 };
-static const struct cfg_section log_sec = {log_keys, NKEYS(log_keys), 0};
+static const struct cfg_section log_sec = SECTION(log_keys, struct cfg_log);
 
+#define C struct config
 static const struct cfg_key root_keys[] = {
-	{"workers", CT_INT, F(C, workers), 0, 0, 64, "0", 0, 0, 0},
-	{"listen", CT_LIST, F(C, listen), 0, 0, CFG_MAX_LISTEN, NULL, 0, &listen_sec, F(C, nlisten)},
-	{"upstreams", CT_LIST, F(C, upstreams), 0, 0, CFG_MAX_UPSTREAMS, NULL, 0, &upstream_sec, F(C, nupstreams)},
-	{"batching", CT_SECTION, F(C, batching), 0, 0, 0, NULL, 0, &batching_sec, 0},
-	{"auth", CT_SECTION, F(C, auth), 0, 0, 0, NULL, 0, &auth_sec, 0},
-	{"limits", CT_SECTION, F(C, limits), 0, 0, 0, NULL, 0, &limits_sec, 0},
-	{"timeouts", CT_SECTION, F(C, timeouts), 0, 0, 0, NULL, 0, &timeouts_sec, 0},
-	{"log", CT_SECTION, F(C, log), 0, 0, 0, NULL, 0, &log_sec, 0},
+	KEY_INT(C, workers, 0, 64, "0"),
+	KEY_LIST(C, listen, nlisten, CFG_MAX_LISTEN, listen_sec),
+	KEY_LIST(C, upstreams, nupstreams, CFG_MAX_UPSTREAMS, upstream_sec),
+	KEY_SECTION(C, batching, batching_sec),
+	KEY_SECTION(C, auth, auth_sec),
+	KEY_SECTION(C, limits, limits_sec),
+	KEY_SECTION(C, timeouts, timeouts_sec),
+	KEY_SECTION(C, log, log_sec),
 };
 #undef C
-static const struct cfg_section root_sec = {root_keys, NKEYS(root_keys), 0};
+static const struct cfg_section root_sec = SECTION(root_keys, struct config);
 
 struct loader {
 	const char *name;

@@ -65,6 +65,45 @@ struct cfg_client {
 	long rate_limit_rpm;
 };
 
+struct cfg_batching {
+	long policy; /* enum batch_policy */
+	long max_wait_ms;
+	long max_batch_size;
+	long queue; /* enum batch_queue */
+};
+
+struct cfg_auth {
+	char keys[CFG_MAX_KEYS][128];
+	int nkeys;
+	char keys_file[CFG_STR];
+	struct cfg_client clients[CFG_MAX_KEYS];
+	int nclients;
+};
+
+struct cfg_limits {
+	long max_body_bytes;
+	long max_header_bytes;
+	long max_clients;
+	long max_queue;
+	long max_client_buffer;
+};
+
+struct cfg_timeouts {
+	long connect_ms;
+	long first_byte_ms;
+	long idle_ms;
+	long client_idle_ms;
+	long client_header_ms;
+	long client_body_ms;
+	long drain_ms;
+	long sse_keepalive_ms;
+};
+
+struct cfg_log {
+	long level; /* enum log_level */
+	char access[CFG_STR];
+};
+
 struct config {
 	char path[CFG_STR];
 	long workers; /* event loops (threads); 0: one per core */
@@ -72,40 +111,11 @@ struct config {
 	int nlisten;
 	struct cfg_upstream upstreams[CFG_MAX_UPSTREAMS];
 	int nupstreams;
-	struct {
-		long policy; /* enum batch_policy */
-		long max_wait_ms;
-		long max_batch_size;
-		long queue; /* enum batch_queue */
-	} batching;
-	struct {
-		char keys[CFG_MAX_KEYS][128];
-		int nkeys;
-		char keys_file[CFG_STR];
-		struct cfg_client clients[CFG_MAX_KEYS];
-		int nclients;
-	} auth;
-	struct {
-		long max_body_bytes;
-		long max_header_bytes;
-		long max_clients;
-		long max_queue;
-		long max_client_buffer;
-	} limits;
-	struct {
-		long connect_ms;
-		long first_byte_ms;
-		long idle_ms;
-		long client_idle_ms;
-		long client_header_ms;
-		long client_body_ms;
-		long drain_ms;
-		long sse_keepalive_ms;
-	} timeouts;
-	struct {
-		long level; /* enum log_level */
-		char access[CFG_STR];
-	} log;
+	struct cfg_batching batching;
+	struct cfg_auth auth;
+	struct cfg_limits limits;
+	struct cfg_timeouts timeouts;
+	struct cfg_log log;
 };
 
 /* Loads and validates FILE into *cfg (which the call fully initialises). On failure returns CP_ERROR

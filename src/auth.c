@@ -24,8 +24,8 @@ static void add_key(struct auth_table *t, const char *key, const char *name, lon
 		snprintf(k->name, sizeof k->name, "key#%d", t->n + 1);
 	k->max_concurrent = max_concurrent;
 	k->rpm = rpm;
-	k->tokens = rpm ? (rpm / 6.0 > 1.0 ? rpm / 6.0 : 1.0) : 0;
-	k->tokens_at = now_us();
+	if (rpm)
+		rate_bucket_init(&k->budget, rpm, 10, true, now_us());
 	k->refs = 1;
 	t->keys = xrealloc(t->keys, (size_t)(t->n + 1) * sizeof *t->keys);
 	t->keys[t->n++] = k;
@@ -127,17 +127,12 @@ enum auth_verdict auth_admit(struct auth_key *k, uint64_t now, long *retry_after
 		return AUTH_CONCURRENCY;
 	}
 	if (k->rpm) {
-		double cap = k->rpm / 6.0 > 1.0 ? k->rpm / 6.0 : 1.0; /* up to 10 s of budget at once */
-		k->tokens += (double)(now - k->tokens_at) / 1e6 * (double)k->rpm / 60.0;
-		if (k->tokens > cap)
-			k->tokens = cap;
-		k->tokens_at = now;
-		if (k->tokens < 1.0) {
-			double wait = (1.0 - k->tokens) * 60.0 / (double)k->rpm;
+		double wait = rate_bucket_wait(&k->budget, now);
+		if (wait > 0) {
 			*retry_after_s = (long)wait + 1;
 			return AUTH_RATE;
 		}
-		k->tokens -= 1.0;
+		rate_bucket_spend(&k->budget, now);
 	}
 	k->active++;
 	k->refs++;

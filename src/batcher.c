@@ -81,7 +81,7 @@ struct batch {
 	struct split sp;
 	struct split_member **sms;
 	struct sse_parser sse;
-	struct sbuf errbody;
+	struct sbuf answer_body; /* an answer kept whole, not split: an embeddings answer, or an error's body */
 	char retry_after[32];
 	char content_type[128];
 	uint64_t t_sent;
@@ -323,7 +323,7 @@ static void batch_free(struct batch *b)
 	if (b->split_ready)
 		split_free(&b->sp);
 	sse_free(&b->sse);
-	sbuf_free(&b->errbody);
+	sbuf_free(&b->answer_body);
 	free(b->sms);
 	free(b->members);
 	free(b->key);
@@ -375,7 +375,7 @@ static struct upstream *choose(struct batch *b)
 		if (!(b->cands & (1u << i)))
 			continue;
 		struct upstream *up = &bt->ups[i];
-		if (!upstream_has_room(up))
+		if (!upstream_room_or_wake(up))
 			continue;
 		bool tried = b->tried & (1u << i);
 		double load = (double)upstream_load(up) / (double)up->cfg->weight;
@@ -441,7 +441,7 @@ static struct batch *batch_take_front(struct batch *b, unsigned room, bool one_a
 	nb->attempt = b->attempt;
 	nb->tried = b->tried;
 	for (unsigned i = 0; i < k; i++) {
-		b->members[i]->sm.owner = nb;
+		b->members[i]->sm.batch = nb;
 		batch_add(nb, b->members[i]);
 	}
 	memmove(b->members, b->members + k, (b->nmembers - k) * sizeof *b->members);
@@ -771,7 +771,7 @@ static void member_left(struct member *m, bool may_free)
 		CNT_ADD(bt->active, -1);
 	}
 	CNT_ADD(bt->st.gone, 1);
-	struct batch *b = m->sm.owner;
+	struct batch *b = m->sm.batch;
 	if (!b)
 		return;
 	if (b->split_ready)
@@ -826,8 +826,8 @@ static void call_data(void *arg, const char *data, size_t len)
 {
 	struct batch *b = arg;
 	if (b->embed) {
-		if (b->errbody.len + len <= MAX_EMBED_BODY)
-			sbuf_add(&b->errbody, data, len);
+		if (b->answer_body.len + len <= MAX_EMBED_BODY)
+			sbuf_add(&b->answer_body, data, len);
 		else
 			b->status = 502;
 		return;
@@ -835,8 +835,8 @@ static void call_data(void *arg, const char *data, size_t len)
 	if (b->unusable)
 		return;
 	if (b->status != 200) {
-		if (b->errbody.len + len <= MAX_ERROR_BODY)
-			sbuf_add(&b->errbody, data, len);
+		if (b->answer_body.len + len <= MAX_ERROR_BODY)
+			sbuf_add(&b->answer_body, data, len);
 		return;
 	}
 	if (sse_feed(&b->sse, data, len, sse_cb, b) != CP_OK) {
@@ -863,7 +863,7 @@ static void bisect(struct batch *b)
 	parts[1]->auth = b->auth ? xstrdup(b->auth) : NULL;
 	for (unsigned i = 0; i < b->nmembers; i++) {
 		struct member *m = b->members[i];
-		m->sm.owner = parts[i < half ? 0 : 1];
+		m->sm.batch = parts[i < half ? 0 : 1];
 		batch_add(parts[i < half ? 0 : 1], m);
 	}
 	b->nmembers = 0;
@@ -896,16 +896,16 @@ static void forward_error(struct batch *b)
 	 * quoted only to the lone member of a single-member call (an upstream page may echo the
 	 * request, and a merged request holds other clients' prompts). */
 	const char *end = NULL;
-	cJSON *j = cJSON_ParseWithLengthOpts(b->errbody.data ? b->errbody.data : "", b->errbody.len, &end, false);
-	while (j && end < b->errbody.data + b->errbody.len && strchr(" \t\r\n", *end))
+	cJSON *j = cJSON_ParseWithLengthOpts(b->answer_body.data ? b->answer_body.data : "", b->answer_body.len, &end, false);
+	while (j && end < b->answer_body.data + b->answer_body.len && strchr(" \t\r\n", *end))
 		end++;
-	bool is_error_json = j && end == b->errbody.data + b->errbody.len &&
+	bool is_error_json = j && end == b->answer_body.data + b->answer_body.len &&
 			     cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(j, "error"));
 	bool quote = b->nmembers == 1;
 	for (unsigned i = 0; i < b->nmembers; i++) {
 		struct member *m = b->members[i];
 		if (m->parent && is_error_json) {
-			part_fail_raw(m, b->status, "application/json", extra[0] ? extra : NULL, b->errbody.data, b->errbody.len);
+			part_fail_raw(m, b->status, "application/json", extra[0] ? extra : NULL, b->answer_body.data, b->answer_body.len);
 			continue;
 		}
 		if (m->parent) {
@@ -919,13 +919,13 @@ static void forward_error(struct batch *b)
 		struct sink *r = m->client;
 		member_detach(m);
 		if (is_error_json && m->head_sent) {
-			sink_stream_error(r, b->errbody.data, b->errbody.len);
+			sink_stream_error(r, b->answer_body.data, b->answer_body.len);
 		} else if (is_error_json) {
-			sink_reply(r, b->status, "application/json", extra[0] ? extra : NULL, b->errbody.data, b->errbody.len);
+			sink_reply(r, b->status, "application/json", extra[0] ? extra : NULL, b->answer_body.data, b->answer_body.len);
 		} else {
 			char msg[512];
 			snprintf(msg, sizeof msg, "the upstream %.200s answered %d%s%.160s", b->up->cfg->url, b->status,
-				 quote && b->errbody.len ? ": " : "", quote && b->errbody.data ? b->errbody.data : "");
+				 quote && b->answer_body.len ? ": " : "", quote && b->answer_body.data ? b->answer_body.data : "");
 			char *body = openai_error_json(msg, b->status < 500 ? "invalid_request_error" : "server_error", NULL,
 						       NULL);
 			if (m->head_sent)
@@ -963,7 +963,7 @@ static unsigned requeue_unstarted(struct batch *b)
 		}
 		split_member_gone(&b->sp, &m->sm); /* the old split writes nothing more for it */
 		m->sm.gone = false;
-		m->sm.owner = nb;
+		m->sm.batch = nb;
 		batch_add(nb, m);
 		moved++;
 	}
@@ -1044,7 +1044,7 @@ static void embed_reply(struct embed_parent *ep)
 /* A 200 answer to an embeddings batch: data[] goes back to the parts by index, usage is shared. */
 static void embed_split(struct batch *b)
 {
-	cJSON *j = cJSON_ParseWithLength(b->errbody.data ? b->errbody.data : "", b->errbody.len);
+	cJSON *j = cJSON_ParseWithLength(b->answer_body.data ? b->answer_body.data : "", b->answer_body.len);
 	cJSON *data = j ? cJSON_GetObjectItemCaseSensitive(j, "data") : NULL;
 	if (!cJSON_IsArray(data) || cJSON_GetArraySize(data) != (int)b->nprompts) {
 		for (unsigned i = 0; i < b->nmembers; i++)
@@ -1185,7 +1185,7 @@ static void call_done(void *arg, enum upcall_error err)
 		log_warn("batch %llu: upstream %s failed it (%s, status %d) before any byte reached a client; retry %d in %ld ms%s",
 			 (unsigned long long)b->id, b->up->cfg->url, upcall_error_name(err), b->status, b->attempt, ms,
 			 backed_off && !other ? ", when its backoff ends" : "");
-		sbuf_reset(&b->errbody);
+		sbuf_reset(&b->answer_body);
 		b->unusable = false;
 		return;
 	}
@@ -1215,7 +1215,7 @@ static void call_done(void *arg, enum upcall_error err)
 		bisect(b);
 		return;
 	}
-	if (err != UPE_NONE && !b->errbody.len) {
+	if (err != UPE_NONE && !b->answer_body.len) {
 		char msg[300];
 		snprintf(msg, sizeof msg, "the upstream %.200s failed (%s)", b->up->cfg->url, upcall_error_name(err));
 		for (unsigned i = 0; i < b->nmembers; i++)
@@ -1310,7 +1310,7 @@ static void place(struct batcher *bt, struct member *m, unsigned cands, const ch
 		fresh = true;
 	}
 	sbuf_free(&key);
-	m->sm.owner = b;
+	m->sm.batch = b;
 	batch_add(b, m);
 	b->est_tokens += mt;
 	if (b->nprompts >= cap || (tok_cap && b->est_tokens >= tok_cap)) {

@@ -216,6 +216,35 @@ uint64_t now_us(void)
 	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
+void rate_bucket_init(struct rate_bucket *b, long rpm, double burst_s, bool full, uint64_t now)
+{
+	double cap = (double)rpm * burst_s / 60.0;
+	b->rpm = rpm;
+	b->cap = cap > 1.0 ? cap : 1.0;
+	b->tokens = full ? b->cap : 1.0;
+	b->at = now;
+}
+
+static void rate_bucket_refill(struct rate_bucket *b, uint64_t now)
+{
+	b->tokens += (double)(now - b->at) / 1e6 * (double)b->rpm / 60.0;
+	if (b->tokens > b->cap)
+		b->tokens = b->cap;
+	b->at = now;
+}
+
+double rate_bucket_wait(struct rate_bucket *b, uint64_t now)
+{
+	rate_bucket_refill(b, now);
+	return b->tokens < 1.0 ? (1.0 - b->tokens) * 60.0 / (double)b->rpm : 0;
+}
+
+void rate_bucket_spend(struct rate_bucket *b, uint64_t now)
+{
+	rate_bucket_refill(b, now);
+	b->tokens -= 1.0;
+}
+
 char *openai_error_json(const char *message, const char *type, const char *param, const char *code)
 {
 	cJSON *root = cJSON_CreateObject();

@@ -119,8 +119,7 @@ int upstream_init(struct upstream *up, int index, struct event_base *base, struc
 	up->max_inputs = (unsigned)cfg->max_inputs_per_call;
 	up->room_ev = event_new(base, -1, 0, room_cb, up);
 	up->wake_ev = evtimer_new(base, room_cb, up);
-	up->tokens = 1.0;
-	up->tokens_at = now_us();
+	rate_bucket_init(&up->budget, cfg->rate_limit_rpm, 6, false, now_us());
 
 	const char *u = cfg->url;
 	up->https = !strncmp(u, "https://", 8);
@@ -312,19 +311,6 @@ void upstream_backoff(struct upstream *up, long ms)
 	wake_at(up, upstream_backoff_until(up));
 }
 
-static void refill(struct upstream *up)
-{
-	long rpm = up->cfg->rate_limit_rpm;
-	if (!rpm)
-		return;
-	uint64_t now = now_us();
-	double cap = rpm / 10.0 > 1.0 ? rpm / 10.0 : 1.0; /* up to 6 s of budget at once */
-	up->tokens += (double)(now - up->tokens_at) / 1e6 * (double)rpm / 60.0;
-	if (up->tokens > cap)
-		up->tokens = cap;
-	up->tokens_at = now;
-}
-
 unsigned upstream_capacity(const struct upstream *up)
 {
 	return up->cfg->max_sequences ? (unsigned)up->cfg->max_sequences : CNT_GET(up->learned_cap);
@@ -353,7 +339,7 @@ void upstream_seqs_end(struct upstream *up, unsigned n)
 	event_active(up->room_ev, 0, 0);
 }
 
-bool upstream_has_room(struct upstream *up)
+bool upstream_room_or_wake(struct upstream *up)
 {
 	if (up->cfg->max_inflight && up->inflight >= (unsigned)up->cfg->max_inflight)
 		return false;
@@ -364,9 +350,8 @@ bool upstream_has_room(struct upstream *up)
 		return false;
 	}
 	if (up->cfg->rate_limit_rpm) {
-		refill(up);
-		if (up->tokens < 1.0) {
-			double wait_s = (1.0 - up->tokens) * 60.0 / (double)up->cfg->rate_limit_rpm;
+		double wait_s = rate_bucket_wait(&up->budget, now_us());
+		if (wait_s > 0) {
 			wake_at(up, now_us() + (uint64_t)(wait_s * 1e6) + 1000);
 			return false;
 		}
@@ -1059,10 +1044,8 @@ static struct upcall *call_start(struct upstream *up, const char *method, const 
 		CNT_ADD(up->inflight, 1);
 		CNT_ADD(up->calls, 1);
 	}
-	if (counted && up->cfg->rate_limit_rpm) {
-		refill(up);
-		up->tokens -= 1.0;
-	}
+	if (counted && up->cfg->rate_limit_rpm)
+		rate_bucket_spend(&up->budget, now_us());
 	call_attach(c, uc, !strcmp(method, "HEAD"), req);
 	evbuffer_free(req);
 	return c;

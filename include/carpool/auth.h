@@ -13,8 +13,7 @@ struct auth_key {
 	long max_concurrent; /* 0: no limit */
 	long rpm;	     /* 0: no limit */
 	long active;
-	double tokens;
-	uint64_t tokens_at;
+	struct rate_bucket budget; /* rpm: holds 10 s of requests */
 	int refs;	     /* the table's, plus one per request in flight */
 };
 

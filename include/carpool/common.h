@@ -90,6 +90,21 @@ char *xstrdup(const char *s);
 char *xstrndup(const char *s, size_t n);
 
 uint64_t now_us(void);
+
+/* A token bucket for a request rate (rpm a minute), refilled continuously, holding at most burst_s
+ * seconds of budget (at least one request). Not thread-safe: its owner serialises its use. */
+struct rate_bucket {
+	long rpm;
+	double cap;	/* requests it holds at most */
+	double tokens;	/* requests that may start now (below zero: spent ahead) */
+	uint64_t at;	/* now_us() of the last refill */
+};
+/* Starts full, or with one request when full is false. */
+void rate_bucket_init(struct rate_bucket *b, long rpm, double burst_s, bool full, uint64_t now);
+/* Seconds until a request may start (0: now). */
+double rate_bucket_wait(struct rate_bucket *b, uint64_t now);
+/* Spends one request (even one the bucket did not hold: the balance may go below zero). */
+void rate_bucket_spend(struct rate_bucket *b, uint64_t now);
 /* A duration in milliseconds as a struct timeval (for evtimer_add and bufferevent timeouts). */
 static inline struct timeval tv_of_ms(long ms) { return (struct timeval){ms / 1000, (ms % 1000) * 1000}; }
 /* This process's Via entry ("1.1 carpool-" and a random tag, fixed for the life of the process):

@@ -12,13 +12,15 @@
 
 #include <cjson/cJSON.h>
 
+struct batch;
+
 struct split_member {
 	/* set by the caller before split_init */
 	unsigned nprompts;
 	bool stream;
 	bool include_usage;
 	unsigned *prompt_tokens_est; /* per prompt: estimated prompt tokens (owned by the caller) */
-	void *owner;
+	struct batch *batch;	     /* the batcher's, holding this member (the splitter never uses it) */
 
 	/* state, owned by the splitter */
 	unsigned slot0;

@@ -83,8 +83,7 @@ struct upstream {
 	struct upcall *open_calls;	/* every call not yet freed (so that shutdown frees them all) */
 	struct upconn *dying;	/* connections waiting for their deferred free */
 	unsigned long calls, errors;
-	double tokens;			/* rate_limit_rpm budget: calls that may start now */
-	uint64_t tokens_at;
+	struct rate_bucket budget;	/* rate_limit_rpm: holds 6 s of calls */
 	struct event *wake_ev;		/* re-offers room when a backoff or the budget allows again */
 	struct event *health_ev;
 	unsigned long retries_in, ejected_total, health_fail;
@@ -111,8 +110,9 @@ int upstream_init(struct upstream *up, int index, struct event_base *base, struc
 void upstream_free(struct upstream *up);
 
 /* May a call start now: not backed off, a sequence free, under max_inflight (when set), and within
- * the request budget. */
-bool upstream_has_room(struct upstream *up);
+ * the request budget. When the answer is no because of a backoff or the budget, a timer is armed
+ * that calls on_room when the upstream may be asked again. */
+bool upstream_room_or_wake(struct upstream *up);
 /* Sequences the upstream decodes at once: max_sequences, else what it told or showed; 0: unbounded. */
 unsigned upstream_capacity(const struct upstream *up);
 /* Sequences on the upstream now: carpool's own, plus others' as of the last fresh signal. */

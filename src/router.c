@@ -174,7 +174,6 @@ static void completions(struct router *rt, struct creq *r, bool embed)
 	int rc = embed ? intake_parse_embedding(r->body.data ? r->body.data : "", r->body.len, &req, &err)
 		       : intake_parse_completion(r->body.data ? r->body.data : "", r->body.len, &req, &err);
 	if (rc != CP_OK) {
-		CNT_ADD(rt->refused, 1);
 		creq_reply_error(r, err.status, err.message, err.type, err.param, err.code);
 		return;
 	}

@@ -19,7 +19,6 @@ struct router {
 	struct metrics *metrics;  /* this worker's (never NULL) */
 	struct router **peers;	  /* every worker's router, for /metrics totals (this one included) */
 	int npeers;
-	unsigned long refused;
 };
 
 /* The server's request handler; arg is a struct router. */

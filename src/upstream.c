@@ -366,8 +366,14 @@ static void probe_later(struct upstream *up, long ms);
  * (one that answered the probe with an error status keeps the backoff). */
 static void note_answer(struct upstream *up)
 {
-	CNT_SET(up->health->answered_at, now_us());
-	CNT_SET(up->health->failing_since, 0);
+	/* every worker's answers land here: written only when it tells something new, at most once a
+	 * millisecond while nothing fails, so that busy workers do not fight over the record */
+	struct upstream_health *h = up->health;
+	uint64_t now = now_us();
+	if (CNT_GET(h->failing_since) || now - CNT_GET(h->answered_at) >= 1000)
+		CNT_SET(h->answered_at, now);
+	if (CNT_GET(h->failing_since))
+		CNT_SET(h->failing_since, 0);
 	if (up->probe_silent && up->probe_ev && evtimer_pending(up->probe_ev, NULL)) {
 		up->probe_silent = false;
 		evtimer_add(up->probe_ev, &zero_tv);
@@ -439,8 +445,10 @@ static void note_failure(struct upstream *up)
 
 static void note_success(struct upstream *up)
 {
-	CNT_SET(up->health->consecutive_failures, 0);
-	CNT_SET(up->health->ejections, 0);
+	if (CNT_GET(up->health->consecutive_failures))
+		CNT_SET(up->health->consecutive_failures, 0);
+	if (CNT_GET(up->health->ejections))
+		CNT_SET(up->health->ejections, 0);
 }
 
 static void conn_read_cb(struct bufferevent *bev, void *arg);

@@ -1298,7 +1298,6 @@ static void health_done(void *arg, enum upcall_error err)
 		CNT_SET(up->health->backoff_until, 0);
 		wake_copies(up);
 	} else {
-		up->health_fail++;
 		note_silence(up);
 		log_warn("upstream %s: health check failed (%s, status %d)", up->cfg->url, upcall_error_name(err), h->status);
 		if (upstream_healthy(up)) /* a failed check ejects at once; an ejected one stays out */

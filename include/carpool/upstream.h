@@ -86,7 +86,7 @@ struct upstream {
 	struct rate_bucket budget;	/* rate_limit_rpm: holds 6 s of calls */
 	struct event *wake_ev;		/* re-offers room when a backoff or the budget allows again */
 	struct event *health_ev;
-	unsigned long retries_in, ejected_total, health_fail;
+	unsigned long retries_in, ejected_total;
 	/* connection reuse: calls sent on a pooled connection; pooled connections the server closed
 	 * (found closed before reuse, or closed under a call before any answer byte); calls re-sent on
 	 * a new connection after that; idle connections carpool closed (keepalive_ms, Keep-Alive) */

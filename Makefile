@@ -47,7 +47,7 @@ bin/carpool-loadgen: build/bench_loadgen.o build/bench_simgen.o | bin
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 bin/carpool-writefloor: build/bench_writefloor.o | bin
-	$(CC) $(LDFLAGS) -o $@ $^
+	$(CC) $(LDFLAGS) -o $@ $^ -luring
 
 bin/test_%: tests/unit/test_%.c $(CORE_OBJ) build/bench_simgen.o | bin
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka

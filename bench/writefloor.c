@@ -15,12 +15,21 @@
  *
  * Writer sockets are blocking, with TCP_NODELAY as carpool sets on client sockets: when the reader
  * falls behind (flood), the writer sleeps in write() instead of buffering. Only 127.0.0.1.
+ *
+ * --io uring sends the same events through io_uring instead: each step queues one send (MSG_DONTWAIT)
+ * per socket and submits them all with one io_uring_enter, then reaps the completions. A send that
+ * the socket refused for room (-EAGAIN) or took in part is queued again without MSG_DONTWAIT (io_uring
+ * then waits for room itself) and submitted with the others left over, until every byte has gone:
+ * still a blocking writer as far as the reader is concerned, so the two modes measure the same load.
+ * The kernel's work per event (TCP output, loopback input, waking the reader) stays; what goes is
+ * the system call per socket.
  * Bounded: the writing stops after --steps or --duration-s, whichever comes first, and an alarm
  * kills either process if the setup or the drain hangs.
  */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
+#include <liburing.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
@@ -43,6 +52,7 @@ static struct {
 	double duration_s;
 	long bytes;            /* SSE event size, framing excluded */
 	long events_per_write; /* events concatenated into each write */
+	bool uring;            /* --io uring: the sends of a step through io_uring, one submit */
 } opt = {
 	.conns = 256,
 	.step_ms = 20,
@@ -206,7 +216,9 @@ static void usage(FILE *f)
 		"  --duration-s S        stop after S seconds of writing (5), whichever comes first\n"
 		"  --bytes B             SSE event size in bytes, chunk framing excluded (200)\n"
 		"  --events-per-write E  events concatenated into each write (1)\n"
-		"Prints a summary and a final line: RESULT writer_us_per_write=.. reader_us_per_write=.. ...\n");
+		"  --io write|uring      one write() per socket (write), or one io_uring submit per step (uring)\n"
+		"Prints a summary and a final line: RESULT writer_us_per_write=.. reader_us_per_write=.. ...\n"
+		"(with --io uring a \"write\" is one send; the line adds submits= and resubmits=)\n");
 }
 
 static bool parse_long(const char *s, long *out, long lo, long hi)
@@ -222,7 +234,7 @@ static bool parse_long(const char *s, long *out, long lo, long hi)
 
 static void parse_args(int argc, char **argv)
 {
-	enum { O_CONNS = 256, O_STEP, O_STEPS, O_DURATION, O_BYTES, O_EPW, O_HELP };
+	enum { O_CONNS = 256, O_STEP, O_STEPS, O_DURATION, O_BYTES, O_EPW, O_IO, O_HELP };
 	static const struct option lo[] = {
 		{"conns", required_argument, 0, O_CONNS},
 		{"step-ms", required_argument, 0, O_STEP},
@@ -230,6 +242,7 @@ static void parse_args(int argc, char **argv)
 		{"duration-s", required_argument, 0, O_DURATION},
 		{"bytes", required_argument, 0, O_BYTES},
 		{"events-per-write", required_argument, 0, O_EPW},
+		{"io", required_argument, 0, O_IO},
 		{"help", no_argument, 0, O_HELP},
 		{0, 0, 0, 0},
 	};
@@ -247,6 +260,10 @@ static void parse_args(int argc, char **argv)
 			break;
 		case O_BYTES: ok = parse_long(optarg, &opt.bytes, 16, 1 << 20); break;
 		case O_EPW: ok = parse_long(optarg, &opt.events_per_write, 1, 4096); break;
+		case O_IO:
+			ok = !strcmp(optarg, "write") || !strcmp(optarg, "uring");
+			opt.uring = ok && !strcmp(optarg, "uring");
+			break;
 		case 'h':
 		case O_HELP: usage(stdout); exit(0);
 		default: usage(stderr); exit(2);
@@ -265,6 +282,117 @@ static void parse_args(int argc, char **argv)
 		fprintf(stderr, "carpool-writefloor: --bytes x --events-per-write must stay under 16 MiB\n");
 		exit(2);
 	}
+}
+
+/* ---------------------------------------------------------------- the two ways of sending */
+
+/* One step with write(): one call per socket, each blocking until the event has gone. */
+static bool write_step(const int *fds, const char *msg, size_t len)
+{
+	for (long i = 0; i < opt.conns; i++) {
+		ssize_t w = write(fds[i], msg, len);
+		if (w != (ssize_t)len) { /* blocking socket: short only on error */
+			fprintf(stderr, "carpool-writefloor: write: %s\n", w < 0 ? strerror(errno) : "short write");
+			return false;
+		}
+	}
+	return true;
+}
+
+#define URING_DEPTH 4096 /* sends queued per submit at most; --conns beyond it take more submits */
+
+struct uring_writer {
+	struct io_uring ring;
+	unsigned depth;
+	size_t *sent;	      /* bytes of this step's event gone, per socket */
+	long *todo, *again;   /* sockets to send to in this round, and left for the next */
+	uint64_t submits;     /* io_uring_enter calls */
+	uint64_t resubmits;   /* sends queued again after -EAGAIN or a partial send */
+};
+
+static void uring_init(struct uring_writer *u)
+{
+	u->depth = opt.conns < URING_DEPTH ? (unsigned)opt.conns : URING_DEPTH;
+	int r = io_uring_queue_init(u->depth, &u->ring, 0);
+	if (r < 0) {
+		errno = -r;
+		die("io_uring_queue_init");
+	}
+	u->sent = calloc((size_t)opt.conns, sizeof *u->sent);
+	u->todo = calloc((size_t)opt.conns, sizeof *u->todo);
+	u->again = calloc((size_t)opt.conns, sizeof *u->again);
+	if (!u->sent || !u->todo || !u->again)
+		die("calloc");
+}
+
+static void uring_free(struct uring_writer *u)
+{
+	io_uring_queue_exit(&u->ring);
+	free(u->sent);
+	free(u->todo);
+	free(u->again);
+}
+
+/* One step with io_uring: a send per socket, all submitted together (one io_uring_enter for up to
+ * URING_DEPTH of them, which also waits for their completions). The first round says MSG_DONTWAIT;
+ * what a socket could not take then goes again in a round without it, where io_uring waits for room. */
+static bool uring_step(struct uring_writer *u, const int *fds, const char *msg, size_t len)
+{
+	long n = opt.conns;
+	for (long i = 0; i < n; i++) {
+		u->todo[i] = i;
+		u->sent[i] = 0;
+	}
+	for (int flags = MSG_DONTWAIT; n > 0; flags = 0) {
+		long left = 0;
+		for (long k = 0; k < n;) {
+			unsigned batch = (unsigned)(n - k < (long)u->depth ? n - k : (long)u->depth);
+			for (unsigned b = 0; b < batch; b++) {
+				long s = u->todo[k + b];
+				struct io_uring_sqe *sqe = io_uring_get_sqe(&u->ring);
+				io_uring_prep_send(sqe, fds[s], msg + u->sent[s], len - u->sent[s], flags);
+				io_uring_sqe_set_data64(sqe, (uint64_t)s);
+			}
+			int r;
+			do
+				r = io_uring_submit_and_wait(&u->ring, batch);
+			while (r == -EINTR);
+			if (r < 0) {
+				errno = -r;
+				die("io_uring_submit_and_wait");
+			}
+			u->submits++;
+			for (unsigned got = 0; got < batch;) {
+				struct io_uring_cqe *cqe;
+				r = io_uring_wait_cqe(&u->ring, &cqe);
+				if (r == -EINTR)
+					continue;
+				if (r < 0) {
+					errno = -r;
+					die("io_uring_wait_cqe");
+				}
+				long s = (long)io_uring_cqe_get_data64(cqe);
+				int res = cqe->res;
+				io_uring_cqe_seen(&u->ring, cqe);
+				got++;
+				if (res < 0 && res != -EAGAIN) {
+					fprintf(stderr, "carpool-writefloor: send: %s\n", strerror(-res));
+					return false;
+				}
+				if (res > 0)
+					u->sent[s] += (size_t)res;
+				if (u->sent[s] < len)
+					u->again[left++] = s;
+			}
+			k += batch;
+		}
+		u->resubmits += (uint64_t)left;
+		long *t = u->todo;
+		u->todo = u->again;
+		u->again = t;
+		n = left;
+	}
+	return true;
 }
 
 /* Both processes hold opt.conns sockets. */
@@ -353,6 +481,10 @@ int main(int argc, char **argv)
 	for (long e = 1; e < opt.events_per_write; e++, len += ev_len)
 		memcpy(msg + len, msg, ev_len);
 
+	struct uring_writer uw = {0};
+	if (opt.uring)
+		uring_init(&uw);
+
 	/* Steps run on an absolute schedule so that a slow step does not shift the ones after it. */
 	uint64_t step_ns = (uint64_t)opt.step_ms * 1000000u, dur_ns = (uint64_t)(opt.duration_s * 1e9);
 	uint64_t steps = 0, late = 0;
@@ -368,13 +500,8 @@ int main(int argc, char **argv)
 			while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
 				;
 		}
-		for (long i = 0; i < opt.conns; i++) {
-			ssize_t w = write(fds[i], msg, len);
-			if (w != (ssize_t)len) { /* blocking socket: short only on error */
-				fprintf(stderr, "carpool-writefloor: write: %s\n", w < 0 ? strerror(errno) : "short write");
-				return 1;
-			}
-		}
+		if (!(opt.uring ? uring_step(&uw, fds, msg, len) : write_step(fds, msg, len)))
+			return 1;
 		steps++;
 		if (step_ns && now_ns() > t0 + steps * step_ns)
 			late++;
@@ -399,8 +526,13 @@ int main(int argc, char **argv)
 	double w_user = (double)(ru1.ru_utime.tv_sec - ru0.ru_utime.tv_sec) +
 			(double)(ru1.ru_utime.tv_usec - ru0.ru_utime.tv_usec) / 1e6;
 	printf("carpool-writefloor: %ld loopback connections, %s, %ld-byte events (%zu on the wire), "
-	       "%ld per write\n",
-	       opt.conns, opt.step_ms ? "paced" : "flood", opt.bytes, ev_len, opt.events_per_write);
+	       "%ld per write, %s\n",
+	       opt.conns, opt.step_ms ? "paced" : "flood", opt.bytes, ev_len, opt.events_per_write,
+	       opt.uring ? "io_uring sends, one submit per step" : "one write() per socket");
+	if (opt.uring)
+		printf("  io_uring     %llu submits (%.2f per step), %llu sends queued again after -EAGAIN or a part\n",
+		       (unsigned long long)uw.submits, steps ? (double)uw.submits / (double)steps : 0,
+		       (unsigned long long)uw.resubmits);
 	if (opt.step_ms)
 		printf("  steps        %llu every %ld ms, %llu overran their slot\n", (unsigned long long)steps,
 		       opt.step_ms, (unsigned long long)late);
@@ -421,10 +553,13 @@ int main(int argc, char **argv)
 	}
 	printf("RESULT writer_us_per_write=%.3f reader_us_per_write=%.3f writer_us_per_event=%.3f writes=%llu "
 	       "writes_per_s=%.0f conns=%ld step_ms=%ld steps=%llu late_steps=%llu bytes=%ld events_per_write=%ld "
-	       "wall_s=%.3f writer_cpu_s=%.4f reader_cpu_s=%.4f\n",
+	       "wall_s=%.3f writer_cpu_s=%.4f reader_cpu_s=%.4f io=%s submits=%llu resubmits=%llu\n",
 	       w_us, r_us, w_us / opt.events_per_write, (unsigned long long)writes, (double)writes / wall, opt.conns,
 	       opt.step_ms, (unsigned long long)steps, (unsigned long long)late, opt.bytes, opt.events_per_write, wall,
-	       w_cpu, rep.cpu_s);
+	       w_cpu, rep.cpu_s, opt.uring ? "uring" : "write", (unsigned long long)uw.submits,
+	       (unsigned long long)uw.resubmits);
+	if (opt.uring)
+		uring_free(&uw);
 	free(msg);
 	free(fds);
 	return 0;

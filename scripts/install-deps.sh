@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what carpool needs to build and test, on Debian 12 or Ubuntu; skips what is present.
 set -euo pipefail
-pkgs=(build-essential pkg-config libevent-dev libcjson-dev libyaml-dev libssl-dev libcmocka-dev curl openssl ca-certificates)
+pkgs=(build-essential pkg-config libevent-dev libcjson-dev libyaml-dev libssl-dev libcmocka-dev liburing-dev curl openssl ca-certificates)
 need=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")

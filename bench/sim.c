@@ -11,6 +11,8 @@
  * pays call_ms. --slots limits how many sequences decode at once: the rest wait in one FIFO in arrival
  * order and each takes a slot the step after one frees, whatever call it belongs to (continuous
  * batching, like vLLM; not a whole call at a time). --answer-tokens sets the range of answer lengths.
+ * --burst makes a step give each active sequence all its remaining tokens at once, one sequence after
+ * the other, so that a sequence's whole answer leaves in one write (a client's answer in one read).
  *
  * --rpm R models a hosted API's request budget: at most R POSTs to /v1/ in any 60 s; the others get 429.
  *
@@ -56,6 +58,7 @@
 #define MAX_DIMS 65536
 #define FINGERPRINT "b4748-sim"
 #define DEFAULT_MODEL "sim-model"
+#define BURST_MAX_WRITE (4 << 20) /* --burst: the most one write() of a streamed answer carries */
 
 enum dialect { D_OPENAI, D_VLLM, D_LLAMACPP };
 static const char *const dialect_names[] = { "openai", "vllm", "llamacpp" };
@@ -125,7 +128,8 @@ static struct {
 	bool drop_reused;
 	long max_conns, backlog;
 	unsigned answer_min, answer_max; /* natural answer lengths (simgen_length_in) */
-} cfg = { "127.0.0.1", "0", D_VLLM, 5.0, 1.0, 2.0, 0, 0, 0, NULL, NULL, NULL, -1, 100, 0, CLOSE_NO, false, 0, 4096, SIMGEN_ANSWER_MIN, SIMGEN_ANSWER_MAX };
+	bool burst; /* --burst: a step gives each active sequence all its remaining tokens */
+} cfg = { "127.0.0.1", "0", D_VLLM, 5.0, 1.0, 2.0, 0, 0, 0, NULL, NULL, NULL, -1, 100, 0, CLOSE_NO, false, 0, 4096, SIMGEN_ANSWER_MIN, SIMGEN_ANSWER_MAX, false };
 
 static struct event_base *g_base;
 static struct evhttp *g_http;
@@ -1016,26 +1020,31 @@ static void start_crash(struct call *c)
 	evtimer_add(c->timer, &tv);
 }
 
+/* One step of a call: the next token of each active sequence, in index order; with --burst each one's
+ * remaining tokens back to back, so that a sequence's whole answer leaves in one write. */
 static void step_call(struct call *c)
 {
 	bool emitted = false;
 	c->busy = true;
 	for (unsigned i = 0; i < c->nseqs; i++) {
 		struct seq *s = &c->seqs[i];
-		if (s->state != S_ACTIVE)
-			continue;
-		char tok[SIMGEN_TOKEN_MAX];
-		simgen_token(s->seed, s->gen, tok);
-		s->gen++;
-		bool last = s->gen >= s->m;
-		if (last) {
-			s->state = S_DONE;
-			g_active--;
-			c->remaining--;
+		bool last = false;
+		while (s->state == S_ACTIVE && !last) {
+			char tok[SIMGEN_TOKEN_MAX];
+			simgen_token(s->seed, s->gen, tok);
+			s->gen++;
+			last = s->gen >= s->m;
+			if (last) {
+				s->state = S_DONE;
+				g_active--;
+				c->remaining--;
+			}
+			emitted = true;
+			if (c->stream)
+				emit_token(c, s, tok, last);
+			if (!cfg.burst)
+				break;
 		}
-		emitted = true;
-		if (c->stream)
-			emit_token(c, s, tok, last);
 	}
 	c->busy = false;
 	if (emitted)
@@ -1083,6 +1092,8 @@ static void start_stream_reply(struct call *c)
 	}
 	evhttp_send_reply_start(c->req, 200, "OK");
 	c->started = true;
+	if (cfg.burst) /* a whole answer in one write, not in libevent's default 16 KiB slices */
+		bufferevent_set_max_single_write(evhttp_connection_get_bufferevent(c->conn), BURST_MAX_WRITE);
 	if (c->kind == K_CHAT && cfg.dialect != D_LLAMACPP) {
 		cJSON *o = oai_head(c, "chat.completion.chunk");
 		cJSON *ch = cJSON_CreateObject();
@@ -1869,6 +1880,7 @@ static void usage(FILE *f)
 		"  --metrics MODE           load endpoints: on (like the server), off (llama-server without --metrics:\n"
 		"                           /metrics 501), none (404 on all), hang (/metrics never answers)\n"
 		"  --metrics-hang-after N   /metrics answers N times, then never again\n"
+		"  --burst                  a step gives each sequence all its remaining tokens, written at once\n"
 		"  --help                   show this help\n"
 		"\n"
 		"Endpoints: POST /v1/completions, /v1/chat/completions, /v1/embeddings; GET /v1/models, /health,\n"
@@ -1990,6 +2002,7 @@ int main(int argc, char **argv)
 		{ "tls-key", required_argument, NULL, 'K' },
 		{ "metrics", required_argument, NULL, 'M' },
 		{ "metrics-hang-after", required_argument, NULL, 'H' },
+		{ "burst", no_argument, NULL, 'b' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -2099,6 +2112,9 @@ int main(int argc, char **argv)
 			break;
 		case 'H':
 			g_metrics_hang_after = parse_long_opt("metrics-hang-after", optarg);
+			break;
+		case 'b':
+			cfg.burst = true;
 			break;
 		case 'h':
 			usage(stdout);

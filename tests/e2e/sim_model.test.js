@@ -136,6 +136,22 @@ test('--answer-tokens 20:500: long answers, streamed and not, exactly as simgen.
   assert.equal(capped.usage.completion_tokens, 16);
 });
 
+test('--burst: a step gives each sequence its whole answer, one sequence after the other', async (t) => {
+  const answers = [8, 8];
+  // 300 ms a step: without --burst the 8 tokens would take 2.4 s; with it they all come in the first step.
+  const sim = await startSim(['--burst', '--step-ms', '300', '--answer-tokens', answers.join(':')]);
+  t.after(() => sim.kill());
+  const prompts = ['burst-a', 'burst-b'];
+  const timed = timedStream(sim.port, { prompt: prompts, max_tokens: 100 });
+  const r = await timed.done;
+  t.diagnostic(`first tokens at ${r.first[0]} and ${r.first[1]} ms, finishes at ${r.finish[0]} and ${r.finish[1]} ms`);
+  assert.ok(r.finish[1] - r.first[0] < 200, `the answers took ${r.finish[1] - r.first[0]} ms: more than a step`);
+  prompts.forEach((p, i) => assert.equal(r.text[i], expected(p, { maxTokens: 100, answers }).text, p));
+  const body = (await request(sim.port, 'POST', '/v1/completions', { prompt: prompts, max_tokens: 100, stream: true })).body;
+  const order = collect(parseSse(body)).chunks.map((c) => c.choices[0].index);
+  assert.deepEqual(order, [...Array(8).fill(0), ...Array(8).fill(1)]);
+});
+
 test('--answer-tokens rejects malformed ranges', async () => {
   for (const bad of ['0:5', '9:8', '20', '1:100001']) {
     await assert.rejects(startSim(['--answer-tokens', bad]), /exited \(2\)/, bad);

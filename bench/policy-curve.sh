@@ -31,7 +31,6 @@ done
 for pol in adaptive fixed; do wait_line "$work/$pol.log" ready; done
 declare -A port=([direct]=$sim_port [adaptive]=$(port_in "$work/adaptive.log") [fixed]=$(port_in "$work/fixed.log"))
 field() { echo "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
-stat() { curl -s "http://127.0.0.1:$sim_port/stats" | sed -n "s/.*\"$1\":\([0-9]*\).*/\1/p"; }
 rows=""
 fail=0
 for rate in $RATES; do
@@ -40,8 +39,8 @@ for rate in $RATES; do
 		curl -s -X POST "http://127.0.0.1:$sim_port/stats/reset" >/dev/null
 		r=$(bin/carpool-loadgen --url "http://127.0.0.1:${port[$via]}" --concurrency "$n" --requests 1 --rate "$rate" \
 			--prefix "pc-$rate-$via-" --timeout-s 60 --quiet | tail -1) || fail=1
-		calls=$(stat completion_calls)
-		ppc=$(awk -v p="$(stat prompts)" -v c="$calls" 'BEGIN { if (c > 0) printf "%.1f", p / c; else print "-" }')
+		read -r calls prompts < <(sim_stats "$sim_port" completion_calls prompts)
+		ppc=$(awk -v p="$prompts" -v c="$calls" 'BEGIN { if (c > 0) printf "%.1f", p / c; else print "-" }')
 		echo "rate $rate/s via $via: $r"
 		rows+="| $rate | $via | $(field "$r" ttft_p50_ms) | $(field "$r" ttft_p99_ms) | $(field "$r" latency_p50_ms) | $(field "$r" tokens_per_s) | $calls | $ppc | $(field "$r" errors) | $(field "$r" mismatches) |"$'\n'
 	done

@@ -21,7 +21,6 @@ declare -A LABEL=([w1]="1 worker" [w2-shared]="2 workers, shared queue, max_infl
 HZ=$(getconf CLK_TCK)
 ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
 field() { echo "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
-stat() { curl -s "http://127.0.0.1:$sim_port/stats" | sed -n "s/.*\"$1\":\([0-9]*\).*/\1/p"; }
 reqs() { # regime conc: requests per client
 	if [[ $1 == paced ]]; then (($2 <= 256)) && echo 16 || echo 8; else echo $((30720 / $2)); fi
 }
@@ -71,8 +70,7 @@ YAML
 				c1=$(ticks "$p")
 				w1=$(ticks "$p/task/$p")
 				tok=$(field "$out" tokens)
-				calls=$(stat completion_calls)
-				prompts=$(stat prompts)
+				read -r calls prompts < <(sim_stats "$sim_port" completion_calls prompts)
 				line=$(awk -v re="$regime" -v c="$conc" -v m="$m" -v dc=$((c1 - c0)) -v dw=$((w1 - w0)) -v hz="$HZ" \
 					-v tok="$tok" -v calls="$calls" -v pr="$prompts" -v tps="$(field "$out" tokens_per_s)" \
 					-v ttft="$(field "$out" ttft_p50_ms)" -v err="$(field "$out" errors)" -v mis="$(field "$out" mismatches)" \

@@ -38,7 +38,7 @@ function median_of(m) { if (m == 0) return ""; return (m % 2) ? xs[(m + 1) / 2] 
 function med(k, c, off,    m) { m = collect(k, c, off); return median_of(m) }
 function lo(k, c, off,    m) { m = collect(k, c, off); return m ? xs[1] : "" }
 function hi(k, c, off,    m) { m = collect(k, c, off); return m ? xs[m] : "" }
-function total(k, c,    i, s) { s = 0; for (i = 1; i <= cnt[k]; i++) s += val[k, i, c]; return s }
+function total(k, c,    i, s) { s = 0; if (!(k in cnt)) return 0; for (i = 1; i <= cnt[k]; i++) s += val[k, i, c]; return s }
 function fmt(x, f) { return x == "" ? "—" : sprintf(f, x) }
 function cell(k, c, f, off,    m, a, b, md) {
 	m = collect(k, c, off)
@@ -66,8 +66,12 @@ function ratio_cell(r, conc,    kn, kc, i, m, s, a, b) { # carpool/nginx CPU per
 }
 
 END {
-	title["paced"] = "Paced regime (sim --step-ms 20: one decode step every 20 ms)"
-	title["flood"] = "Flood regime (sim --step-ms 0: no delay; CPU-bound)"
+	title["paced"] = "Paced regime (sim --step-ms 20: one decode step every 20 ms; answers of 3..16 tokens)"
+	title["flood"] = "Flood regime (sim --step-ms 0: no delay; CPU-bound; answers of 3..16 tokens, interleaved)"
+	title["paced-64"] = "Paced, 64-token answers (sim --step-ms 20 --answer-tokens 64:64)"
+	title["flood-64"] = "Flood, 64-token answers, interleaved (sim --step-ms 0 --answer-tokens 64:64)"
+	title["flood-64-burst"] = "Flood, 64-token answers in one read (sim --step-ms 0 --answer-tokens 64:64 --burst)"
+	nprox = split("direct nginx carpool carpool-single", proxies, " ")
 
 	print "## Headline: CPU per streamed token of the proxy process (µs)"
 	print ""
@@ -76,16 +80,20 @@ END {
 	print "\"proxy + sim\" adds the simulator's own CPU per token in the same run: what merging saves upstream. The"
 	print "simulator's per-call cost is not a real server's, so read that column as a direction, not a price."
 	print ""
-	print "| regime | concurrency | nginx µs/token | carpool µs/token | carpool / nginx | carpool prompts per upstream call | proxy + sim µs/token: nginx | proxy + sim µs/token: carpool | errors + mismatches (all runs, all targets) |"
-	print "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+	print "carpool-single is carpool with batching off (max_batch_size 1), measured in the 64-token regimes only."
+	print ""
+	print "| regime | concurrency | nginx µs/token | carpool µs/token | carpool / nginx | carpool prompts per upstream call | carpool-single µs/token | proxy + sim µs/token: nginx | proxy + sim µs/token: carpool | errors + mismatches (all runs, all targets) |"
+	print "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 	for (ri = 1; ri <= nreg; ri++) {
 		r = regimes[ri]
 		for (ci = 1; ci <= ncell[r]; ci++) {
 			conc = cells[r, ci]
-			kn = r SUBSEP conc SUBSEP "nginx"; kc = r SUBSEP conc SUBSEP "carpool"; kd = r SUBSEP conc SUBSEP "direct"
-			bad = total(kd, 8) + total(kd, 9) + total(kn, 8) + total(kn, 9) + total(kc, 8) + total(kc, 9)
-			printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", r, conc, cell(kn, 18, "%.2f", 0), cell(kc, 18, "%.2f", 0),
-				ratio_cell(r, conc), ppc(kc), cell(kn, 24, "%.2f", 0), cell(kc, 24, "%.2f", 0), bad ? "**" bad "**" : "0"
+			kn = r SUBSEP conc SUBSEP "nginx"; kc = r SUBSEP conc SUBSEP "carpool"; ks = r SUBSEP conc SUBSEP "carpool-single"
+			bad = 0
+			for (pi = 1; pi <= nprox; pi++) { k = r SUBSEP conc SUBSEP proxies[pi]; bad += total(k, 8) + total(k, 9) }
+			printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", r, conc, cell(kn, 18, "%.2f", 0), cell(kc, 18, "%.2f", 0),
+				ratio_cell(r, conc), ppc(kc), (ks in cnt) ? cell(ks, 18, "%.2f", 0) : "—", cell(kn, 24, "%.2f", 0), cell(kc, 24, "%.2f", 0),
+				bad ? "**" bad "**" : "0"
 		}
 	}
 	print ""
@@ -100,8 +108,8 @@ END {
 			conc = cells[r, ci]
 			kd = r SUBSEP conc SUBSEP "direct"
 			d50 = med(kd, 13, 0); d99 = med(kd, 14, 0)
-			for (pi = 1; pi <= 3; pi++) {
-				p = (pi == 1) ? "direct" : (pi == 2) ? "nginx" : "carpool"
+			for (pi = 1; pi <= nprox; pi++) {
+				p = proxies[pi]
 				k = r SUBSEP conc SUBSEP p
 				if (!(k in cnt)) continue
 				rs = ((r, conc, p) in rss) ? sprintf("%.1f", rss[r, conc, p] / 1024) : "—"

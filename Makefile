@@ -92,9 +92,11 @@ demo: all
 	bash bench/demo.sh
 
 # The benchmark beside nginx (installs nginx and gnuplot when missing); writes bench/RESULTS.md.
+# Then where a token's cost goes (strace, callgrind; installs them when missing): bench/RESULTS-profile.md.
 # Then the latency of batching, direct vs carpool's default config; writes bench/RESULTS-latency.md.
 bench: all
 	bash bench/run-bench.sh
+	bash bench/profile.sh
 	bash bench/latency.sh
 
 # Install: the binary, the man page (where `man carpool` finds it), the example configs, the systemd

@@ -22,8 +22,8 @@ bench_start() {
 	trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 }
 
-# wait_line FILE PATTERN: until PATTERN appears in FILE (5 s at most)
-wait_line() { for _ in $(seq 50); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+# wait_line FILE PATTERN [SECONDS]: until PATTERN appears in FILE (SECONDS at most, default 5)
+wait_line() { for _ in $(seq $((${3:-5} * 10))); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 port_in() { grep -o 'listening on 127.0.0.1:[0-9]*' "$1" | head -1 | grep -o '[0-9]*$'; }
 
 # start_sim LOG ARGS...: bin/carpool-sim on 127.0.0.1:0; sets sim_pid, sim_port
@@ -36,12 +36,38 @@ start_sim() {
 	sim_port=$(port_in "$log")
 }
 
-# start_carpool CONFIG LOG: bin/carpool (or $CARPOOL_BIN) -c CONFIG; sets cp_pid, cp_port
+# start_carpool CONFIG LOG: bin/carpool (or $CARPOOL_BIN) -c CONFIG; sets cp_pid, cp_port.
+# CARPOOL_WRAP: a command line to run it under (valgrind ...: the same pid), CARPOOL_WAIT_S: how long
+# it may take to be ready (5 s).
 start_carpool() {
-	"${CARPOOL_BIN:-bin/carpool}" -c "$1" 2>"$2" &
+	# shellcheck disable=SC2086 # CARPOOL_WRAP: words
+	${CARPOOL_WRAP:-} "${CARPOOL_BIN:-bin/carpool}" -c "$1" 2>"$2" &
 	cp_pid=$!
-	wait_line "$2" ready
+	wait_line "$2" ready "${CARPOOL_WAIT_S:-5}"
 	cp_port=$(port_in "$2")
+}
+
+# bench_config FILE SIM_PORT [POLICY] [MAX_INFLIGHT] [MAX_BATCH] [WORKERS]: the benchmarks' carpool
+# config: one upstream (dialect auto) and the dispatch settings given (adaptive, 8, 64 unless said),
+# room for 10,000 clients, one worker (WORKERS "" leaves the key out, for builds without it).
+bench_config() {
+	{ [[ -z ${6-1} ]] || echo "workers: ${6-1}"; cat <<YAML
+listen:
+  - address: 127.0.0.1:0
+upstreams:
+  - url: http://127.0.0.1:$2
+    dialect: auto
+    max_inflight: ${4:-8}
+batching:
+  policy: ${3:-adaptive}
+  max_batch_size: ${5:-64}
+limits:
+  max_clients: 10000
+  max_queue: 10000
+log:
+  level: info
+YAML
+	} >"$1"
 }
 
 # sim_stats PORT KEY...: those top-level figures of the sim's /stats on one line, parsed as JSON (the

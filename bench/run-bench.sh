@@ -219,23 +219,7 @@ start_sim() { # dir step_ms [sim args...]
 
 CP_PID="" CP_PORT=""
 write_cp_config() { # file policy max_inflight [max_batch_size]
-	{ [[ -z $WORKERS_LINE ]] || echo "$WORKERS_LINE"; cat <<YAML
-listen:
-  - address: 127.0.0.1:0
-upstreams:
-  - url: http://127.0.0.1:$SIM_PORT
-    dialect: auto
-    max_inflight: $3
-batching:
-  policy: $2
-  max_batch_size: ${4:-$CP_MAX_BATCH}
-limits:
-  max_clients: 10000
-  max_queue: 10000
-log:
-  level: info
-YAML
-	} >"$1"
+	bench_config "$1" "$SIM_PORT" "$2" "$3" "${4:-$CP_MAX_BATCH}" "${WORKERS_LINE:+$CARPOOL_WORKERS}"
 }
 start_carpool() { # dir [policy] [max_inflight] [max_batch_size] [name: DIR/NAME.yaml, DIR/NAME.log]
 	local d=$1 name=${5:-carpool} i
@@ -491,8 +475,11 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 WALL=$(awk -v t0="$T0" -v t1="$(date +%s.%N)" 'BEGIN{printf "%.0f", t1-t0}')
 mkdir -p "$WORK/plot"
 awk -F'\t' -v out="$WORK/plot" -v cp_inflight="$CP_MAX_INFLIGHT" -f "$ROOT/bench/summarize.awk" "$RAW" "$RSS" "$MEM" >"$WORK/tables.md"
-gnuplot -e "dir='$WORK/plot'; outfile='$PLOT'" "$ROOT/bench/plot.gp" 2>"$WORK/gnuplot.err" ||
-	{ echo "gnuplot failed:" >&2; cat "$WORK/gnuplot.err" >&2; }
+# the plot: CPU and added TTFT against concurrency, of the regimes measured at several (paced, flood)
+if [[ " $REGIMES " == *" paced "* || " $REGIMES " == *" flood "* ]]; then
+	gnuplot -e "dir='$WORK/plot'; outfile='$PLOT'" "$ROOT/bench/plot.gp" 2>"$WORK/gnuplot.err" ||
+		{ echo "gnuplot failed:" >&2; cat "$WORK/gnuplot.err" >&2; }
+fi
 
 median() { sort -g | awk '{v[NR] = $1} END {if (NR) print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2)}'; }
 raw_med() { # regime conc proxy column: median over the runs

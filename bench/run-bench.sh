@@ -300,7 +300,7 @@ measure() { # regime conc rep proxy url pids...
 		--timeout-s "$LOADGEN_TIMEOUT_S" --quiet >"$log.out" 2>"$log.err" || lg_rc=$?
 	c1=$(ticks "${pids[@]}")
 	s1=$(ticks "$SIM_PID")
-	read -r calls prompts maxp < <(sim_stats "$SIM_PORT" completion_calls prompts max_prompts_per_call 2>/dev/null || true)
+	read -r calls prompts maxp < <(sim_stats "$SIM_PORT" completion_calls prompts max_prompts_per_call 2>/dev/null || true) || true
 	out=$(grep '^RESULT ' "$log.out" | tail -1 || true)
 	[[ -n $out ]] || out="RESULT requests=$((conc * r)) ok=0 errors=$((conc * r)) mismatches=0 tokens=0 elapsed_s=0 tokens_per_s=0 ttft_p50_ms=0 ttft_p99_ms=0 gap_p99_ms=0 latency_p50_ms=0 latency_p99_ms=0"
 	local line
@@ -454,7 +454,7 @@ hold_test() { # slug label kind [policy max_inflight]
 	sleep 1.5 # first tokens flow (1 s per step); every stream lasts >= 3 steps, so all are still open
 	n=$(ss -Htn state established "sport = :$port" 2>/dev/null | wc -l)
 	held=$(status_kib VmRSS "${pids[@]}")
-	read -r inflight prompts < <(sim_stats "$SIM_PORT" inflight prompts 2>/dev/null || true)
+	read -r inflight prompts < <(sim_stats "$SIM_PORT" inflight prompts 2>/dev/null || true) || true
 	printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$label" "$idle" "$held" "$n" "${inflight:--}" "${prompts:--}" >>"$MEM"
 	say "memory: $label: idle $idle KiB, $n streams open: $held KiB"
 	kill "$lg" 2>/dev/null || true

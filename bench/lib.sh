@@ -70,6 +70,19 @@ YAML
 	} >"$1"
 }
 
+# cpu_ns PID...: the CPU time (user + kernel) the processes' live threads have run, in ns: the
+# scheduler's own count (/proc/PID/task/*/schedstat), where utime and stime tick at 1/CLK_TCK s. A
+# kernel without schedstat: utime + stime instead. A pid that is gone counts 0.
+cpu_ns() {
+	local p
+	if [[ -r /proc/self/schedstat ]]; then
+		for p in "$@"; do cat /proc/"$p"/task/*/schedstat 2>/dev/null || true; done | awk '{s += $1} END {printf "%.0f\n", s}'
+	else
+		for p in "$@"; do sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null || true; done |
+			awk -v hz="$(getconf CLK_TCK)" '{s += $12 + $13} END {printf "%.0f\n", s * 1e9 / hz}'
+	fi
+}
+
 # sim_stats PORT KEY...: those top-level figures of the sim's /stats on one line, parsed as JSON (the
 # request log in /stats reuses names such as "prompts", so a pattern match can find the wrong one)
 sim_stats() {

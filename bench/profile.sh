@@ -4,8 +4,8 @@
 # upstream read) and interleaved (one token of every sequence per step). Three measures of the same
 # load, each on a fresh carpool (the bench config: adaptive, max_inflight 8, max_batch_size 64) after
 # one unmeasured warm-up pass:
-#   1. CPU: utime and stime of carpool from /proc/PID/stat around the load: µs per token, user and
-#      kernel apart.
+#   1. CPU: carpool's run time around the load (schedstat, ns), split into user and kernel as its utime
+#      and stime (/proc/PID/stat, clock ticks) split: µs per token.
 #   2. System calls: `strace -f -c` attached to carpool (all its threads) for the load alone: calls
 #      per token, in all and by call. strace slows every call down: it counts, its times mean nothing.
 #   3. User instructions: carpool under `valgrind --tool=callgrind`; the counters are zeroed after the
@@ -57,9 +57,9 @@ fresh_carpool() {
 	load "$cp_port" 1 warm- >/dev/null
 }
 
-declare -A CPU_TOK CPU_U CPU_S SC_TOK SC_N SC_ROWS CG_TOK CG_IR CG_ROWS
+declare -A CPU_TOK CPU_NS CPU_U CPU_S SC_TOK SC_N SC_ROWS CG_TOK CG_IR CG_ROWS
 profile_shape() { # shape
-	local shape=$1 r u0 s0 u1 s1 st_pid cg_out sim_args=(--step-ms 0 --answer-tokens "$ANSWER:$ANSWER")
+	local shape=$1 r u0 s0 u1 s1 n0 n1 st_pid cg_out sim_args=(--step-ms 0 --answer-tokens "$ANSWER:$ANSWER")
 	[[ $shape == interleaved ]] || sim_args+=(--burst)
 	start_sim "$work/sim-$shape.out" "${sim_args[@]}"
 	pids+=("$sim_pid")
@@ -68,10 +68,12 @@ profile_shape() { # shape
 	# 1. CPU, user and kernel
 	fresh_carpool "$work/cpu-$shape.log"
 	read -r u0 s0 < <(cpu_ticks "$cp_pid")
+	n0=$(cpu_ns "$cp_pid")
 	r=$(load "$cp_port" "$REQS" cpu-)
+	n1=$(cpu_ns "$cp_pid")
 	read -r u1 s1 < <(cpu_ticks "$cp_pid")
 	stop "$cp_pid"
-	CPU_TOK[$shape]=$(field "$r" tokens) CPU_U[$shape]=$((u1 - u0)) CPU_S[$shape]=$((s1 - s0))
+	CPU_TOK[$shape]=$(field "$r" tokens) CPU_NS[$shape]=$((n1 - n0)) CPU_U[$shape]=$((u1 - u0)) CPU_S[$shape]=$((s1 - s0))
 	echo "$shape, cpu: $r; utime $((u1 - u0)) stime $((s1 - s0)) ticks" >&2
 
 	# 2. system calls: strace attached after the warm-up, for the load alone
@@ -142,20 +144,22 @@ desc() { [[ $1 == burst ]] && echo "in one read (sim --burst)" || echo "interlea
 		local label=$1 limit=$2 expr=$3 shape
 		printf '| %s |' "$label"
 		for shape in $SHAPES; do
-			awk -v tok="${CPU_TOK[$shape]}" -v u="${CPU_U[$shape]}" -v s="${CPU_S[$shape]}" -v hz="$hz" \
+			awk -v tok="${CPU_TOK[$shape]}" -v ns="${CPU_NS[$shape]}" -v u="${CPU_U[$shape]}" -v s="${CPU_S[$shape]}" \
 				-v sct="${SC_TOK[$shape]}" -v scn="${SC_N[$shape]:-0}" -v cgt="${CG_TOK[$shape]}" -v ir="${CG_IR[$shape]:-0}" \
 				"BEGIN { printf \" %s |\", $expr }"
 		done
 		echo " $limit |"
 	}
-	row "CPU, user (utime)" "" 'sprintf("%.3f µs", u * 1e6 / hz / tok)'
-	row "CPU, kernel (stime)" "" 'sprintf("%.3f µs", s * 1e6 / hz / tok)'
-	row "CPU, all" "0.45 µs (flood in one read, \`make bench\`)" 'sprintf("%.3f µs (%.0f%% kernel)", (u + s) * 1e6 / hz / tok, u + s ? 100 * s / (u + s) : 0)'
+	row "CPU, user" "" 'sprintf("%.3f µs", u + s ? ns / 1e3 / tok * u / (u + s) : 0)'
+	row "CPU, kernel" "" 'sprintf("%.3f µs", u + s ? ns / 1e3 / tok * s / (u + s) : 0)'
+	row "CPU, all" "0.45 µs (flood in one read, \`make bench\`)" 'sprintf("%.3f µs (%.0f%% kernel)", ns / 1e3 / tok, u + s ? 100 * s / (u + s) : 0)'
 	row "system calls (strace -f -c)" "0.2 (flood)" 'sprintf("%.3f (%d for %d tokens)", scn / sct, scn, sct)'
 	row "user instructions (callgrind Ir)" "1,500" 'sprintf("%.0f (%.0f for %d tokens)", ir / cgt, ir, cgt)'
 	echo
-	echo "CPU from /proc/PID/stat ticks at 1/$hz s; strace counts every call of every thread of carpool while the"
-	echo "load runs; callgrind counts user-space instructions only, from the zeroing after the warm-up to the dump"
+	echo "CPU: the scheduler's run time of carpool's threads (/proc/PID/task/*/schedstat, ns), split between user"
+	echo "and kernel as utime and stime split ($(for sh in $SHAPES; do printf '%s: %s and %s ticks of 1/%s s; ' "$sh" "${CPU_U[$sh]}" "${CPU_S[$sh]}" "$hz"; done)"
+	echo "the split is as coarse as that). strace counts every call of every thread of carpool while the load"
+	echo "runs; callgrind counts user-space instructions only, from the zeroing after the warm-up to the dump"
 	echo "after the load."
 	for shape in $SHAPES; do
 		echo

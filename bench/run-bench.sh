@@ -178,14 +178,6 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # ------------------------------------------------------------------ process helpers
-ticks() { # total utime+stime (clock ticks) of the given pids; a pid that is gone counts 0
-	local s=0 p v
-	for p in "$@"; do
-		v=$(sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13}') || v=0
-		s=$((s + ${v:-0}))
-	done
-	echo "$s"
-}
 status_kib() { # FIELD pids...: sum of a /proc/PID/status field (VmRSS, VmHWM) in KiB
 	local f=$1 s=0 p v
 	shift
@@ -294,24 +286,24 @@ measure() { # regime conc rep proxy url pids...
 	RUN_NO=$((RUN_NO + 1))
 	curl -s -m 5 -X POST "http://127.0.0.1:$SIM_PORT/stats/reset" >/dev/null
 	local log="$WORK/$regime-c$conc-r$rep-$proxy.loadgen"
-	c0=$(ticks "${pids[@]}")
-	s0=$(ticks "$SIM_PID")
+	c0=$(cpu_ns "${pids[@]}")
+	s0=$(cpu_ns "$SIM_PID")
 	"$BIN/carpool-loadgen" --url "$url" --concurrency "$conc" --requests "$r" "${lg_args[@]}" \
 		--timeout-s "$LOADGEN_TIMEOUT_S" --quiet >"$log.out" 2>"$log.err" || lg_rc=$?
-	c1=$(ticks "${pids[@]}")
-	s1=$(ticks "$SIM_PID")
+	c1=$(cpu_ns "${pids[@]}")
+	s1=$(cpu_ns "$SIM_PID")
 	read -r calls prompts maxp < <(sim_stats "$SIM_PORT" completion_calls prompts max_prompts_per_call 2>/dev/null || true) || true
 	out=$(grep '^RESULT ' "$log.out" | tail -1 || true)
 	[[ -n $out ]] || out="RESULT requests=$((conc * r)) ok=0 errors=$((conc * r)) mismatches=0 tokens=0 elapsed_s=0 tokens_per_s=0 ttft_p50_ms=0 ttft_p99_ms=0 gap_p99_ms=0 latency_p50_ms=0 latency_p99_ms=0"
 	local line
 	line=$(echo "$out" | awk -v regime="$regime" -v conc="$conc" -v rep="$rep" -v proxy="$proxy" -v r="$r" \
-		-v dc=$((c1 - c0)) -v ds=$((s1 - s0)) -v hz="$CLK_TCK" -v calls="${calls:-0}" \
+		-v dc=$((c1 - c0)) -v ds=$((s1 - s0)) -v calls="${calls:-0}" \
 		-v prompts="${prompts:-0}" -v maxp="${maxp:-0}" -v rc="$lg_rc" '
 		{ for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] } }
 		END {
 			tok = v["tokens"] + 0
-			pu = (proxy == "direct" || tok == 0) ? "-" : sprintf("%.3f", dc * 1e6 / hz / tok)
-			su = tok == 0 ? "-" : sprintf("%.3f", ds * 1e6 / hz / tok)
+			pu = (proxy == "direct" || tok == 0) ? "-" : sprintf("%.3f", dc / 1e3 / tok)
+			su = tok == 0 ? "-" : sprintf("%.3f", ds / 1e3 / tok)
 			printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
 				regime, conc, rep, proxy, r, v["requests"], v["ok"], v["errors"], v["mismatches"], v["tokens"],
 				v["elapsed_s"], v["tokens_per_s"], v["ttft_p50_ms"], v["ttft_p99_ms"], v["gap_p99_ms"],
@@ -645,10 +637,11 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a != "" && b + 0 > 0) printf "%.3
 	echo
 	echo "## Notes on method"
 	echo
-	echo "- **CPU per token** = (utime + stime of the proxy process, from \`/proc/PID/stat\`, read right before and right"
-	echo "  after the load generator runs; for nginx master + worker) × 10⁶ / CLK_TCK / tokens streamed to clients."
-	echo "  The counters tick at 1/$CLK_TCK s, so a run's figure is uncertain by about ±2 ticks; runs are sized so that"
-	echo "  a proxy spends well over 20 ticks. \"sim CPU\" is the same for the simulator process: what the upstream spent."
+	echo "- **CPU per token** = CPU time of the proxy process (user + kernel: the scheduler's run time of all its threads,"
+	echo "  \`/proc/PID/task/*/schedstat\`, in ns; for nginx master + worker), read right before and right after the load"
+	echo "  generator runs, ÷ tokens streamed to clients. (Earlier runs used utime + stime from \`/proc/PID/stat\`, which"
+	echo "  tick at 1/$CLK_TCK s: ±2 ticks per run; the same CPU time, counted less finely.) \"sim CPU\" is the same for"
+	echo "  the simulator process: what the upstream spent."
 	echo "- **Added TTFT** = a proxy run's time-to-first-token percentile minus the median of the direct runs of the same"
 	echo "  cell. Direct rows show the absolute TTFT instead."
 	echo "- Each cell is its own set of processes: a fresh simulator, nginx and carpool (and carpool-single), one"

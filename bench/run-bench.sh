@@ -76,9 +76,13 @@ regime_def flood-64-burst 0 64:64 64 "$LONG_FLOOD_CONCURRENCIES" --burst 1 "Floo
 for regime in $REGIMES; do
 	[[ -n ${R_STEP[$regime]+x} ]] || { echo "unknown regime $regime (paced flood paced-64 flood-64 flood-64-burst)" >&2; exit 2; }
 done
-# the floor of a regime is measured in the short-answer regime of the same pacing (it does not depend
-# on answer lengths)
-floor_regime() { [[ ${R_STEP[$1]} == 0 ]] && echo flood || echo paced; }
+# The floor a regime is held against: named as the short-answer regime of the same pacing (the floor
+# does not depend on answer lengths), one event per write; in one read, a client's whole answer per
+# write (64 events), as carpool can send an answer it got in one read.
+declare -A FLOOR_STEP=([paced]=$PACED_STEP_MS [flood]=0 [flood-burst]=0) FLOOR_EPW=([paced]=1 [flood]=1 [flood-burst]=64)
+floor_regime() {
+	if [[ ${R_SIMARGS[$1]} == *--burst* ]]; then echo flood-burst; elif [[ ${R_STEP[$1]} == 0 ]]; then echo flood; else echo paced; fi
+}
 proxies_of() { # regime: the proxies measured in it
 	echo "direct nginx carpool$([[ ${R_SINGLE[$1]} == 1 ]] && echo " carpool-single")"
 }
@@ -346,19 +350,19 @@ measure() { # regime conc rep proxy url pids...
 }
 
 # ------------------------------------------------------------------ the matrix
-floor_runs() { # regime conc step: the write floor of this cell, write() and io_uring, REPS runs each
-	local regime=$1 conc=$2 step=$3 rep io
-	# The CPU one write() of one token event to each of C loopback clients costs the writer, with
-	# nothing else (bench/writefloor.c), and the same sends submitted together through io_uring.
+floor_runs() { # floor conc: that floor (FLOOR_STEP, FLOOR_EPW) at C connections, write() and io_uring, REPS runs each
+	local fl=$1 conc=$2 rep io
+	# The CPU one write() of token events to each of C loopback clients costs the writer, with nothing
+	# else (bench/writefloor.c), and the same sends submitted together through io_uring.
 	for rep in $(seq "$REPS"); do
 		for io in write uring; do
-			"$BIN/carpool-writefloor" --conns "$conc" --step-ms "$step" --duration-s "$FLOOR_S" --io "$io" 2>/dev/null |
-				sed -n "s/^RESULT /regime=$regime conc=$conc /p" >>"$FLOOR" || true
+			"$BIN/carpool-writefloor" --conns "$conc" --step-ms "${FLOOR_STEP[$fl]}" --events-per-write "${FLOOR_EPW[$fl]}" \
+				--duration-s "$FLOOR_S" --io "$io" 2>/dev/null | sed -n "s/^RESULT /regime=$fl conc=$conc /p" >>"$FLOOR" || true
 		done
 	done
 	for io in write uring; do
-		say "floor ($io): $(awk -v c="$conc" -v re="$regime" -v io="io=$io" '$1 == "regime=" re && $2 == "conc=" c && index($0, " " io " ")' "$FLOOR" |
-			grep -o 'writer_us_per_write=[0-9.]*' | cut -d= -f2 | paste -sd' ') us per event"
+		say "floor $fl ($io): $(awk -v c="$conc" -v re="$fl" -v io="io=$io" '$1 == "regime=" re && $2 == "conc=" c && index($0, " " io " ")' "$FLOOR" |
+			grep -o 'writer_us_per_event=[0-9.]*' | cut -d= -f2 | paste -sd' ') us per event"
 	done
 }
 
@@ -393,7 +397,8 @@ for regime in $REGIMES; do
 				measure "$regime" "$conc" "$rep" "$p" "${url[$p]}" ${ppids[$p]}
 			done
 		done
-		[[ $regime != paced && $regime != flood ]] || floor_runs "$regime" "$conc" "$step"
+		fl=$(floor_regime "$regime")
+		grep -q "^regime=$fl conc=$conc " "$FLOOR" || floor_runs "$fl" "$conc"
 		printf '%s\t%s\tnginx\t%s\n' "$regime" "$conc" "$(status_kib VmHWM $NG_MASTER $NG_WORKER)" >>"$RSS"
 		for p in "${measured[@]}"; do
 			[[ $p == carpool* ]] || continue
@@ -404,13 +409,6 @@ for regime in $REGIMES; do
 		stop_pid "$NG_MASTER"
 		stop_pid "$SIM_PID"
 		unset url ppids
-	done
-done
-# Floors a regime refers to but the run did not measure (REGIMES without paced or flood)
-for regime in $REGIMES; do
-	fr=$(floor_regime "$regime")
-	for conc in ${R_CONC[$regime]}; do
-		grep -q "^regime=$fr conc=$conc " "$FLOOR" || floor_runs "$fr" "$conc" "${R_STEP[$fr]}"
 	done
 done
 
@@ -477,9 +475,9 @@ median() { sort -g | awk '{v[NR] = $1} END {if (NR) print (NR % 2 ? v[(NR + 1) /
 raw_med() { # regime conc proxy column: median over the runs
 	awk -F'\t' -v re="$1" -v c="$2" -v p="$3" -v col="$4" '$1 == re && $2 == c && $4 == p && $col != "-" {print $col}' "$RAW" | median
 }
-floor_med() { # regime conc io: median writer µs per event of the floor runs
+floor_med() { # floor conc io: median writer µs per event of the floor runs
 	awk -v c="$2" -v re="$1" -v io="io=$3" '$1 == "regime=" re && $2 == "conc=" c && index($0, " " io " ")' "$FLOOR" |
-		grep -o 'writer_us_per_write=[0-9.]*' | cut -d= -f2 | median
+		grep -o 'writer_us_per_event=[0-9.]*' | cut -d= -f2 | median
 }
 has_regime() { [[ " $REGIMES " == *" $1 "* ]]; }
 # target_row TEXT VALUE LIMIT [UNIT]: a row of the targets table; met when VALUE <= LIMIT
@@ -584,11 +582,13 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a != "" && b + 0 > 0) printf "%.3
 	echo "together and submitted with one \`io_uring_enter\` per step (\`--io uring\`, MSG_DONTWAIT; the new floor). On"
 	echo "loopback the sender also runs the receiver's TCP input and wakes it, so this is nearly all kernel time;"
 	echo "io_uring saves the system call per event, not the delivery. Measured in the same run, $REPS × ${FLOOR_S} s per"
-	echo "cell and way, medians; a 64-token regime is held against the floor of its pacing at the same C (the floor"
-	echo "does not depend on answer lengths)."
+	echo "floor and way, medians; a 64-token regime is held against the floor of its pacing at the same C (the floor"
+	echo "does not depend on answer lengths), one event per write; **in one read** (flood-64-burst), against a whole"
+	echo "64-event answer per write (\`--events-per-write 64\`), as carpool may send a client the answer it got in"
+	echo "one read: there the system call is shared by 64 tokens and the two ways cost nearly the same."
 	echo
-	echo "| regime | C | write() floor µs/event | io_uring floor µs/event | nginx µs/token | carpool µs/token | nginx ÷ write() floor | carpool ÷ write() floor | carpool ÷ io_uring floor |"
-	echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+	echo "| regime | C | floor | write() floor µs/event | io_uring floor µs/event | nginx µs/token | carpool µs/token | nginx ÷ write() floor | carpool ÷ write() floor | carpool ÷ io_uring floor |"
+	echo "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"
 	for regime in $REGIMES; do
 		fr=$(floor_regime "$regime")
 		for c in ${R_CONC[$regime]}; do
@@ -596,9 +596,9 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a != "" && b + 0 > 0) printf "%.3
 			fu=$(floor_med "$fr" "$c" uring)
 			ng=$(raw_med "$regime" "$c" nginx 18)
 			cp=$(raw_med "$regime" "$c" carpool 18)
-			awk -v re="$regime" -v c="$c" -v fw="${fw:-0}" -v fu="${fu:-0}" -v ng="${ng:-0}" -v cp="${cp:-0}" '
+			awk -v re="$regime" -v c="$c" -v fl="$fr, ${FLOOR_EPW[$fr]} per write" -v fw="${fw:-0}" -v fu="${fu:-0}" -v ng="${ng:-0}" -v cp="${cp:-0}" '
 				function r(a, b) { return b > 0 ? sprintf("%.2f", a / b) : "—" }
-				BEGIN { printf "| %s | %s | %.2f | %.2f | %.2f | %.2f | %s | %s | %s |\n", re, c, fw, fu, ng, cp, r(ng, fw), r(cp, fw), r(cp, fu) }'
+				BEGIN { printf "| %s | %s | %s | %.3f | %.3f | %.2f | %.2f | %s | %s | %s |\n", re, c, fl, fw, fu, ng, cp, r(ng, fw), r(cp, fw), r(cp, fu) }'
 		done
 	done
 	echo

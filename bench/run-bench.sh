@@ -92,8 +92,8 @@ el() { awk -v t0="$T0" -v t1="$(date +%s.%N)" 'BEGIN{printf "%6.1fs", t1-t0}'; }
 say() { echo "[$(el)] $*"; }
 
 # Requests per client for a run: paced runs last a few seconds each (a short request takes ~0.2 s at
-# 20 ms/step, a 64-token one ~1.3 s), with enough tokens at low concurrency for the 10 ms CPU tick to
-# resolve; flood runs stream about as many tokens as FLOOD_TOTAL short requests (mean 9.5 tokens).
+# 20 ms/step, a 64-token one ~1.3 s), with enough tokens at low concurrency for the CPU figure to
+# settle; flood runs stream about as many tokens as FLOOD_TOTAL short requests (mean 9.5 tokens).
 reqs_per_client() { # regime conc
 	local long=0
 	[[ ${R_MAXTOK[$1]} == 64 ]] && long=1
@@ -389,6 +389,7 @@ for regime in $REGIMES; do
 		# Warm-up (not measured): opens the upstream keep-alive connections, settles the allocators.
 		for p in "${measured[@]}"; do
 			"$BIN/carpool-loadgen" --url "${url[$p]}" --concurrency "$conc" --requests 1 --prefix warm- --quiet \
+				--max-tokens "${R_MAXTOK[$regime]}" --answer-tokens "${R_ANSWERS[$regime]}" \
 				--timeout-s "$LOADGEN_TIMEOUT_S" >/dev/null 2>&1 || true
 		done
 		for rep in $(seq "$REPS"); do

@@ -16,7 +16,8 @@
 #
 # THE UPSTREAM IS A SIMULATOR (bench/sim.c), not a model. Loopback only. About a minute.
 # Knobs: STREAMS (256), REQS (requests per client: 8), CG_REQS (the same under callgrind: 2), ANSWER
-# (64 tokens), SHAPES ("burst interleaved"), OUT ("-": print only), KEEP=1 (keep the callgrind and
+# (64 tokens), SHAPES ("burst interleaved"), OUT ("-": print only), CARPOOL_BIN (another build to
+# profile; default bin/carpool), KEEP=1 (keep the callgrind and
 # strace files in /tmp/carpool-profile/). Needs strace and valgrind (installed when missing, as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."

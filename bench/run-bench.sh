@@ -22,7 +22,8 @@
 # REGIMES (which of the above, in order; default all), HOLD_STREAMS (streams held open for the memory
 # figure, 1000), CARPOOL_WORKERS (carpool event-loop threads when the binary has the `workers` key;
 # default 1, like nginx's worker_processes 1), KEEP_WORK=1 (keep the temp dir), OUT (the report,
-# bench/RESULTS.md; the plot goes beside it as results.png).
+# bench/RESULTS.md; the plot goes beside it as results.png), CARPOOL_BIN (the carpool binary to
+# measure, default bin/carpool: another build, side by side with this tree's tools).
 # QUICK=1: a check of the tooling, not figures: one run per cell, 256 streams only, a quarter of the
 # flood load, 1 s floors, 200 held streams; the report goes to /tmp/carpool-bench-quick.md unless OUT
 # says otherwise, and says it is a quick run.
@@ -149,7 +150,8 @@ fi
 WORK=$(mktemp -d /tmp/carpool-bench.XXXXXX)
 # Snapshot the binaries: the whole run measures one build even if bin/ is rebuilt meanwhile.
 mkdir -p "$WORK/bin"
-cp bin/carpool bin/carpool-sim bin/carpool-loadgen bin/carpool-writefloor "$WORK/bin/"
+cp bin/carpool-sim bin/carpool-loadgen bin/carpool-writefloor "$WORK/bin/"
+cp "${CARPOOL_BIN:-bin/carpool}" "$WORK/bin/carpool"
 BIN=$WORK/bin
 CARPOOL_SHA=$(sha256sum "$BIN/carpool" | cut -c1-16)
 # `workers` (event-loop threads) exists only in newer builds; pin it when the binary knows it.
@@ -516,7 +518,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a != "" && b + 0 > 0) printf "%.3
 	echo "| memory | $MEM_TOTAL |"
 	echo "| date | $DATE |"
 	echo "| load average at start / end | $LOAD_START / $LOAD_END |"
-	echo "| carpool | $("$BIN/carpool" --version 2>&1 | head -1), git $GIT_REV$GIT_DIRTY at build time, binary sha256 $CARPOOL_SHA… |"
+	echo "| carpool | $("$BIN/carpool" --version 2>&1 | head -1)$([[ -n ${CARPOOL_BIN:-} ]] && echo " ($CARPOOL_BIN)" || echo ", git $GIT_REV$GIT_DIRTY at build time"), binary sha256 $CARPOOL_SHA… |"
 	echo "| carpool event-loop threads | $([[ -n $WORKERS_LINE ]] && echo "$CARPOOL_WORKERS (\`$WORKERS_LINE\`)" || echo "1 (this build has no \`workers\` key)") |"
 	echo "| nginx | $NGINX_VERSION ($NGINX) |"
 	echo "| compiler | $CC_VERSION |"

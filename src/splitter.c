@@ -83,6 +83,8 @@ void split_free(struct split *sp)
 {
 	free(sp->slot_owner);
 	cJSON_Delete(sp->proto);
+	sbuf_free(&sp->proto_src);
+	sbuf_free(&sp->tpl);
 	cJSON_Delete(sp->usage_total);
 	sp->slot_owner = NULL;
 	sp->proto = sp->usage_total = NULL;
@@ -154,13 +156,25 @@ static cJSON *usage_json(const struct split *sp, const struct split_member *m)
 	return u;
 }
 
-static cJSON *proto_copy(const struct split *sp)
+/* The first event's top-level fields, parsed again from its bytes (which the full parse accepted)
+ * the first time an answer needs them (a usage chunk, a non-stream body): a call whose members
+ * only stream content never builds them. */
+static cJSON *proto_copy(struct split *sp)
 {
+	if (!sp->proto && sp->proto_src.len) {
+		sp->proto = cJSON_ParseWithLength(sp->proto_src.data, sp->proto_src.len);
+		if (cJSON_IsObject(sp->proto)) {
+			cJSON_DeleteItemFromObjectCaseSensitive(sp->proto, "choices");
+			cJSON_DeleteItemFromObjectCaseSensitive(sp->proto, "usage");
+			cJSON_DeleteItemFromObjectCaseSensitive(sp->proto, "timings");
+		}
+		sbuf_free(&sp->proto_src);
+	}
 	return sp->proto ? cJSON_Duplicate(sp->proto, 1) : cJSON_CreateObject();
 }
 
 /* Non-stream body in the OpenAI / vLLM shape: one object, the member's choices in index order. */
-static char *assemble_openai(const struct split *sp, struct split_member *m)
+static char *assemble_openai(struct split *sp, struct split_member *m)
 {
 	cJSON *obj = proto_copy(sp);
 	cJSON *choices = cJSON_CreateArray();
@@ -194,7 +208,7 @@ static char *assemble_openai(const struct split *sp, struct split_member *m)
 
 /* Non-stream body in llama.cpp's shape: per prompt the final chunk with the whole text; one object
  * for a single prompt, an array for several. */
-static char *assemble_llamacpp(const struct split *sp, struct split_member *m)
+static char *assemble_llamacpp(struct split *sp, struct split_member *m)
 {
 	cJSON *arr = cJSON_CreateArray();
 	for (unsigned p = 0; p < m->nprompts; p++) {
@@ -351,14 +365,11 @@ static void take_choice(struct split *sp, struct split_member *m, unsigned ci, c
 	}
 }
 
-static void set_proto(struct split *sp, const cJSON *ev)
+/* Keeps the first event with a choices array, unparsed (proto_copy). */
+static void set_proto(struct split *sp, const char *data, size_t len)
 {
-	if (sp->proto)
-		return;
-	sp->proto = cJSON_Duplicate(ev, 1);
-	cJSON_DeleteItemFromObjectCaseSensitive(sp->proto, "choices");
-	cJSON_DeleteItemFromObjectCaseSensitive(sp->proto, "usage");
-	cJSON_DeleteItemFromObjectCaseSensitive(sp->proto, "timings");
+	if (!sp->proto && !sp->proto_src.len)
+		sbuf_add(&sp->proto_src, data, len);
 }
 
 /* The upstream's own error event ends every open member. The payload is {"error":{...}} (OpenAI,
@@ -406,8 +417,9 @@ static void upstream_error_event(struct split *sp, const char *data, size_t len,
 
 /* The fast path: a single-choice event for a streaming member is rewritten at the byte level (its
  * `index`, and vLLM's per-chunk usage removed) instead of parsed and printed; everything else
- * keeps its bytes. Anything unusual returns CP_DECLINED and takes the full parse. The two must
- * agree (tests/unit/test_splitter.c compares them on generated events). */
+ * keeps its bytes. An event that starts with the call's template is scanned from its choice on.
+ * Anything unusual returns CP_DECLINED and takes the full parse. They must all agree
+ * (tests/unit/test_fastpath.c and tests/fuzz/fuzz_split.c compare them). */
 /* Whether data holds a byte below 0x20 other than a tab; eight bytes at a time. */
 static bool has_control(const char *data, size_t len)
 {
@@ -429,12 +441,38 @@ static bool has_control(const char *data, size_t len)
 	return false;
 }
 
-static int fast_event(struct split *sp, const char *data, size_t len)
+/* What the byte path found in a single-choice event. */
+struct fast_scan {
+	const char *obj;		 /* the event's '{' */
+	const char *is, *ie;		 /* the choice's index value */
+	struct jscan_hit text, fr, usage; /* the choice's text and finish_reason; the top-level usage */
+};
+
+static const char *const choice_keys[] = {"index", "text", "finish_reason"};
+
+/* The choice object at ch, alone in its array (ce: the end of the text to scan): fills fs; returns
+ * the position just after the array's ']', or NULL for anything else. */
+static const char *scan_choice(const char *ch, const char *ce, struct fast_scan *fs)
+{
+	struct jscan_hit chk[3];
+	const char *chend = jscan_members(ch, ce, choice_keys, 3, chk);
+	const char *after = chend ? jscan_ws(chend, ce) : NULL;
+	if (!after || after >= ce || *after != ']')
+		return NULL; /* several choices */
+	fs->is = chk[0].vstart;
+	fs->ie = chk[0].vend;
+	fs->text = chk[1];
+	fs->fr = chk[2];
+	return fs->is ? after + 1 : NULL;
+}
+
+/* The full byte scan: the event's top-level members, then its one choice. Learns the template from
+ * an event whose usage (if any) follows its choices. */
+static int scan_event(struct split *sp, const char *data, size_t len, struct fast_scan *fs)
 {
 	static const char *const top_keys[] = {"choices", "usage", "error"};
-	static const char *const choice_keys[] = {"index", "text", "finish_reason"};
 	const char *end = data + len;
-	struct jscan_hit top[3], chk[3];
+	struct jscan_hit top[3];
 	/* control bytes (a NUL, the line breaks of a multi-line event) would be copied raw into the
 	 * client's stream: such events take the full parse, which re-prints them */
 	if (has_control(data, len))
@@ -451,13 +489,48 @@ static int fast_event(struct split *sp, const char *data, size_t len)
 	const char *ch = jscan_ws(cs + 1, ce);
 	if (ch >= ce || *ch != '{')
 		return CP_DECLINED; /* no choice: a usage chunk */
-	const char *chend = jscan_members(ch, ce, choice_keys, 3, chk);
-	const char *after = chend ? jscan_ws(chend, ce) : NULL;
-	if (!after || *after != ']')
-		return CP_DECLINED; /* several choices */
-	const char *is = chk[0].vstart, *ie = chk[0].vend;
+	if (!scan_choice(ch, ce, fs))
+		return CP_DECLINED;
+	fs->obj = obj;
+	fs->usage = top[1];
+	/* Every byte before the choice is then the same in the call's next events: with no usage or
+	 * error among them, an event that starts with them needs a scan from its choice on only. */
+	if (!sp->no_tpl && (!top[1].vstart || top[1].kstart > ch)) {
+		sbuf_reset(&sp->tpl);
+		sbuf_add(&sp->tpl, data, (size_t)(ch + 1 - data));
+	}
+	return CP_OK;
+}
+
+/* The template path: an event that starts with the template's bytes is at its first choice's '{'
+ * right after them, inside the choices array of the top-level object, with no usage or error
+ * before; what follows is scanned: the choice, the end of the array, the rest of the object. */
+static int scan_tpl(struct split *sp, const char *data, size_t len, struct fast_scan *fs)
+{
+	static const char *const rest_keys[] = {"usage", "error"};
+	size_t tl = sp->tpl.len;
+	const char *end = data + len;
+	struct jscan_hit rest[2];
+	if (!tl || len <= tl || memcmp(data, sp->tpl.data, tl))
+		return CP_DECLINED;
+	if (has_control(data + tl, len - tl))
+		return CP_DECLINED;
+	const char *arr_end = scan_choice(data + tl - 1, end, fs);
+	const char *obj_end = arr_end ? jscan_members_from(arr_end, end, rest_keys, 2, rest) : NULL;
+	if (!obj_end || rest[1].vstart || jscan_ws(obj_end, end) != end)
+		return CP_DECLINED;
+	fs->obj = data;
+	fs->usage = rest[0];
+	sp->tpl_events++;
+	return CP_OK;
+}
+
+/* Writes the scanned event to the member that owns its choice, index rewritten. */
+static int fast_take(struct split *sp, const char *data, size_t len, const struct fast_scan *fs)
+{
+	const char *end = data + len, *is = fs->is, *ie = fs->ie;
 	unsigned long idx;
-	if (!is || !jscan_uint(is, ie, &idx))
+	if (!jscan_uint(is, ie, &idx))
 		return CP_DECLINED;
 	unsigned slot = (unsigned)(idx / sp->n);
 	if (slot >= sp->nslots)
@@ -469,15 +542,15 @@ static int fast_event(struct split *sp, const char *data, size_t len)
 		return CP_DECLINED; /* a body to assemble: the full parse keeps every field */
 	unsigned ci = (slot - m->slot0) * sp->n + (unsigned)(idx % sp->n);
 	bool content = false, finished = false;
-	if (chk[1].vstart) {
-		if (*chk[1].vstart != '"')
+	if (fs->text.vstart) {
+		if (*fs->text.vstart != '"')
 			return CP_DECLINED;
-		content = chk[1].vend - chk[1].vstart > 2;
+		content = fs->text.vend - fs->text.vstart > 2;
 	}
-	if (chk[2].vstart)
-		finished = *chk[2].vstart == '"';
+	if (fs->fr.vstart)
+		finished = *fs->fr.vstart == '"';
 	/* vLLM's continuous usage: recorded, and removed from what the client sees */
-	const char *cut_s = NULL, *cut_e = NULL, *us = top[1].kstart, *uvs = top[1].vstart, *uve = top[1].vend;
+	const char *cut_s = NULL, *cut_e = NULL, *us = fs->usage.kstart, *uvs = fs->usage.vstart, *uve = fs->usage.vend;
 	if (uvs && *uvs == '{') {
 		static const char *const usage_keys[] = {"prompt_tokens", "completion_tokens"};
 		struct jscan_hit u[2];
@@ -490,7 +563,7 @@ static int fast_event(struct split *sp, const char *data, size_t len)
 		}
 		if (sp->dialect == DIALECT_VLLM) {
 			const char *q = us - 1;
-			while (q > obj && (*q == ' ' || *q == '\n' || *q == '\r' || *q == '\t'))
+			while (q > fs->obj && (*q == ' ' || *q == '\n' || *q == '\r' || *q == '\t'))
 				q--;
 			if (*q == ',') {
 				cut_s = q;
@@ -547,6 +620,17 @@ static int fast_event(struct split *sp, const char *data, size_t len)
 	return CP_OK;
 }
 
+/* The byte path: the template when the event starts with it, else the full byte scan; CP_DECLINED
+ * sends the event to the full parse. */
+static int fast_event(struct split *sp, const char *data, size_t len)
+{
+	struct fast_scan fs;
+	int rc = scan_tpl(sp, data, len, &fs);
+	if (rc == CP_DECLINED)
+		rc = scan_event(sp, data, len, &fs);
+	return rc == CP_OK ? fast_take(sp, data, len, &fs) : rc;
+}
+
 int split_event(struct split *sp, const char *data, size_t len, bool is_error_field)
 {
 	sp->events++;
@@ -559,7 +643,8 @@ int split_event(struct split *sp, const char *data, size_t len, bool is_error_fi
 		upstream_error_event(sp, data, len, true);
 		return CP_OK;
 	}
-	if (sp->proto && !sp->no_fast) {
+	/* the call's first event takes the full parse (and keeps its bytes for the prototype) */
+	if ((sp->proto || sp->proto_src.len) && !sp->no_fast) {
 		int rc = fast_event(sp, data, len);
 		if (rc != CP_DECLINED)
 			return rc;
@@ -580,7 +665,7 @@ int split_event(struct split *sp, const char *data, size_t len, bool is_error_fi
 		cJSON_Delete(ev);
 		return CP_ERROR;
 	}
-	set_proto(sp, ev);
+	set_proto(sp, data, len);
 	if (!choices->child) {
 		/* the whole call's usage (OpenAI / vLLM include_usage) */
 		if (cJSON_IsObject(usage)) {

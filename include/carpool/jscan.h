@@ -25,6 +25,11 @@ struct jscan_hit {
 const char *jscan_members(const char *obj, const char *end, const char *const *keys, int nkeys,
 			  struct jscan_hit *hits);
 
+/* The same for the rest of an object: p is just after one of its members' values (at the ',' or '}'
+ * that follows, blanks allowed). */
+const char *jscan_members_from(const char *p, const char *end, const char *const *keys, int nkeys,
+			       struct jscan_hit *hits);
+
 /* A non-negative integer value in [v, vend); false if it is not plain digits (or too large). */
 bool jscan_uint(const char *v, const char *vend, unsigned long *out);
 

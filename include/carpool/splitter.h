@@ -49,14 +49,21 @@ struct split {
 	unsigned nmembers;
 	unsigned nslots;
 	unsigned *slot_owner;	/* prompt slot -> member */
-	cJSON *proto;		/* top-level fields of the first event, without choices and usage */
+	cJSON *proto;		/* top-level fields of the first event, without choices and usage; parsed
+				 * from proto_src when first needed */
+	struct sbuf proto_src;	/* the bytes of the first event with a choices array */
+	struct sbuf tpl;	/* the event template: the bytes of an event up to its first choice's '{',
+				 * learned from an event the byte path scanned in full; the same for every
+				 * event of a call (id, object, created, model) */
 	cJSON *usage_total;	/* the upstream's whole-call usage, when it sent one */
 	bool upstream_done;	/* [DONE] seen */
 	unsigned remaining;	/* members not done */
 	unsigned finished;	/* choices that ended, over every member (the sum of their `finished`) */
 	unsigned long events;
 	unsigned long fast_events; /* events handled by the byte-level fast path */
+	unsigned long tpl_events;  /* of which matched the template (scanned from the first choice on) */
 	bool no_fast;		/* tests: always take the full-parse path */
+	bool no_tpl;		/* tests: the byte path never uses the template */
 };
 
 /* Lays out slots in member order. members[] stays owned by the caller; dialect must be resolved. */

@@ -1,5 +1,8 @@
 /* Fuzz target: one upstream event through the splitter's byte-level fast path and through its full
- * parse; when the full parse accepts the event, both must give each member the same JSON. */
+ * parse; when the full parse accepts the event, both must give each member the same JSON. The byte
+ * path with its per-call template and without it must agree byte for byte, whatever the event.
+ * data[0]: the dialect (% 3); from 0xe0 on, the event starts with the template's bytes, so that the
+ * fuzzer works on what follows them. */
 #include "carpool/splitter.h"
 
 #include <cjson/cJSON.h>
@@ -14,7 +17,9 @@ struct side {
 	unsigned est[3][2];
 };
 
-static void side_init(struct side *s, enum dialect d, bool fast)
+#define TPL "{\"id\":\"x\",\"object\":\"text_completion\",\"created\":1,\"model\":\"m\",\"choices\":[{"
+
+static void side_init(struct side *s, enum dialect d, bool fast, bool tpl)
 {
 	memset(s, 0, sizeof *s);
 	for (int i = 0; i < 3; i++) {
@@ -27,9 +32,11 @@ static void side_init(struct side *s, enum dialect d, bool fast)
 	}
 	split_init(&s->sp, d, 1, s->pm, 3);
 	s->sp.no_fast = !fast;
-	static const char first[] = "{\"id\":\"x\",\"object\":\"text_completion\",\"created\":1,\"model\":\"m\","
-				    "\"choices\":[{\"index\":3,\"text\":\"\",\"finish_reason\":null}]}";
-	split_event(&s->sp, first, sizeof first - 1, false); /* sets the prototype on both */
+	s->sp.no_tpl = !tpl;
+	static const char first[] = TPL "\"index\":3,\"text\":\"\",\"finish_reason\":null}]}";
+	static const char second[] = TPL "\"index\":0,\"text\":\"\",\"finish_reason\":null}]}";
+	split_event(&s->sp, first, sizeof first - 1, false);   /* sets the prototype on each */
+	split_event(&s->sp, second, sizeof second - 1, false); /* and the template where it is used */
 	for (int i = 0; i < 3; i++)
 		sbuf_reset(&s->m[i].out);
 }
@@ -70,19 +77,31 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (size < 1)
 		return 0;
 	enum dialect d = data[0] % 3 == 0 ? DIALECT_VLLM : data[0] % 3 == 1 ? DIALECT_OPENAI : DIALECT_LLAMACPP;
-	const char *ev = (const char *)data + 1;
-	size_t len = size - 1;
-	struct side f, s;
-	side_init(&f, d, true);
-	side_init(&s, d, false);
+	bool with_tpl = data[0] >= 0xe0;
+	size_t len = size - 1 + (with_tpl ? sizeof TPL - 1 : 0);
+	char *ev = malloc(len ? len : 1);
+	if (with_tpl)
+		memcpy(ev, TPL, sizeof TPL - 1);
+	memcpy(ev + len - (size - 1), data + 1, size - 1);
+	struct side f, g, s;
+	side_init(&f, d, true, true);
+	side_init(&g, d, true, false);
+	side_init(&s, d, false, false);
 	cJSON *check = cJSON_ParseWithLength(ev, len);
 	int rs = split_event(&s.sp, ev, len, false);
-	split_event(&f.sp, ev, len, false);
+	int rf = split_event(&f.sp, ev, len, false);
+	if (split_event(&g.sp, ev, len, false) != rf)
+		abort();
+	for (int i = 0; i < 3; i++)
+		if (f.m[i].out.len != g.m[i].out.len || (f.m[i].out.len && memcmp(f.m[i].out.data, g.m[i].out.data, f.m[i].out.len)))
+			abort();
 	if (check && rs == CP_OK)
 		for (int i = 0; i < 3; i++)
 			same(&f.m[i].out, &s.m[i].out);
 	cJSON_Delete(check);
+	free(ev);
 	side_free(&f);
+	side_free(&g);
 	side_free(&s);
 	return 0;
 }

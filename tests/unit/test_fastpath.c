@@ -27,14 +27,24 @@ static uint32_t next(void)
 static const char *const texts[] = {" hello", "", " \\\"quoted\\\"", " line\\nbreak", " caf\\u00e9", " \xc3\xa9t\xc3\xa9",
 				    " {braces} [and] ,commas,", " back\\\\slash"};
 
+/* How a call lays its events out: the choice's member order and where usage goes (-1: drawn per
+ * event); a real upstream keeps one layout for a whole call, so its events share their bytes up to
+ * the first choice (the splitter's template). perturb: this event differs in one byte there. */
+struct shape {
+	int choice, top;
+	bool perturb;
+};
+
 /* One event for upstream index idx, in a random but valid shape. */
-static void make_event(char *buf, size_t cap, enum dialect d, unsigned idx, bool finish, int tokens_so_far)
+static void make_event(char *buf, size_t cap, enum dialect d, unsigned idx, bool finish, int tokens_so_far,
+		       struct shape sh)
 {
 	const char *ws = next() % 4 == 0 ? " " : "";
 	const char *text = texts[next() % (sizeof texts / sizeof texts[0])];
 	char choice[512];
 	const char *fr = finish ? (next() % 2 ? "\"stop\"" : "\"length\"") : "null";
-	switch (next() % 3) {
+	unsigned cl = next() % 3, tl = next() % 3;
+	switch (sh.choice >= 0 ? (unsigned)sh.choice : cl) {
 	case 0:
 		snprintf(choice, sizeof choice, "{\"index\":%s%u,\"text\":%s\"%s\",\"logprobs\":null,\"finish_reason\":%s%s}", ws,
 			 idx, ws, text, fr, d == DIALECT_VLLM ? ",\"stop_reason\":null" : "");
@@ -53,22 +63,28 @@ static void make_event(char *buf, size_t cap, enum dialect d, unsigned idx, bool
 	else if (d == DIALECT_LLAMACPP && finish)
 		snprintf(usage, sizeof usage, "\"usage\":{\"completion_tokens\":%d,\"prompt_tokens\":4,\"total_tokens\":%d}",
 			 tokens_so_far, tokens_so_far + 4);
-	switch (usage[0] ? next() % 3 : 3) {
+	/* one byte of the part before the choice changed: another id, or a blank after the '{' */
+	const char *id = sh.perturb && next() % 2 ? "cmpl-2" : "cmpl-1", *lead = sh.perturb && id[5] == '1' ? " " : "";
+	if (sh.top >= 0)
+		tl = (unsigned)sh.top;
+	if (!usage[0] && tl != 1) /* usage first or in the middle: without it, the choices come first */
+		tl = 3;
+	switch (tl) {
 	case 0: /* usage first */
-		snprintf(buf, cap, "{%s,\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"created\":1,\"model\":\"m\",\"choices\":[%s]}",
-			 usage, choice);
+		snprintf(buf, cap, "{%s%s,\"id\":\"%s\",\"object\":\"text_completion\",\"created\":1,\"model\":\"m\",\"choices\":[%s]}",
+			 lead, usage, id, choice);
 		break;
 	case 1: /* usage last */
-		snprintf(buf, cap, "{\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"created\":1,\"model\":\"m\",\"choices\":[%s],%s%s}",
-			 choice, ws, usage);
+		snprintf(buf, cap, "{%s\"id\":\"%s\",\"object\":\"text_completion\",\"created\":1,\"model\":\"m\",\"choices\":[%s]%s%s%s}",
+			 lead, id, choice, usage[0] ? "," : "", ws, usage);
 		break;
 	case 2: /* usage in the middle */
-		snprintf(buf, cap, "{\"id\":\"cmpl-1\",%s,\"choices\":[%s],\"model\":\"m\",\"system_fingerprint\":\"fp\"}", usage,
-			 choice);
+		snprintf(buf, cap, "{%s\"id\":\"%s\",%s,\"choices\":[%s],\"model\":\"m\",\"system_fingerprint\":\"fp\"}", lead,
+			 id, usage, choice);
 		break;
 	default:
-		snprintf(buf, cap, "{\"choices\":[%s],\"created\":1,\"model\":\"m\",\"object\":\"text_completion\",\"id\":\"x\"}",
-			 choice);
+		snprintf(buf, cap, "{%s\"choices\":[%s],\"created\":1,\"model\":\"m\",\"object\":\"text_completion\",\"id\":\"%s\"}",
+			 sh.perturb ? " " : "", choice, id);
 	}
 }
 
@@ -144,20 +160,47 @@ static void same_events(const char *a, const char *b)
 	free(y);
 }
 
+/* The byte path without the template against the full parse, as run() compares f and s. */
+static void same_sides(const struct side *g, const struct side *s)
+{
+	for (int i = 0; i < 4; i++) {
+		same_events(g->log[i].data, s->log[i].data);
+		assert_int_equal(g->m[i].done, s->m[i].done);
+		assert_int_equal(g->m[i].finished, s->m[i].finished);
+		for (unsigned c = 0; c < g->m[i].nchoices; c++) {
+			assert_int_equal(g->m[i].ntokens[c], s->m[i].ntokens[c]);
+			assert_int_equal(g->m[i].cu_completion[c], s->m[i].cu_completion[c]);
+		}
+		for (unsigned p = 0; p < g->m[i].nprompts; p++)
+			assert_int_equal(g->m[i].cu_prompt[p], s->m[i].cu_prompt[p]);
+	}
+}
+
+/* Rounds of whole calls through three splitters: the byte path with its template (f), without it
+ * (g), and the full parse (s). Three rounds in four keep one layout for the call, with one event in
+ * eight changed by a byte before its choice; the fourth draws every event's layout. */
 static void run(enum dialect d, unsigned n, unsigned rounds)
 {
 	unsigned long_choices = 0; /* choices of more than 5 events */
+	unsigned long tpl_events = 0, fast_events = 0, perturbed = 0;
 	for (unsigned r = 0; r < rounds; r++) {
-		struct side f, s;
+		struct side f, g, s;
 		side_init(&f, d, n, true);
+		side_init(&g, d, n, true);
+		g.sp.no_tpl = true;
 		side_init(&s, d, n, false);
+		struct shape sh = {-1, -1, false};
+		if (r % 4) {
+			sh.choice = (int)(next() % 3);
+			sh.top = (int)(next() % 4);
+		}
 		unsigned nchoices = f.sp.nslots * n;
 		int *left = calloc(nchoices, sizeof *left), *done = calloc(nchoices, sizeof *done);
 		/* 1 to 9 events a choice: a long choice crosses every small count a bug could hide behind */
 		for (unsigned c = 0; c < nchoices; c++)
 			left[c] = 1 + (int)(next() % 9);
 		char ev[2048];
-		/* the first event sets the prototype on both (full parse) */
+		/* the first event sets the prototype on each (full parse) */
 		unsigned remaining = nchoices;
 		while (remaining) {
 			unsigned c = next() % nchoices;
@@ -166,17 +209,31 @@ static void run(enum dialect d, unsigned n, unsigned rounds)
 			left[c]--;
 			done[c]++;
 			bool fin = left[c] == 0;
-			make_event(ev, sizeof ev, d, c, fin, done[c]);
-			assert_int_equal(split_event(&f.sp, ev, strlen(ev), false), split_event(&s.sp, ev, strlen(ev), false));
+			sh.perturb = next() % 8 == 0;
+			perturbed += sh.perturb;
+			make_event(ev, sizeof ev, d, c, fin, done[c], sh);
+			int rc = split_event(&s.sp, ev, strlen(ev), false);
+			assert_int_equal(split_event(&f.sp, ev, strlen(ev), false), rc);
+			assert_int_equal(split_event(&g.sp, ev, strlen(ev), false), rc);
 			side_take(&f);
+			side_take(&g);
 			side_take(&s);
 			if (fin)
 				remaining--;
 		}
 		split_event(&f.sp, "[DONE]", 6, false);
+		split_event(&g.sp, "[DONE]", 6, false);
 		split_event(&s.sp, "[DONE]", 6, false);
 		side_take(&f);
+		side_take(&g);
 		side_take(&s);
+		assert_int_equal(g.sp.tpl_events, 0);
+		tpl_events += f.sp.tpl_events;
+		/* a layout with usage after the choices (or none) has a template from its second event */
+		if ((sh.top == 1 || sh.top == 3) && !f.sp.tpl_events)
+			fail_msg("round %u: layout %d/%d, %lu byte-path events, none matched the template", r, sh.choice,
+				 sh.top, f.sp.fast_events);
+		fast_events += f.sp.fast_events;
 		assert_true(f.sp.fast_events > 0 || nchoices == 1);
 		for (unsigned c = 0; c < nchoices; c++)
 			long_choices += done[c] > 5;
@@ -189,12 +246,17 @@ static void run(enum dialect d, unsigned n, unsigned rounds)
 				assert_int_equal(f.m[i].cu_completion[c], s.m[i].cu_completion[c]);
 			}
 		}
+		same_sides(&g, &s);
 		free(left);
 		free(done);
 		side_free(&f);
+		side_free(&g);
 		side_free(&s);
 	}
 	assert_true(long_choices >= rounds);
+	/* the template serves most of the byte path's events, and some events missed it by a byte */
+	if (tpl_events * 4 < fast_events || perturbed < rounds)
+		fail_msg("template events %lu of %lu byte-path events, %lu perturbed", tpl_events, fast_events, perturbed);
 }
 
 static void test_vllm(void **state)
@@ -215,6 +277,76 @@ static void test_llamacpp(void **state)
 {
 	(void)state;
 	run(DIALECT_LLAMACPP, 1, 300);
+}
+
+/* The template is the byte path's shortcut, so with it and without it the byte path must agree byte
+ * for byte: an event that differs from the learned one in any one byte before its choice, whatever
+ * the byte, gives the same outcome and the same output both ways (and matched events take it). */
+static void test_template_one_byte(void **state)
+{
+	(void)state;
+	static const char *const evs[] = {
+		"{\"id\":\"cmpl-7\",\"object\":\"text_completion\",\"created\":17,\"model\":\"m\",\"choices\":[{\"index\":%u,"
+		"\"text\":\" a\",\"logprobs\":null,\"finish_reason\":null,\"stop_reason\":null}],\"usage\":{\"prompt_tokens\":3,"
+		"\"completion_tokens\":%u,\"total_tokens\":9}}",
+		"{ \"choices\" : [ {\"text\":\"b\",\"index\":%u,\"finish_reason\":null} ] ,\"created\":1,\"usage\":null,\"x\":%u}",
+	};
+	static const char subst[] = "X\"{}[],: 1\\n";
+	unsigned matched = 0;
+	for (unsigned e = 0; e < 2; e++) {
+		for (enum dialect d = DIALECT_OPENAI; d <= DIALECT_VLLM; d++) {
+			struct side f, g;
+			side_init(&f, d, 1, true);
+			side_init(&g, d, 1, true);
+			g.sp.no_tpl = true;
+			char ev[512];
+			/* the first event sets the prototype, the second the template */
+			for (unsigned k = 0; k < 2; k++) {
+				snprintf(ev, sizeof ev, evs[e], k, k);
+				assert_int_equal(split_event(&f.sp, ev, strlen(ev), false), CP_OK);
+				assert_int_equal(split_event(&g.sp, ev, strlen(ev), false), CP_OK);
+			}
+			size_t plen = strchr(strchr(ev, '['), '{') + 1 - ev;
+			assert_int_equal(f.sp.tpl.len, plen);
+			unsigned long before = f.sp.tpl_events;
+			snprintf(ev, sizeof ev, evs[e], 5u, 2u);
+			assert_int_equal(split_event(&f.sp, ev, strlen(ev), false), CP_OK);
+			assert_int_equal(split_event(&g.sp, ev, strlen(ev), false), CP_OK);
+			assert_int_equal(f.sp.tpl_events, before + 1);
+			for (size_t i = 0; i < plen; i++)
+				for (const char *c = subst; *c; c++) {
+					snprintf(ev, sizeof ev, evs[e], (unsigned)(i % 7), 2u);
+					if (ev[i] == *c)
+						continue;
+					ev[i] = *c;
+					before = f.sp.tpl_events;
+					int rf = split_event(&f.sp, ev, strlen(ev), false);
+					assert_int_equal(rf, split_event(&g.sp, ev, strlen(ev), false));
+					matched += f.sp.tpl_events != before;
+					for (int m = 0; m < 4; m++) {
+						assert_int_equal(f.m[m].out.len, g.m[m].out.len);
+						if (f.m[m].out.len && memcmp(f.m[m].out.data, g.m[m].out.data, f.m[m].out.len))
+							fail_msg("template and byte path differ on %s", ev);
+					}
+					side_take(&f);
+					side_take(&g);
+				}
+			/* the template's bytes, then an error after the choices: the upstream's error, not a chunk */
+			snprintf(ev, sizeof ev, evs[e], 1u, 3u);
+			snprintf(strrchr(ev, '}'), 64, ",\"error\":{\"message\":\"boom\",\"code\":500}}");
+			assert_int_equal(split_event(&f.sp, ev, strlen(ev), false), CP_OK);
+			assert_int_equal(split_event(&g.sp, ev, strlen(ev), false), CP_OK);
+			for (int m = 0; m < 4; m++) {
+				assert_true(f.m[m].done && g.m[m].done);
+				assert_int_equal(f.m[m].out.len, g.m[m].out.len);
+			}
+			side_take(&f);
+			side_take(&g);
+			side_free(&f);
+			side_free(&g);
+		}
+	}
+	assert_int_equal(matched, 0); /* a changed byte never matches; the template is relearned */
 }
 
 static void test_jscan(void **state)
@@ -247,6 +379,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_jscan),
+		cmocka_unit_test(test_template_one_byte),
 		cmocka_unit_test(test_vllm),
 		cmocka_unit_test(test_openai),
 		cmocka_unit_test(test_llamacpp),

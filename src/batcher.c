@@ -1,6 +1,7 @@
 /* batcher: batch keys, windows, dispatch, and the life of one batched upstream call. */
 #include "carpool/batcher.h"
 #include "carpool/metrics.h"
+#include "carpool/reqbody.h"
 #include "carpool/sink.h"
 #include "carpool/splitter.h"
 #include "carpool/sse.h"
@@ -545,26 +546,11 @@ static enum dialect batch_dialect(const struct batch *b)
 /* The upstream body: the first member's request with every member's prompts, always streamed. */
 static char *build_body(struct batch *b, enum dialect d)
 {
-	cJSON *body = cJSON_Duplicate(b->members[0]->req.body, 1);
-	cJSON *prompts = cJSON_CreateArray();
-	for (unsigned i = 0; i < b->nmembers; i++) {
-		struct member *m = b->members[i];
-		for (cJSON *p = m->req.prompts->child; p; p = p->next)
-			cJSON_AddItemToArray(prompts, cJSON_Duplicate(p, 1));
-	}
-	/* One token-id prompt alone stays a flat array; otherwise an array of prompts. */
-	json_set(body, "prompt", prompts);
-	cJSON_DeleteItemFromObjectCaseSensitive(body, "stream");
-	cJSON_AddTrueToObject(body, "stream");
-	cJSON_DeleteItemFromObjectCaseSensitive(body, "stream_options");
-	if (d != DIALECT_LLAMACPP) {
-		cJSON *so = cJSON_AddObjectToObject(body, "stream_options");
-		cJSON_AddTrueToObject(so, "include_usage");
-		if (d == DIALECT_VLLM)
-			cJSON_AddTrueToObject(so, "continuous_usage_stats");
-	}
-	char *s = cJSON_PrintUnformatted(body);
-	cJSON_Delete(body);
+	const struct intake_req **reqs = xcalloc(b->nmembers, sizeof *reqs);
+	for (unsigned i = 0; i < b->nmembers; i++)
+		reqs[i] = &b->members[i]->req;
+	char *s = reqbody_completion(reqs, b->nmembers, d);
+	free(reqs);
 	return s;
 }
 

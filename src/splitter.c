@@ -7,6 +7,36 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The layout of a call's events after the template: the same bytes but for a few values that
+ * change from event to event (the index, the text, the usage figures), learned from one event.
+ * An event that has these bytes, with a plain integer or a string in each place, is that event with
+ * other values: nothing in it needs a scan but the values themselves. */
+enum { SK_LIT, SK_UINT, SK_STR };		     /* a piece: bytes as learned, digits, a string's inside */
+enum { SK_NONE, SK_INDEX, SK_TEXT, SK_UPROMPT, SK_UCOMPL }; /* what a value is */
+#define SK_MAX 16
+struct split_skel {
+	struct sbuf bytes; /* the pieces' learned bytes, one after another */
+	unsigned n;
+	struct {
+		unsigned char kind, role;
+		unsigned off, len; /* in bytes */
+	} piece[SK_MAX];
+	int cut_piece[2]; /* vLLM: the usage member removed starts and ends in these pieces (-1: none) */
+	unsigned cut_off[2];
+	unsigned misses; /* layouts learned since one last matched: past SK_GIVE_UP (the call's events
+			  * differ in more than these values), no more are learned */
+};
+#define SK_GIVE_UP 8
+
+static void skel_free(struct split *sp)
+{
+	if (!sp->skel)
+		return;
+	sbuf_free(&sp->skel->bytes);
+	free(sp->skel);
+	sp->skel = NULL;
+}
+
 void split_init(struct split *sp, enum dialect dialect, unsigned n, struct split_member **members,
 		unsigned nmembers)
 {
@@ -85,6 +115,7 @@ void split_free(struct split *sp)
 	cJSON_Delete(sp->proto);
 	sbuf_free(&sp->proto_src);
 	sbuf_free(&sp->tpl);
+	skel_free(sp);
 	cJSON_Delete(sp->usage_total);
 	sp->slot_owner = NULL;
 	sp->proto = sp->usage_total = NULL;
@@ -446,6 +477,11 @@ struct fast_scan {
 	const char *obj;		 /* the event's '{' */
 	const char *is, *ie;		 /* the choice's index value */
 	struct jscan_hit text, fr, usage; /* the choice's text and finish_reason; the top-level usage */
+	/* what usage tells (usage_cut): its prompt and completion tokens (-1: not told) and the bytes
+	 * removed from what the client sees ([cut_s, cut_e), NULL: none) */
+	bool resolved;
+	long u_prompt, u_compl;
+	const char *cut_s, *cut_e;
 };
 
 static const char *const choice_keys[] = {"index", "text", "finish_reason"};
@@ -525,8 +561,191 @@ static int scan_tpl(struct split *sp, const char *data, size_t len, struct fast_
 	return CP_OK;
 }
 
+/* vLLM's continuous usage: what it tells, and the bytes that remove it from what the client sees.
+ * CP_DECLINED for a usage the byte path does not take. */
+static int usage_cut(const struct split *sp, const char *data, size_t len, struct fast_scan *fs)
+{
+	const char *end = data + len, *is = fs->is, *ie = fs->ie;
+	const char *us = fs->usage.kstart, *uvs = fs->usage.vstart, *uve = fs->usage.vend;
+	fs->u_prompt = fs->u_compl = -1;
+	fs->cut_s = fs->cut_e = NULL;
+	if (uvs && *uvs == '{') {
+		static const char *const usage_keys[] = {"prompt_tokens", "completion_tokens"};
+		struct jscan_hit u[2];
+		unsigned long n;
+		if (jscan_members(uvs, uve, usage_keys, 2, u)) {
+			if (u[0].vstart && jscan_uint(u[0].vstart, u[0].vend, &n))
+				fs->u_prompt = (long)n;
+			if (u[1].vstart && jscan_uint(u[1].vstart, u[1].vend, &n))
+				fs->u_compl = (long)n;
+		}
+		if (sp->dialect == DIALECT_VLLM) {
+			const char *q = us - 1;
+			while (q > fs->obj && (*q == ' ' || *q == '\n' || *q == '\r' || *q == '\t'))
+				q--;
+			if (*q == ',') {
+				fs->cut_s = q;
+				fs->cut_e = uve;
+			} else { /* the first member: take the comma after it */
+				const char *r = jscan_ws(uve, end);
+				if (r >= end || *r != ',')
+					return CP_DECLINED;
+				fs->cut_s = us;
+				fs->cut_e = r + 1;
+			}
+			if (!(fs->cut_e <= is || fs->cut_s >= ie))
+				return CP_DECLINED;
+		}
+	} else if (uvs && sp->dialect == DIALECT_VLLM && strncmp(uvs, "null", 4)) {
+		return CP_DECLINED;
+	}
+	fs->resolved = true;
+	return CP_OK;
+}
+
+struct skel_value {
+	const char *s, *e;
+	unsigned char kind, role;
+};
+
+/* Learns the layout from an event that starts with the template and that the byte path scanned
+ * (fs, its usage resolved): its values in place of the index, the text, the usage figures; the rest
+ * as bytes. An event that finishes its choice is not learned (its finish_reason would be). */
+static void skel_learn(struct split *sp, const char *data, size_t len, const struct fast_scan *fs)
+{
+	struct split_skel *sk = sp->skel;
+	if (sk && sk->misses > SK_GIVE_UP)
+		return;
+	if ((fs->fr.vstart && *fs->fr.vstart != 'n') || (fs->text.vstart && *fs->text.vstart != '"'))
+		return;
+	struct skel_value v[5];
+	unsigned nv = 0;
+	v[nv++] = (struct skel_value){fs->is, fs->ie, SK_UINT, SK_INDEX};
+	if (fs->text.vstart)
+		v[nv++] = (struct skel_value){fs->text.vstart + 1, fs->text.vend - 1, SK_STR, SK_TEXT};
+	if (fs->usage.vstart && *fs->usage.vstart == '{') {
+		static const char *const keys[] = {"prompt_tokens", "completion_tokens", "total_tokens"};
+		static const unsigned char roles[] = {SK_UPROMPT, SK_UCOMPL, SK_NONE};
+		struct jscan_hit u[3];
+		unsigned long n;
+		if (!jscan_members(fs->usage.vstart, fs->usage.vend, keys, 3, u))
+			return;
+		for (int i = 0; i < 3; i++)
+			if (u[i].vstart && jscan_uint(u[i].vstart, u[i].vend, &n))
+				v[nv++] = (struct skel_value){u[i].vstart, u[i].vend, SK_UINT, roles[i]};
+	}
+	for (unsigned i = 1; i < nv; i++) /* in the order of the bytes */
+		for (unsigned j = i; j > 0 && v[j].s < v[j - 1].s; j--) {
+			struct skel_value t = v[j];
+			v[j] = v[j - 1];
+			v[j - 1] = t;
+		}
+	const char *cut[2] = {fs->cut_s, fs->cut_e}, *at = data + sp->tpl.len, *end = data + len;
+	for (unsigned i = 0; i < nv; i++) /* a cut's end next to a value would move with its length */
+		for (int c = 0; c < 2; c++)
+			if (cut[c] && (cut[c] == v[i].s || cut[c] == v[i].e))
+				return;
+	if (!sk)
+		sk = sp->skel = xcalloc(1, sizeof *sk);
+	sbuf_reset(&sk->bytes);
+	sk->n = 0;
+	sk->misses++;
+	sk->cut_piece[0] = sk->cut_piece[1] = -1;
+	for (unsigned i = 0; i <= nv; i++) {
+		const char *ls = at, *le = i < nv ? v[i].s : end;
+		if (le < ls)
+			goto fail;
+		if (le > ls) { /* the bytes up to the next value, with the cut's ends that fall in them */
+			sk->piece[sk->n].kind = SK_LIT;
+			sk->piece[sk->n].off = (unsigned)sk->bytes.len;
+			sk->piece[sk->n].len = (unsigned)(le - ls);
+			sbuf_add(&sk->bytes, ls, (size_t)(le - ls));
+			for (int c = 0; c < 2; c++)
+				if (cut[c] && cut[c] >= ls && cut[c] <= le && sk->cut_piece[c] < 0) {
+					sk->cut_piece[c] = (int)sk->n;
+					sk->cut_off[c] = (unsigned)(cut[c] - ls);
+				}
+			sk->n++;
+		}
+		if (i == nv)
+			break;
+		sk->piece[sk->n].kind = v[i].kind;
+		sk->piece[sk->n].role = v[i].role;
+		sk->n++;
+		at = v[i].e;
+	}
+	if (fs->cut_s && (sk->cut_piece[0] < 0 || sk->cut_piece[1] < 0))
+		goto fail;
+	return;
+fail:
+	sk->n = 0;
+}
+
+/* The layout path: an event that starts with the template and then has the layout's bytes, with
+ * digits and strings in place of its values; fills fs as a scan would (usage resolved). */
+static int scan_skel(struct split *sp, const char *data, size_t len, struct fast_scan *fs)
+{
+	const struct split_skel *sk = sp->skel;
+	size_t tl = sp->tpl.len;
+	if (!sk || !sk->n || !tl || len <= tl || memcmp(data, sp->tpl.data, tl))
+		return CP_DECLINED;
+	const char *p = data + tl, *end = data + len, *at[SK_MAX];
+	fs->is = fs->ie = fs->text.vstart = fs->text.vend = fs->fr.vstart = fs->cut_s = fs->cut_e = NULL;
+	fs->u_prompt = fs->u_compl = -1;
+	for (unsigned i = 0; i < sk->n; i++) {
+		at[i] = p;
+		const char *q = p;
+		switch (sk->piece[i].kind) {
+		case SK_LIT:
+			if ((size_t)(end - p) < sk->piece[i].len || memcmp(p, sk->bytes.data + sk->piece[i].off, sk->piece[i].len))
+				return CP_DECLINED;
+			p += sk->piece[i].len;
+			continue;
+		case SK_UINT: { /* 1 to 15 digits, as jscan_uint takes them */
+			unsigned long n = 0;
+			const char *lim = end - p > 15 ? p + 15 : end;
+			for (unsigned d; q < lim && (d = (unsigned char)*q - '0') < 10; q++)
+				n = n * 10 + d;
+			if (q == p || (q < end && (unsigned)((unsigned char)*q - '0') < 10u))
+				return CP_DECLINED;
+			if (sk->piece[i].role == SK_INDEX) {
+				fs->is = p;
+				fs->ie = q;
+			} else if (sk->piece[i].role == SK_UPROMPT) {
+				fs->u_prompt = (long)n;
+			} else if (sk->piece[i].role == SK_UCOMPL) {
+				fs->u_compl = (long)n;
+			}
+			break;
+		}
+		default: /* a string's inside, up to its closing quote (the next piece's first byte) */
+			for (; q < end && *q != '"'; q++) {
+				if ((unsigned char)*q < 0x20 && *q != '\t')
+					return CP_DECLINED;
+				if (*q == '\\' && (++q >= end || ((unsigned char)*q < 0x20 && *q != '\t')))
+					return CP_DECLINED;
+			}
+			fs->text.vstart = p - 1;
+			fs->text.vend = q + 1;
+		}
+		p = q;
+	}
+	if (p != end)
+		return CP_DECLINED;
+	if (sk->cut_piece[0] >= 0) {
+		fs->cut_s = at[sk->cut_piece[0]] + sk->cut_off[0];
+		fs->cut_e = at[sk->cut_piece[1]] + sk->cut_off[1];
+	}
+	fs->obj = data;
+	fs->resolved = true;
+	sp->skel->misses = 0;
+	sp->skel_events++;
+	sp->tpl_events++;
+	return CP_OK;
+}
+
 /* Writes the scanned event to the member that owns its choice, index rewritten. */
-static int fast_take(struct split *sp, const char *data, size_t len, const struct fast_scan *fs)
+static int fast_take(struct split *sp, const char *data, size_t len, struct fast_scan *fs)
 {
 	const char *end = data + len, *is = fs->is, *ie = fs->ie;
 	unsigned long idx;
@@ -549,63 +768,55 @@ static int fast_take(struct split *sp, const char *data, size_t len, const struc
 	}
 	if (fs->fr.vstart)
 		finished = *fs->fr.vstart == '"';
-	/* vLLM's continuous usage: recorded, and removed from what the client sees */
-	const char *cut_s = NULL, *cut_e = NULL, *us = fs->usage.kstart, *uvs = fs->usage.vstart, *uve = fs->usage.vend;
-	if (uvs && *uvs == '{') {
-		static const char *const usage_keys[] = {"prompt_tokens", "completion_tokens"};
-		struct jscan_hit u[2];
-		unsigned long n;
-		if (jscan_members(uvs, uve, usage_keys, 2, u)) {
-			if (u[0].vstart && jscan_uint(u[0].vstart, u[0].vend, &n))
-				m->cu_prompt[ci / sp->n] = (long)n;
-			if (u[1].vstart && jscan_uint(u[1].vstart, u[1].vend, &n))
-				m->cu_completion[ci] = (long)n;
-		}
-		if (sp->dialect == DIALECT_VLLM) {
-			const char *q = us - 1;
-			while (q > fs->obj && (*q == ' ' || *q == '\n' || *q == '\r' || *q == '\t'))
-				q--;
-			if (*q == ',') {
-				cut_s = q;
-				cut_e = uve;
-			} else { /* the first member: take the comma after it */
-				const char *r = jscan_ws(uve, end);
-				if (r >= end || *r != ',')
-					return CP_DECLINED;
-				cut_s = us;
-				cut_e = r + 1;
-			}
-			if (!(cut_e <= is || cut_s >= ie))
-				return CP_DECLINED;
-		}
-	} else if (uvs && sp->dialect == DIALECT_VLLM && strncmp(uvs, "null", 4)) {
+	if (!fs->resolved && usage_cut(sp, data, len, fs) != CP_OK)
 		return CP_DECLINED;
-	}
+	if (fs->u_prompt >= 0)
+		m->cu_prompt[ci / sp->n] = fs->u_prompt;
+	if (fs->u_compl >= 0)
+		m->cu_completion[ci] = fs->u_compl;
+	const char *cut_s = fs->cut_s, *cut_e = fs->cut_e;
 	char digits[16], *dp = digits + sizeof digits;
 	unsigned v = ci;
 	do
 		*--dp = (char)('0' + v % 10);
 	while ((v /= 10));
-	int dl = (int)(digits + sizeof digits - dp);
-	memmove(digits, dp, (size_t)dl);
-	sbuf_reserve(&m->out, len + 32);
-	sbuf_add(&m->out, "data: ", 6);
+	/* "data: ", the event in at most five pieces (the new index one of them, the cut left out),
+	 * "\n\n": sized once, copied in one go */
+	struct {
+		const char *p;
+		size_t n;
+	} piece[5];
+	int np = 0;
+	size_t total = 8;
+#define PIECE(from, to) (piece[np].p = (from), total += piece[np++].n = (size_t)((to) - (from)))
 	if (cut_s && cut_e <= is) {
-		sbuf_add(&m->out, data, (size_t)(cut_s - data));
-		sbuf_add(&m->out, cut_e, (size_t)(is - cut_e));
-		sbuf_add(&m->out, digits, (size_t)dl);
-		sbuf_add(&m->out, ie, (size_t)(end - ie));
+		PIECE(data, cut_s);
+		PIECE(cut_e, is);
+		PIECE(dp, digits + sizeof digits);
+		PIECE(ie, end);
 	} else if (cut_s) {
-		sbuf_add(&m->out, data, (size_t)(is - data));
-		sbuf_add(&m->out, digits, (size_t)dl);
-		sbuf_add(&m->out, ie, (size_t)(cut_s - ie));
-		sbuf_add(&m->out, cut_e, (size_t)(end - cut_e));
+		PIECE(data, is);
+		PIECE(dp, digits + sizeof digits);
+		PIECE(ie, cut_s);
+		PIECE(cut_e, end);
 	} else {
-		sbuf_add(&m->out, data, (size_t)(is - data));
-		sbuf_add(&m->out, digits, (size_t)dl);
-		sbuf_add(&m->out, ie, (size_t)(end - ie));
+		PIECE(data, is);
+		PIECE(dp, digits + sizeof digits);
+		PIECE(ie, end);
 	}
-	sbuf_add(&m->out, "\n\n", 2);
+#undef PIECE
+	sbuf_reserve(&m->out, total);
+	char *w = m->out.data + m->out.len;
+	memcpy(w, "data: ", 6);
+	w += 6;
+	for (int i = 0; i < np; i++) {
+		memcpy(w, piece[i].p, piece[i].n);
+		w += piece[i].n;
+	}
+	memcpy(w, "\n\n", 2);
+	w += 2;
+	*w = 0;
+	m->out.len = (size_t)(w - m->out.data);
 	m->dirty = true;
 	sp->fast_events++;
 	if (content)
@@ -624,11 +835,20 @@ static int fast_take(struct split *sp, const char *data, size_t len, const struc
  * sends the event to the full parse. */
 static int fast_event(struct split *sp, const char *data, size_t len)
 {
-	struct fast_scan fs;
+	struct fast_scan fs; /* scan_skel sets what it tells */
+	if (!sp->no_skel && scan_skel(sp, data, len, &fs) == CP_OK)
+		return fast_take(sp, data, len, &fs);
+	fs = (struct fast_scan){.resolved = false};
 	int rc = scan_tpl(sp, data, len, &fs);
 	if (rc == CP_DECLINED)
 		rc = scan_event(sp, data, len, &fs);
-	return rc == CP_OK ? fast_take(sp, data, len, &fs) : rc;
+	if (rc != CP_OK)
+		return rc;
+	/* an event the layout did not fit teaches the layout: the template is its own start */
+	if (!sp->no_skel && !sp->no_tpl && sp->tpl.len && len > sp->tpl.len && !memcmp(data, sp->tpl.data, sp->tpl.len) &&
+	    usage_cut(sp, data, len, &fs) == CP_OK)
+		skel_learn(sp, data, len, &fs);
+	return fast_take(sp, data, len, &fs);
 }
 
 int split_event(struct split *sp, const char *data, size_t len, bool is_error_field)

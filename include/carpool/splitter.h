@@ -61,9 +61,12 @@ struct split {
 	unsigned finished;	/* choices that ended, over every member (the sum of their `finished`) */
 	unsigned long events;
 	unsigned long fast_events; /* events handled by the byte-level fast path */
+	struct split_skel *skel;   /* the layout of the rest of the event (splitter.c), or NULL */
 	unsigned long tpl_events;  /* of which matched the template (scanned from the first choice on) */
+	unsigned long skel_events; /* of which matched the whole layout (nothing scanned but its values) */
 	bool no_fast;		/* tests: always take the full-parse path */
-	bool no_tpl;		/* tests: the byte path never uses the template */
+	bool no_tpl;		/* tests: the byte path never uses the template (nor the layout) */
+	bool no_skel;		/* tests: the byte path never uses the layout */
 };
 
 /* Lays out slots in member order. members[] stays owned by the caller; dialect must be resolved. */

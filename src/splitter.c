@@ -446,6 +446,19 @@ static void upstream_error_event(struct split *sp, const char *data, size_t len,
 	cJSON_Delete(ev);
 }
 
+/* The whole call's usage (OpenAI / vLLM include_usage), from an event without choices: kept (u, owned
+ * now), and passed on as it is to a member alone in its call that asked for it. */
+static void take_usage_total(struct split *sp, cJSON *u, const char *data, size_t len)
+{
+	cJSON_Delete(sp->usage_total);
+	sp->usage_total = u;
+	if (alone_passthrough(sp)) {
+		struct split_member *m = sp->members[0];
+		if (m && !m->done && !m->gone && m->stream && m->include_usage)
+			emit_raw(m, "data", data, len);
+	}
+}
+
 /* The fast path: a single-choice event for a streaming member is rewritten at the byte level (its
  * `index`, and vLLM's per-chunk usage removed) instead of parsed and printed; everything else
  * keeps its bytes. An event that starts with the call's template is scanned from its choice on.
@@ -477,6 +490,7 @@ struct fast_scan {
 	const char *obj;		 /* the event's '{' */
 	const char *is, *ie;		 /* the choice's index value */
 	struct jscan_hit text, fr, usage; /* the choice's text and finish_reason; the top-level usage */
+	bool no_choice; /* "choices":[]: the call's usage (take_usage) */
 	/* what usage tells (usage_cut): its prompt and completion tokens (-1: not told) and the bytes
 	 * removed from what the client sees ([cut_s, cut_e), NULL: none) */
 	bool resolved;
@@ -523,12 +537,14 @@ static int scan_event(struct split *sp, const char *data, size_t len, struct fas
 	if (!cs || *cs != '[')
 		return CP_DECLINED;
 	const char *ch = jscan_ws(cs + 1, ce);
-	if (ch >= ce || *ch != '{')
-		return CP_DECLINED; /* no choice: a usage chunk */
-	if (!scan_choice(ch, ce, fs))
-		return CP_DECLINED;
 	fs->obj = obj;
 	fs->usage = top[1];
+	if (ch < ce && *ch == ']') {
+		fs->no_choice = true;
+		return CP_OK;
+	}
+	if (ch >= ce || *ch != '{' || !scan_choice(ch, ce, fs))
+		return CP_DECLINED;
 	/* Every byte before the choice is then the same in the call's next events: with no usage or
 	 * error among them, an event that starts with them needs a scan from its choice on only. */
 	if (!sp->no_tpl && (!top[1].vstart || top[1].kstart > ch)) {
@@ -744,6 +760,23 @@ static int scan_skel(struct split *sp, const char *data, size_t len, struct fast
 	return CP_OK;
 }
 
+/* An event without choices whose usage is an object: only the usage is parsed (the full parse took
+ * the whole event for it). */
+static int take_usage(struct split *sp, const char *data, size_t len, const struct fast_scan *fs)
+{
+	const char *uvs = fs->usage.vstart;
+	if (!uvs || *uvs != '{')
+		return CP_DECLINED;
+	cJSON *u = cJSON_ParseWithLength(uvs, (size_t)(fs->usage.vend - uvs));
+	if (!cJSON_IsObject(u)) {
+		cJSON_Delete(u);
+		return CP_DECLINED;
+	}
+	take_usage_total(sp, u, data, len);
+	sp->fast_events++;
+	return CP_OK;
+}
+
 /* Writes the scanned event to the member that owns its choice, index rewritten. */
 static int fast_take(struct split *sp, const char *data, size_t len, struct fast_scan *fs)
 {
@@ -844,6 +877,8 @@ static int fast_event(struct split *sp, const char *data, size_t len)
 		rc = scan_event(sp, data, len, &fs);
 	if (rc != CP_OK)
 		return rc;
+	if (fs.no_choice)
+		return take_usage(sp, data, len, &fs);
 	/* an event the layout did not fit teaches the layout: the template is its own start */
 	if (!sp->no_skel && !sp->no_tpl && sp->tpl.len && len > sp->tpl.len && !memcmp(data, sp->tpl.data, sp->tpl.len) &&
 	    usage_cut(sp, data, len, &fs) == CP_OK)
@@ -887,16 +922,8 @@ int split_event(struct split *sp, const char *data, size_t len, bool is_error_fi
 	}
 	set_proto(sp, data, len);
 	if (!choices->child) {
-		/* the whole call's usage (OpenAI / vLLM include_usage) */
-		if (cJSON_IsObject(usage)) {
-			cJSON_Delete(sp->usage_total);
-			sp->usage_total = cJSON_Duplicate(usage, 1);
-			if (alone_passthrough(sp)) {
-				struct split_member *m = sp->members[0];
-				if (m && !m->done && !m->gone && m->stream && m->include_usage)
-					emit_raw(m, "data", data, strlen(data));
-			}
-		}
+		if (cJSON_IsObject(usage))
+			take_usage_total(sp, cJSON_Duplicate(usage, 1), data, strlen(data));
 		cJSON_Delete(ev);
 		return CP_OK;
 	}

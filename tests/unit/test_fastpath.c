@@ -372,6 +372,65 @@ static void test_template_one_byte(void **state)
 	assert_true(skels > 0);	      /* a digit for a digit, a letter in the text */
 }
 
+/* The call's usage (an event without choices) on the byte path: a member alone in its call, streamed
+ * (the usage event passed on as it is) or not (the body's usage is the upstream's), gets the same as
+ * from the full parse; a usage that is no JSON object is the full parse's to refuse. */
+static void test_usage_chunk(void **state)
+{
+	(void)state;
+	static const char *const usage[] = {
+		"{\"id\":\"c\",\"object\":\"text_completion\",\"created\":1,\"model\":\"m\",\"choices\":[],\"usage\":{\"prompt_tokens\":7,"
+		"\"completion_tokens\":3,\"total_tokens\":10}}",
+		"{ \"usage\" : { \"completion_tokens\" : 5 , \"prompt_tokens\" : 2 } , \"choices\" : [ ] }",
+		"{\"choices\":[],\"usage\":{\"prompt_tokens\":1,}}",
+		"{\"choices\":[],\"usage\":{\"prompt_tokens\":1}} x",
+	};
+	for (int stream = 0; stream < 2; stream++)
+		for (enum dialect d = DIALECT_OPENAI; d <= DIALECT_VLLM; d++)
+			for (size_t u = 0; u < sizeof usage / sizeof usage[0]; u++) {
+				struct split sp[2];
+				struct split_member m[2] = {{0}};
+				struct split_member *pm[2] = {&m[0], &m[1]};
+				unsigned est = 2;
+				int rc[2];
+				for (int k = 0; k < 2; k++) { /* k = 0: the byte path; 1: the full parse */
+					m[k].nprompts = 1;
+					m[k].stream = stream;
+					m[k].include_usage = true;
+					m[k].prompt_tokens_est = &est;
+					split_init(&sp[k], d, 1, &pm[k], 1);
+					sp[k].no_fast = k;
+					const char *evs[] = {
+						"{\"id\":\"c\",\"object\":\"text_completion\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,"
+						"\"text\":\"a\",\"finish_reason\":null}]}",
+						"{\"id\":\"c\",\"object\":\"text_completion\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,"
+						"\"text\":\"b\",\"finish_reason\":\"stop\"}]}",
+						usage[u], "[DONE]"};
+					for (int e = 0; e < 4; e++) {
+						int r = split_event(&sp[k], evs[e], strlen(evs[e]), false);
+						if (e == 2)
+							rc[k] = r;
+					}
+				}
+				assert_int_equal(rc[0], rc[1]);
+				if (!stream) /* the chunks are a body's: only a well-formed usage took the byte path */
+					assert_int_equal(sp[0].fast_events, u < 2);
+				if (stream) {
+					assert_int_equal(m[0].out.len, m[1].out.len);
+					assert_memory_equal(m[0].out.data, m[1].out.data, m[0].out.len);
+				} else {
+					cJSON *a = cJSON_Parse(m[0].out.data), *b = cJSON_Parse(m[1].out.data);
+					assert_true(a && b && cJSON_Compare(a, b, 1));
+					cJSON_Delete(a);
+					cJSON_Delete(b);
+				}
+				for (int k = 0; k < 2; k++) {
+					split_member_free(&m[k]);
+					split_free(&sp[k]);
+				}
+			}
+}
+
 static void test_jscan(void **state)
 {
 	(void)state;
@@ -403,6 +462,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_jscan),
 		cmocka_unit_test(test_template_one_byte),
+		cmocka_unit_test(test_usage_chunk),
 		cmocka_unit_test(test_vllm),
 		cmocka_unit_test(test_openai),
 		cmocka_unit_test(test_llamacpp),

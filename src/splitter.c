@@ -923,7 +923,7 @@ int split_event(struct split *sp, const char *data, size_t len, bool is_error_fi
 	set_proto(sp, data, len);
 	if (!choices->child) {
 		if (cJSON_IsObject(usage))
-			take_usage_total(sp, cJSON_Duplicate(usage, 1), data, strlen(data));
+			take_usage_total(sp, cJSON_Duplicate(usage, 1), data, strnlen(data, len));
 		cJSON_Delete(ev);
 		return CP_OK;
 	}

@@ -343,7 +343,8 @@ static void merge_logprobs(cJSON **acc, const cJSON *lp)
 static long num_field(const cJSON *obj, const char *name)
 {
 	const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, name);
-	return cJSON_IsNumber(v) ? (long)v->valuedouble : -1;
+	/* -1 too for a number no long holds (converting it would be undefined) */
+	return cJSON_IsNumber(v) && fabs(v->valuedouble) < 9e15 ? (long)v->valuedouble : -1;
 }
 
 /* Records one choice for member m at client index ci. */
@@ -585,7 +586,11 @@ static int usage_cut(const struct split *sp, const char *data, size_t len, struc
 	const char *us = fs->usage.kstart, *uvs = fs->usage.vstart, *uve = fs->usage.vend;
 	fs->u_prompt = fs->u_compl = -1;
 	fs->cut_s = fs->cut_e = NULL;
-	if (uvs && *uvs == '{') {
+	if (!uvs) {
+		fs->resolved = true;
+		return CP_OK;
+	}
+	if (*uvs == '{') {
 		static const char *const usage_keys[] = {"prompt_tokens", "completion_tokens"};
 		struct jscan_hit u[2];
 		unsigned long n;
@@ -595,25 +600,26 @@ static int usage_cut(const struct split *sp, const char *data, size_t len, struc
 			if (u[1].vstart && jscan_uint(u[1].vstart, u[1].vend, &n))
 				fs->u_compl = (long)n;
 		}
-		if (sp->dialect == DIALECT_VLLM) {
-			const char *q = us - 1;
-			while (q > fs->obj && (*q == ' ' || *q == '\n' || *q == '\r' || *q == '\t'))
-				q--;
-			if (*q == ',') {
-				fs->cut_s = q;
-				fs->cut_e = uve;
-			} else { /* the first member: take the comma after it */
-				const char *r = jscan_ws(uve, end);
-				if (r >= end || *r != ',')
-					return CP_DECLINED;
-				fs->cut_s = us;
-				fs->cut_e = r + 1;
-			}
-			if (!(fs->cut_e <= is || fs->cut_s >= ie))
-				return CP_DECLINED;
-		}
-	} else if (uvs && sp->dialect == DIALECT_VLLM && strncmp(uvs, "null", 4)) {
+	} else if (sp->dialect == DIALECT_VLLM && (uve - uvs != 4 || memcmp(uvs, "null", 4))) {
 		return CP_DECLINED;
+	}
+	/* vLLM: the member goes, object or null, as the full parse drops it */
+	if (sp->dialect == DIALECT_VLLM) {
+		const char *q = us - 1;
+		while (q > fs->obj && (*q == ' ' || *q == '\n' || *q == '\r' || *q == '\t'))
+			q--;
+		if (*q == ',') {
+			fs->cut_s = q;
+			fs->cut_e = uve;
+		} else { /* the first member: take the comma after it */
+			const char *r = jscan_ws(uve, end);
+			if (r >= end || *r != ',')
+				return CP_DECLINED;
+			fs->cut_s = us;
+			fs->cut_e = r + 1;
+		}
+		if (!(fs->cut_e <= is || fs->cut_s >= ie))
+			return CP_DECLINED;
 	}
 	fs->resolved = true;
 	return CP_OK;

@@ -63,6 +63,8 @@ static void make_event(char *buf, size_t cap, enum dialect d, unsigned idx, bool
 	else if (d == DIALECT_LLAMACPP && finish)
 		snprintf(usage, sizeof usage, "\"usage\":{\"completion_tokens\":%d,\"prompt_tokens\":4,\"total_tokens\":%d}",
 			 tokens_so_far, tokens_so_far + 4);
+	else if (next() % 2) /* a usage of null: vLLM's without continuous usage */
+		snprintf(usage, sizeof usage, "\"usage\":null");
 	/* one byte of the part before the choice changed: another id, or a blank after the '{' */
 	const char *id = sh.perturb && next() % 2 ? "cmpl-2" : "cmpl-1", *lead = sh.perturb && id[5] == '1' ? " " : "";
 	if (sh.top >= 0)

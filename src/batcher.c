@@ -364,29 +364,11 @@ static void batch_keepalive(struct batch *b)
 	evtimer_add(b->ka_timer, &tv);
 }
 
-/* The least-loaded candidate upstream with room (sequences on it per unit of weight), preferring
- * upstreams that have not already failed this batch; NULL if none has room now. */
+/* The least-loaded candidate upstream with room, preferring upstreams that have not already failed
+ * this batch; NULL if none has room now. */
 static struct upstream *choose(struct batch *b)
 {
-	struct batcher *bt = b->bt;
-	struct upstream *best = NULL;
-	double best_load = 0;
-	bool best_tried = true;
-	for (int i = 0; i < bt->nups; i++) {
-		if (!(b->cands & (1u << i)))
-			continue;
-		struct upstream *up = &bt->ups[i];
-		if (!upstream_room_or_wake(up))
-			continue;
-		bool tried = b->tried & (1u << i);
-		double load = (double)upstream_load(up) / (double)up->cfg->weight;
-		if (!best || (best_tried && !tried) || (tried == best_tried && load < best_load)) {
-			best = up;
-			best_load = load;
-			best_tried = tried;
-		}
-	}
-	return best;
+	return upstream_pick(b->bt->ups, b->bt->nups, b->cands, b->tried, UPSTREAM_PICK_ROOM);
 }
 
 /* How long until some candidate is out of backoff (0: one is in service now). */

@@ -31,19 +31,7 @@ unsigned router_candidates(struct router *rt, const char *model)
 /* The least loaded of the upstreams in mask (calls in flight per unit of weight; unhealthy last). */
 static struct upstream *pick_among(struct router *rt, unsigned mask)
 {
-	struct upstream *best = NULL;
-	double best_load = 0;
-	for (int i = 0; i < rt->nups; i++) {
-		if (!(mask & (1u << i)))
-			continue;
-		struct upstream *up = &rt->ups[i];
-		double load = (double)up->inflight / (double)up->cfg->weight + (upstream_healthy(up) ? 0 : 1e9);
-		if (!best || load < best_load) {
-			best = up;
-			best_load = load;
-		}
-	}
-	return best;
+	return upstream_pick(rt->ups, rt->nups, mask, 0, UPSTREAM_PICK_CALLS);
 }
 
 struct upstream *router_pick(struct router *rt, const char *model)

@@ -359,6 +359,36 @@ bool upstream_room_or_wake(struct upstream *up)
 	return true;
 }
 
+struct upstream *upstream_pick(struct upstream *ups, int nups, unsigned cands, unsigned avoid, enum upstream_pick_by by)
+{
+	struct upstream *best = NULL;
+	unsigned best_tier = 0;
+	double best_load = 0;
+	for (int i = 0; i < nups; i++) {
+		if (!(cands & (1u << i)))
+			continue;
+		struct upstream *up = &ups[i];
+		unsigned tier; /* lower is better: first the tier, then the load per weight */
+		double load;
+		if (by == UPSTREAM_PICK_ROOM) {
+			if (!upstream_room_or_wake(up))
+				continue;
+			tier = (avoid & (1u << i)) ? 1 : 0;
+			load = (double)upstream_load(up);
+		} else {
+			tier = upstream_healthy(up) ? 0 : 1;
+			load = (double)up->inflight;
+		}
+		load /= (double)up->cfg->weight;
+		if (!best || tier < best_tier || (tier == best_tier && load < best_load)) {
+			best = up;
+			best_tier = tier;
+			best_load = load;
+		}
+	}
+	return best;
+}
+
 static void probe_later(struct upstream *up, long ms);
 
 /* Readiness: an answer makes it ready at once; a failure starts (or continues) the grace period. An

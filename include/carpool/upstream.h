@@ -134,6 +134,17 @@ bool upstream_ready(const struct upstream *up);
 /* How long an upstream that answered before must fail before it is not ready: 5 s, or three health
  * checks when they are slower. */
 long upstream_ready_grace_ms(const struct upstream *up);
+/* How upstream_pick() weighs the candidates. Both rank by load per unit of weight; they differ on
+ * purpose in what load is and in who is left out:
+ * - UPSTREAM_PICK_ROOM (batched calls): only upstreams with room now (upstream_room_or_wake), load in
+ *   sequences (upstream_load: what a batched call takes); those in `avoid` (they failed this batch)
+ *   only when no other has room.
+ * - UPSTREAM_PICK_CALLS (pass-through, one call each): every candidate, load in calls open, an
+ *   unhealthy one only when every candidate is unhealthy (a request is never refused for it). */
+enum upstream_pick_by { UPSTREAM_PICK_ROOM, UPSTREAM_PICK_CALLS };
+/* The least loaded of ups[i] for each bit i of cands, by the rule `by`; the first on a tie. NULL when
+ * there is none (PICK_ROOM: none has room now). */
+struct upstream *upstream_pick(struct upstream *ups, int nups, unsigned cands, unsigned avoid, enum upstream_pick_by by);
 /* Stops sending to up for ms (an upstream 429 / 503 with Retry-After). */
 void upstream_backoff(struct upstream *up, long ms);
 /* Asks GET /info for text-embeddings-inference's max_client_batch_size (asynchronous). */

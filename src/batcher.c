@@ -1,5 +1,6 @@
 /* batcher: batch keys, windows, dispatch, and the life of one batched upstream call. */
 #include "carpool/batcher.h"
+#include "carpool/embed.h"
 #include "carpool/metrics.h"
 #include "carpool/reqbody.h"
 #include "carpool/sink.h"
@@ -47,14 +48,8 @@ struct member {
 struct embed_parent {
 	struct batcher *bt;
 	struct sink *client; /* NULL once answered or gone */
-	unsigned ninputs, refs, parts_left;
-	cJSON **items;	   /* per input: its data[] element, index already renumbered */
-	long prompt_tokens;
-	bool exact;
-	bool failed;
-	cJSON *proto;	   /* top-level fields of an upstream answer, without data and usage */
-	uint64_t batch_id;
-	unsigned batch_size;
+	unsigned refs;	     /* parts (members) alive */
+	struct embed_whole w;
 };
 
 struct batch {
@@ -171,10 +166,7 @@ static void queue_remove(struct batch *b)
 
 static void parent_free(struct embed_parent *ep)
 {
-	for (unsigned i = 0; i < ep->ninputs; i++)
-		cJSON_Delete(ep->items[i]);
-	free(ep->items);
-	cJSON_Delete(ep->proto);
+	embed_whole_release(&ep->w);
 	free(ep);
 }
 
@@ -209,7 +201,7 @@ static void member_detach(struct member *m)
  * error event, [DONE], and the end of the stream. r is finished afterwards. */
 static bool member_alive(const struct member *m)
 {
-	return m->parent ? m->parent->client != NULL && !m->parent->failed : m->client != NULL;
+	return m->parent ? m->parent->client != NULL && !m->parent->w.failed : m->client != NULL;
 }
 
 /* An embeddings part failed: its client gets this error (once), the other parts are dropped. */
@@ -218,9 +210,9 @@ static void part_fail_raw(struct member *m, int status, const char *ctype, const
 {
 	struct embed_parent *ep = m->parent;
 	m->part_done = true;
-	if (!ep->client || ep->failed)
+	if (!ep->client || ep->w.failed)
 		return;
-	ep->failed = true;
+	ep->w.failed = true;
 	struct sink *r = ep->client;
 	ep->client = NULL;
 	sink_on_gone(r, NULL, NULL);
@@ -641,7 +633,7 @@ static void annotate(struct batch *b)
 		if (b->bt->metrics && b->attempt == 0)
 			metrics_observe_ms(&b->bt->metrics->queue_seconds, (double)r->note.queue_us / 1000.0);
 		r->note.upstream = b->up->cfg->url;
-		r->note.prompts = m->parent ? m->parent->ninputs : m->req.nprompts;
+		r->note.prompts = m->parent ? m->parent->w.ninputs : m->req.nprompts;
 	}
 }
 
@@ -953,58 +945,16 @@ static unsigned requeue_unstarted(struct batch *b)
 	return moved;
 }
 
-/* Largest-remainder shares of total in proportion to weights: they add up to total exactly. */
-static void apportion(long total, const long *weights, long *out, unsigned n)
-{
-	long wsum = 0, given = 0;
-	for (unsigned i = 0; i < n; i++)
-		wsum += weights[i];
-	if (wsum <= 0) {
-		for (unsigned i = 0; i < n; i++)
-			out[i] = i == 0 ? total : 0;
-		return;
-	}
-	double *rem = xcalloc(n, sizeof *rem);
-	for (unsigned i = 0; i < n; i++) {
-		double exact = (double)total * (double)weights[i] / (double)wsum;
-		out[i] = (long)exact;
-		rem[i] = exact - (double)out[i];
-		given += out[i];
-	}
-	while (given < total) {
-		unsigned best = 0;
-		for (unsigned i = 1; i < n; i++)
-			if (rem[i] > rem[best])
-				best = i;
-		out[best]++;
-		rem[best] = -1;
-		given++;
-	}
-	free(rem);
-}
-
 static void embed_reply(struct embed_parent *ep)
 {
 	struct sink *r = ep->client;
 	ep->client = NULL;
 	sink_on_gone(r, NULL, NULL);
 	CNT_ADD(ep->bt->active, -1);
-	cJSON *obj = ep->proto ? cJSON_Duplicate(ep->proto, 1) : cJSON_CreateObject();
-	if (!cJSON_GetObjectItemCaseSensitive(obj, "object"))
-		cJSON_AddStringToObject(obj, "object", "list");
-	cJSON *data = cJSON_AddArrayToObject(obj, "data");
-	for (unsigned i = 0; i < ep->ninputs; i++) {
-		cJSON_AddItemToArray(data, ep->items[i] ? ep->items[i] : cJSON_CreateNull());
-		ep->items[i] = NULL;
-	}
-	cJSON *u = cJSON_AddObjectToObject(obj, "usage");
-	cJSON_AddNumberToObject(u, "prompt_tokens", (double)ep->prompt_tokens);
-	cJSON_AddNumberToObject(u, "total_tokens", (double)ep->prompt_tokens);
-	char *body = cJSON_PrintUnformatted(obj);
-	cJSON_Delete(obj);
+	char *body = embed_reply_body(&ep->w);
 	char extra[160];
 	snprintf(extra, sizeof extra, "X-Carpool-Batch: %llu; size=%u\r\nX-Carpool-Usage: %s\r\n",
-		 (unsigned long long)ep->batch_id, ep->batch_size, ep->exact ? "exact" : "estimated");
+		 (unsigned long long)ep->w.batch_id, ep->w.batch_size, ep->w.exact ? "exact" : "estimated");
 	sink_reply(r, 200, "application/json", extra, body, strlen(body));
 	free(body);
 }
@@ -1012,72 +962,27 @@ static void embed_reply(struct embed_parent *ep)
 /* A 200 answer to an embeddings batch: data[] goes back to the parts by index, usage is shared. */
 static void embed_split(struct batch *b)
 {
-	cJSON *j = cJSON_ParseWithLength(b->answer_body.data ? b->answer_body.data : "", b->answer_body.len);
-	cJSON *data = j ? cJSON_GetObjectItemCaseSensitive(j, "data") : NULL;
-	if (!cJSON_IsArray(data) || cJSON_GetArraySize(data) != (int)b->nprompts) {
-		for (unsigned i = 0; i < b->nmembers; i++)
-			member_reply_error(b->members[i], 502, "the upstream's embeddings answer was not understood",
-					   "server_error", NULL);
-		cJSON_Delete(j);
-		return;
-	}
-	cJSON *usage = cJSON_GetObjectItemCaseSensitive(j, "usage");
-	cJSON *pt = usage ? cJSON_GetObjectItemCaseSensitive(usage, "prompt_tokens") : NULL;
-	long total = cJSON_IsNumber(pt) ? (long)pt->valuedouble : 0;
-	long *w = xcalloc(b->nmembers, sizeof *w), *share = xcalloc(b->nmembers, sizeof *share);
-	unsigned *slot0 = xcalloc(b->nmembers, sizeof *slot0);
-	unsigned slot = 0;
+	struct embed_part *parts = xcalloc(b->nmembers, sizeof *parts);
+	struct embed_part **pp = xcalloc(b->nmembers, sizeof *pp);
 	for (unsigned i = 0; i < b->nmembers; i++) {
 		struct member *m = b->members[i];
-		slot0[i] = slot;
-		slot += m->req.nprompts;
-		for (unsigned k = 0; k < m->req.nprompts; k++)
-			w[i] += m->ptok_est[k];
+		parts[i] = (struct embed_part){&m->parent->w, m->offset, m->req.nprompts, m->ptok_est};
+		pp[i] = &parts[i];
 	}
-	apportion(total, w, share, b->nmembers);
-	cJSON *proto = cJSON_Duplicate(j, 1);
-	cJSON_DeleteItemFromObjectCaseSensitive(proto, "data");
-	cJSON_DeleteItemFromObjectCaseSensitive(proto, "usage");
-	while (data->child) {
-		cJSON *it = cJSON_DetachItemViaPointer(data, data->child);
-		cJSON *idx = cJSON_GetObjectItemCaseSensitive(it, "index");
-		long gi = cJSON_IsNumber(idx) ? (long)idx->valuedouble : -1;
-		unsigned owner = b->nmembers;
-		for (unsigned i = 0; gi >= 0 && i < b->nmembers; i++)
-			if ((unsigned)gi >= slot0[i] && (unsigned)gi < slot0[i] + b->members[i]->req.nprompts)
-				owner = i;
-		if (owner == b->nmembers) {
-			cJSON_Delete(it);
+	int rc = embed_take_answer(b->answer_body.data, b->answer_body.len, pp, b->nmembers, b->id);
+	for (unsigned i = 0; i < b->nmembers; i++) {
+		struct member *m = b->members[i];
+		if (rc != CP_OK) {
+			member_reply_error(m, 502, "the upstream's embeddings answer was not understood", "server_error",
+					   NULL);
 			continue;
 		}
-		struct member *m = b->members[owner];
-		struct embed_parent *ep = m->parent;
-		unsigned local = m->offset + ((unsigned)gi - slot0[owner]);
-		json_set(it, "index", cJSON_CreateNumber(local));
-		if (ep->client && !ep->failed && local < ep->ninputs && !ep->items[local])
-			ep->items[local] = it;
-		else
-			cJSON_Delete(it);
-	}
-	for (unsigned i = 0; i < b->nmembers; i++) {
-		struct member *m = b->members[i];
-		struct embed_parent *ep = m->parent;
 		m->part_done = true;
-		ep->prompt_tokens += share[i];
-		if (b->nmembers > 1)
-			ep->exact = false;
-		ep->batch_id = b->id;
-		ep->batch_size = b->nprompts;
-		if (!ep->proto)
-			ep->proto = cJSON_Duplicate(proto, 1);
-		if (--ep->parts_left == 0 && ep->client && !ep->failed)
-			embed_reply(ep);
+		if (m->parent->w.parts_left == 0 && m->parent->client && !m->parent->w.failed)
+			embed_reply(m->parent);
 	}
-	cJSON_Delete(proto);
-	free(w);
-	free(share);
-	free(slot0);
-	cJSON_Delete(j);
+	free(pp);
+	free(parts);
 }
 
 static void call_done(void *arg, enum upcall_error err)
@@ -1363,29 +1268,15 @@ void batcher_submit_embed(struct batcher *bt, struct sink *client, struct intake
 	/* parts: at most `limit` inputs and (estimated) `tok_limit` tokens each, in order; an input
 	 * larger than the token limit goes alone and the upstream decides */
 	unsigned *starts = xcalloc(r->nprompts + 1, sizeof *starts);
-	unsigned nparts = 0, count = 0;
-	unsigned long toks = 0;
-	for (unsigned k = 0; k < r->nprompts; k++) {
-		if (count && (count + 1 > limit || toks + est[k] > tok_limit)) {
-			count = 0;
-			toks = 0;
-		}
-		if (!count)
-			starts[nparts++] = k;
-		count++;
-		toks += est[k];
-	}
-	starts[nparts] = r->nprompts;
+	unsigned nparts = embed_plan(est, r->nprompts, limit, tok_limit, starts);
 	free(est);
 	/* auth points into the client's request, which an early failure of one part frees */
 	char *auth_copy = auth ? xstrdup(auth) : NULL;
 	struct embed_parent *ep = xcalloc(1, sizeof *ep);
 	ep->bt = bt;
 	ep->client = client;
-	ep->ninputs = r->nprompts;
-	ep->items = xcalloc(r->nprompts, sizeof *ep->items);
-	ep->exact = true;
-	ep->parts_left = ep->refs = nparts;
+	embed_whole_init(&ep->w, r->nprompts, nparts);
+	ep->refs = nparts;
 	note_arrival(bt);
 	CNT_ADD(bt->active, 1);
 	CNT_ADD(bt->st.requests, 1);

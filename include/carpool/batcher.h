@@ -1,8 +1,10 @@
-/* batcher: queues of compatible requests per batch key, window timers, the dispatch policy, and
- * the life of one batched upstream call (send, split, bisect on a member's error, retry). */
+/* batcher: open batches of compatible requests per batch key, window timers, the queue of batches
+ * waiting for room, and the dispatch policy: when a batch goes and to which upstream. The call
+ * itself is call.c's; the batch and member types are batch.h's. */
 #ifndef CARPOOL_BATCHER_H
 #define CARPOOL_BATCHER_H
 
+#include "carpool/batch.h"
 #include "carpool/common.h"
 #include "carpool/config.h"
 #include "carpool/intake.h"
@@ -12,18 +14,6 @@ struct sink;
 struct upstream;
 struct batcher;
 
-struct batcher_stats {
-	unsigned long requests;	      /* client completion requests accepted into a batch */
-	unsigned long prompts;	      /* prompts they carried */
-	unsigned long calls;	      /* batched upstream calls sent (bisections and retries included) */
-	unsigned long call_prompts;   /* prompts sent in those calls */
-	unsigned long bisections;
-	unsigned long retries;
-	unsigned long upstream_errors;
-	unsigned long gone;	      /* clients that left before their answer ended */
-	unsigned long active;	      /* requests not yet answered: queued or streaming */
-	unsigned long max_call_prompts;
-};
 
 struct batcher *batcher_new(struct event_base *base, const struct config *cfg, struct upstream *ups, int nups);
 void batcher_free(struct batcher *bt);

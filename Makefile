@@ -52,6 +52,9 @@ bin/carpool-writefloor: build/bench_writefloor.o | bin
 bin/test_%: tests/unit/test_%.c $(CORE_OBJ) build/bench_simgen.o | bin
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
 
+# The batcher's tests play the upstream themselves: the wire (upstream_call, upcall_cancel) is theirs.
+bin/test_batcher: LDFLAGS += -Wl,--wrap=upstream_call -Wl,--wrap=upcall_cancel
+
 build bin:
 	mkdir -p $@
 

@@ -26,6 +26,11 @@ static void call_head(void *arg, int status, const struct evkeyvalq *headers);
 static void call_data(void *arg, const char *data, size_t len);
 static void call_done(void *arg, enum upcall_error err);
 static const struct upcall_ops call_ops = {call_head, call_data, call_done};
+/* an embeddings call: its answer is one JSON body, kept whole (embed.c splits it) */
+static void embed_head(void *arg, int status, const struct evkeyvalq *headers);
+static void embed_data(void *arg, const char *data, size_t len);
+static void embed_done(void *arg, enum upcall_error err);
+static const struct upcall_ops embed_ops = {embed_head, embed_data, embed_done};
 
 static enum dialect batch_dialect(const struct batch *b)
 {
@@ -100,7 +105,7 @@ void call_send(struct batch *b)
 	log_debug("batch %llu: sending %u prompts from %u clients to %s", (unsigned long long)b->id, b->nprompts,
 		  b->nmembers, b->up->cfg->url);
 	b->call = upstream_call(b->up, "POST", b->embed ? "/v1/embeddings" : "/v1/completions", hdrs, 3, auth, body,
-				strlen(body), &call_ops, b);
+				strlen(body), b->embed ? &embed_ops : &call_ops, b);
 	free(body);
 	if (!b->call) {
 		char msg[300];
@@ -143,15 +148,24 @@ static void annotate(struct batch *b)
 	}
 }
 
-static void call_head(void *arg, int status, const struct evkeyvalq *headers)
+/* The head of either kind of answer: its status, Content-Type and Retry-After. */
+static const char *note_head(struct batch *b, int status, const struct evkeyvalq *headers)
 {
-	struct batch *b = arg;
 	b->status = status;
 	const char *ct = evhttp_find_header(headers, "Content-Type");
 	snprintf(b->content_type, sizeof b->content_type, "%s", ct ? ct : "application/json");
 	const char *ra = evhttp_find_header(headers, "Retry-After");
 	snprintf(b->retry_after, sizeof b->retry_after, "%s", ra ? ra : "");
-	if (status != 200 || b->embed)
+	return ct;
+}
+
+static void embed_head(void *arg, int status, const struct evkeyvalq *headers) { note_head(arg, status, headers); }
+
+static void call_head(void *arg, int status, const struct evkeyvalq *headers)
+{
+	struct batch *b = arg;
+	const char *ct = note_head(b, status, headers);
+	if (status != 200)
 		return;
 	if (!ct || strncasecmp(ct, "text/event-stream", 17)) {
 		/* A 200 that does not stream answers every member of a merged call at once: its body is
@@ -237,16 +251,19 @@ static void flush_members(struct batch *b)
 	}
 }
 
+/* An embeddings answer (or error) is kept whole, up to a bound (past it: a 502). */
+static void embed_data(void *arg, const char *data, size_t len)
+{
+	struct batch *b = arg;
+	if (b->answer_body.len + len <= MAX_EMBED_BODY)
+		sbuf_add(&b->answer_body, data, len);
+	else
+		b->status = 502;
+}
+
 static void call_data(void *arg, const char *data, size_t len)
 {
 	struct batch *b = arg;
-	if (b->embed) {
-		if (b->answer_body.len + len <= MAX_EMBED_BODY)
-			sbuf_add(&b->answer_body, data, len);
-		else
-			b->status = 502;
-		return;
-	}
 	if (b->unusable)
 		return;
 	if (b->status != 200) {
@@ -444,11 +461,6 @@ static void call_done(void *arg, enum upcall_error err)
 	batch_release_seqs(b); /* the call is over: whatever had not ended has */
 	if (err != UPE_NONE)
 		CNT_ADD(h->st.upstream_errors, 1);
-	if (b->embed && b->status == 200 && err == UPE_NONE) {
-		embed_split(b);
-		batch_free(b);
-		return;
-	}
 	if (b->status == 200 && b->split_ready) {
 		if (err == UPE_NONE) {
 			split_end(&b->sp, 0, NULL);
@@ -545,3 +557,16 @@ static void call_done(void *arg, enum upcall_error err)
 	batch_free(b);
 }
 
+/* A whole 200 goes back to the parts; anything else is what call_done() does with any failure. */
+static void embed_done(void *arg, enum upcall_error err)
+{
+	struct batch *b = arg;
+	if (b->status != 200 || err != UPE_NONE) {
+		call_done(b, err);
+		return;
+	}
+	b->call = NULL;
+	batch_release_seqs(b);
+	embed_split(b);
+	batch_free(b);
+}

@@ -214,6 +214,16 @@ static void submit(struct fx *f, int i, const char *body)
 	batcher_submit(f->bt, &f->clients[i].s, &req, 1u, NULL);
 }
 
+/* Client i asks for embeddings. */
+static void submit_embed(struct fx *f, int i, const char *body)
+{
+	struct intake_req req;
+	struct intake_error e;
+	if (intake_parse_embedding(body, strlen(body), &req, &e) != CP_OK)
+		fail_msg("intake: %s", e.message);
+	batcher_submit_embed(f->bt, &f->clients[i].s, &req, 1u, NULL);
+}
+
 /* Runs the loop for ms (timers: the window, a retry's wait, room offered). */
 static void run_ms(struct fx *f, long ms)
 {
@@ -457,6 +467,66 @@ static void no_retry(void **state)
 	fx_free(f);
 }
 
+/* --- embeddings ------------------------------------------------------------------------------ */
+
+static void assert_embedding(struct rsink *r, int i, double want)
+{
+	cJSON *j = cJSON_Parse(text(r));
+	assert_non_null(j);
+	cJSON *it = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(j, "data"), i);
+	assert_int_equal(cJSON_GetObjectItemCaseSensitive(it, "index")->valueint, i);
+	assert_true(cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(it, "embedding"), 0)->valuedouble == want);
+	cJSON_Delete(j);
+}
+
+/* Two clients' inputs in one call; the answer, out of order, goes back to each in its own order
+ * with its share of the usage. */
+static void embeddings_shared_call(void **state)
+{
+	(void)state;
+	struct fx *f = fx_new("batching:\n  policy: fixed\n  max_wait_ms: 1000\n  max_batch_size: 3\n");
+	submit_embed(f, 0, "{\"model\":\"m\",\"input\":[\"aaaa\",\"bbbb\"]}");
+	submit_embed(f, 1, "{\"model\":\"m\",\"input\":\"cccc\"}");
+	assert_int_equal(ncalls, 1);
+	assert_string_equal(calls[0].path, "/v1/embeddings");
+	up_answer(0, 200, "application/json",
+		  "{\"object\":\"list\",\"model\":\"m\",\"data\":[{\"index\":2,\"embedding\":[3]},"
+		  "{\"index\":1,\"embedding\":[2]},{\"index\":0,\"embedding\":[1]}],"
+		  "\"usage\":{\"prompt_tokens\":6,\"total_tokens\":6}}");
+	struct rsink *a = &f->clients[0], *b = &f->clients[1];
+	assert_int_equal(a->status, 200);
+	assert_int_equal(b->status, 200);
+	assert_embedding(a, 0, 1);
+	assert_embedding(a, 1, 2);
+	assert_embedding(b, 0, 3);
+	assert_non_null(strstr(text(a), "\"prompt_tokens\":4"));
+	assert_non_null(strstr(text(b), "\"prompt_tokens\":2"));
+	assert_non_null(strstr(a->extra, "X-Carpool-Usage: estimated"));
+	fx_free(f);
+}
+
+/* A request in two parts (max_inputs_per_call: 2): the first part's call is refused, so the client
+ * gets that error once, and the second part's answer is dropped. */
+static void embeddings_failed_part(void **state)
+{
+	(void)state;
+	struct fx *f = fx_new("batching:\n  policy: adaptive\n  max_wait_ms: 10\n");
+	f->ups[0].max_inputs = 2;
+	submit_embed(f, 0, "{\"model\":\"m\",\"input\":[\"a\",\"b\",\"c\"]}");
+	run_ms(f, 30);
+	assert_int_equal(ncalls, 2);
+	const char *errj = "{\"error\":{\"message\":\"too long\",\"type\":\"invalid_request_error\"}}";
+	up_answer(0, 400, "application/json", errj);
+	struct rsink *r = &f->clients[0];
+	assert_true(r->replied);
+	assert_int_equal(r->status, 400);
+	assert_string_equal(text(r), errj);
+	if (!calls[1].cancelled) /* its client is answered: the other part may still be in flight */
+		up_answer(1, 200, "application/json", "{\"data\":[{\"index\":0,\"embedding\":[3]}],\"usage\":{}}");
+	assert_string_equal(text(r), errj); /* one reply, the error */
+	fx_free(f);
+}
+
 int main(void)
 {
 	log_set_level(LOG_CRIT);
@@ -469,6 +539,8 @@ int main(void)
 		cmocka_unit_test(bisect_on_4xx),
 		cmocka_unit_test(retry_on_5xx),
 		cmocka_unit_test(no_retry),
+		cmocka_unit_test(embeddings_shared_call),
+		cmocka_unit_test(embeddings_failed_part),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,7 +1,6 @@
 /* batcher: batch keys, windows, the queue, and the dispatch policy. */
 #include "carpool/batcher.h"
 #include "carpool/call.h"
-#include "carpool/metrics.h"
 #include "carpool/sink.h"
 #include "carpool/upstream.h"
 

@@ -467,6 +467,32 @@ static void no_retry(void **state)
 	fx_free(f);
 }
 
+/* The upstream breaks mid-stream: a stream that got bytes ends with an error event; a member to
+ * whom nothing was written yet moves to a new call and gets its whole answer. */
+static void requeue_on_break(void **state)
+{
+	(void)state;
+	struct fx *f = fx_new("batching:\n  policy: fixed\n  max_wait_ms: 1000\n  max_batch_size: 2\n");
+	submit(f, 0, "{\"model\":\"m\",\"prompt\":\"a\",\"stream\":true}");
+	submit(f, 1, "{\"model\":\"m\",\"prompt\":\"b\"}");
+	assert_int_equal(ncalls, 1);
+	up_head(0, 200, "text/event-stream");
+	up_data(0, EV(0, "A1", "null") EV(1, "B1", "null"));
+	up_done(0, UPE_BROKEN);
+	struct rsink *a = &f->clients[0], *b = &f->clients[1];
+	assert_true(a->ended);
+	assert_non_null(strstr(text(a), "A1"));
+	assert_non_null(strstr(text(a), "\"error\""));
+	assert_false(b->replied);
+	assert_int_equal(ncalls, 2); /* at once: the upstream has room */
+	assert_prompts(1, "[\"b\"]");
+	up_answer(1, 200, "text/event-stream", EV(0, "B", "\"stop\"") "data: [DONE]\n\n");
+	assert_int_equal(b->status, 200);
+	assert_non_null(strstr(text(b), "\"text\":\"B\""));
+	assert_null(strstr(text(b), "B1")); /* nothing of the broken call */
+	fx_free(f);
+}
+
 /* --- embeddings ------------------------------------------------------------------------------ */
 
 static void assert_embedding(struct rsink *r, int i, double want)
@@ -539,6 +565,7 @@ int main(void)
 		cmocka_unit_test(bisect_on_4xx),
 		cmocka_unit_test(retry_on_5xx),
 		cmocka_unit_test(no_retry),
+		cmocka_unit_test(requeue_on_break),
 		cmocka_unit_test(embeddings_shared_call),
 		cmocka_unit_test(embeddings_failed_part),
 	};

@@ -54,6 +54,16 @@ static void apportion_adds_up(void **state)
 	assert_int_equal(out2[1], 0);
 }
 
+/* The client's reply, parsed. */
+static cJSON *reply_json(struct embed_whole *w)
+{
+	char *body = embed_reply_body(w);
+	cJSON *r = cJSON_Parse(body);
+	free(body);
+	assert_non_null(r);
+	return r;
+}
+
 static const char *item_at(cJSON *reply, int i, char *buf, size_t len)
 {
 	cJSON *it = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(reply, "data"), i);
@@ -93,8 +103,7 @@ static void reassembles_in_order_with_usage(void **state)
 	assert_int_equal(embed_take_answer(ans2, strlen(ans2), call2, 1, 8), CP_OK);
 	assert_int_equal(a.parts_left, 0);
 	assert_int_equal(a.prompt_tokens, 9);
-	char *body = embed_reply_body(&a);
-	cJSON *r = cJSON_Parse(body);
+	cJSON *r = reply_json(&a);
 	char buf[200];
 	assert_string_equal(item_at(r, 0, buf, sizeof buf), "{\"object\":\"embedding\",\"index\":0,\"embedding\":[0.1]}");
 	assert_string_equal(item_at(r, 1, buf, sizeof buf), "{\"object\":\"embedding\",\"index\":1,\"embedding\":[0.2]}");
@@ -104,13 +113,10 @@ static void reassembles_in_order_with_usage(void **state)
 	assert_int_equal(cJSON_GetObjectItemCaseSensitive(u, "prompt_tokens")->valueint, 9);
 	assert_int_equal(cJSON_GetObjectItemCaseSensitive(u, "total_tokens")->valueint, 9);
 	cJSON_Delete(r);
-	free(body);
-	body = embed_reply_body(&b);
-	r = cJSON_Parse(body);
+	r = reply_json(&b);
 	assert_string_equal(item_at(r, 0, buf, sizeof buf), "{\"object\":\"embedding\",\"index\":0,\"embedding\":[0.3]}");
 	assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(r, "data")), 1);
 	cJSON_Delete(r);
-	free(body);
 	embed_whole_release(&a);
 	embed_whole_release(&b);
 }
@@ -126,12 +132,10 @@ static void alone_is_exact(void **state)
 	assert_int_equal(embed_take_answer(ans, strlen(ans), pp, 1, 1), CP_OK);
 	assert_true(a.exact);
 	assert_int_equal(a.prompt_tokens, 6);
-	char *body = embed_reply_body(&a);
-	cJSON *r = cJSON_Parse(body);
+	cJSON *r = reply_json(&a);
 	/* no "object" in the answer: the reply says "list" */
 	assert_string_equal(cJSON_GetObjectItemCaseSensitive(r, "object")->valuestring, "list");
 	cJSON_Delete(r);
-	free(body);
 	embed_whole_release(&a);
 }
 
@@ -153,13 +157,11 @@ static void failed_whole_and_missing_input(void **state)
 	assert_null(a.items[0]);
 	assert_int_equal(a.parts_left, 1);
 	assert_int_equal(b.parts_left, 0);
-	char *body = embed_reply_body(&b);
-	cJSON *r = cJSON_Parse(body);
+	cJSON *r = reply_json(&b);
 	char buf[100];
 	assert_string_equal(item_at(r, 0, buf, sizeof buf), "{\"index\":0,\"embedding\":[2]}");
 	assert_string_equal(item_at(r, 1, buf, sizeof buf), "null");
 	cJSON_Delete(r);
-	free(body);
 	embed_whole_release(&a);
 	embed_whole_release(&b);
 }

@@ -4,7 +4,7 @@
 #ifndef CARPOOL_BATCHER_H
 #define CARPOOL_BATCHER_H
 
-#include "carpool/batch.h"
+#include "carpool/batch.h" /* struct batcher_stats */
 #include "carpool/common.h"
 #include "carpool/config.h"
 #include "carpool/intake.h"
@@ -13,7 +13,6 @@ struct event_base;
 struct sink;
 struct upstream;
 struct batcher;
-
 
 struct batcher *batcher_new(struct event_base *base, const struct config *cfg, struct upstream *ups, int nups);
 void batcher_free(struct batcher *bt);

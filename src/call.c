@@ -187,6 +187,7 @@ static void call_head(void *arg, int status, const struct evkeyvalq *headers)
 	split_init(&b->sp, d, n, b->sms, b->nmembers);
 	b->split_ready = true;
 	sse_init(&b->sse, MAX_SSE_EVENT);
+	sse_borrow(&b->sse, true); /* the splitter reads an event by its length */
 	for (unsigned i = 0; i < b->nmembers; i++) {
 		struct member *m = b->members[i];
 		if (!m->client) {
@@ -209,7 +210,8 @@ static int sse_cb(void *arg, const struct sse_event *ev)
 	struct batch *b = arg;
 	b->first_event = true;
 	if (split_event(&b->sp, ev->data, ev->len, ev->is_error) != CP_OK)
-		log_warn("batch %llu: an upstream event was not understood: %.200s", (unsigned long long)b->id, ev->data);
+		log_warn("batch %llu: an upstream event was not understood: %.*s", (unsigned long long)b->id,
+			 ev->len < 200 ? (int)ev->len : 200, ev->data);
 	return CP_OK;
 }
 

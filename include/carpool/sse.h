@@ -8,7 +8,7 @@
 #include "carpool/common.h"
 
 struct sse_event {
-	const char *data; /* the joined data lines, NUL-terminated */
+	const char *data; /* the joined data lines, NUL-terminated (but see sse_borrow) */
 	size_t len;
 	const char *name; /* the event: field, "" when absent */
 	bool is_error;	  /* the payload came in an `error:` field (llama.cpp) */
@@ -24,10 +24,15 @@ struct sse_parser {
 	bool has_data;
 	bool is_error;
 	bool after_cr;	   /* last byte seen was CR: a following LF belongs to it */
+	bool borrow;	   /* events may point into the input, not NUL-terminated (sse_borrow) */
 	size_t max_event;  /* cap on a pending event's size */
 };
 
 void sse_init(struct sse_parser *p, size_t max_event);
+/* Lets p hand an event that is one data: (or error:) line followed by an empty line, both whole in
+ * one feed, as a pointer into the input instead of a copy: such an event's data is then NOT
+ * NUL-terminated (only len bytes are its own). The events' bytes are the same either way. */
+void sse_borrow(struct sse_parser *p, bool on);
 /* Feeds bytes; returns CP_OK, CP_ERROR if an event or line outgrows max_event, or what cb returned. */
 int sse_feed(struct sse_parser *p, const char *buf, size_t len, sse_event_cb cb, void *arg);
 void sse_free(struct sse_parser *p);

@@ -25,12 +25,10 @@ struct rec {
 	int stop_rc;
 };
 
-static int on_event(void *arg, const struct sse_event *e)
+/* Keeps a copy of event e in r; the callback's answer. */
+static int record(struct rec *r, const struct sse_event *e)
 {
-	struct rec *r = arg;
 	assert_true(r->n < MAX_EV);
-	assert_non_null(e->data);
-	assert_int_equal(e->data[e->len], '\0'); /* NUL-terminated as promised */
 	r->ev[r->n].data = xstrndup(e->data, e->len);
 	r->ev[r->n].len = e->len;
 	snprintf(r->ev[r->n].name, sizeof r->ev[r->n].name, "%s", e->name ? e->name : "(null)");
@@ -39,6 +37,13 @@ static int on_event(void *arg, const struct sse_event *e)
 	if (r->stop_after && r->n >= r->stop_after)
 		return r->stop_rc;
 	return CP_OK;
+}
+
+static int on_event(void *arg, const struct sse_event *e)
+{
+	assert_non_null(e->data);
+	assert_int_equal(e->data[e->len], '\0'); /* NUL-terminated as promised */
+	return record(arg, e);
 }
 
 static void rec_free(struct rec *r)
@@ -383,6 +388,98 @@ static void test_callback_stops(void **state)
 	rec_free(&r);
 }
 
+/* --- sse_borrow: events in place --------------------------------------------------------------- */
+
+/* Records an event that may point into the input (not NUL-terminated); also notes where it was. */
+static const char *last_data;
+static int on_borrowed(void *arg, const struct sse_event *e)
+{
+	assert_non_null(e->data);
+	last_data = e->data;
+	return record(arg, e);
+}
+
+/* Feeds s in up to three pieces (cut at i and j) to a parser, borrowing or not. */
+static int parse_cut(const char *s, size_t len, size_t i, size_t j, struct rec *r, size_t max, bool borrow)
+{
+	struct sse_parser p;
+	sse_event_cb cb = borrow ? on_borrowed : on_event;
+	sse_init(&p, max);
+	sse_borrow(&p, borrow);
+	int rc = sse_feed(&p, s, i, cb, r);
+	if (rc == CP_OK)
+		rc = sse_feed(&p, s + i, j - i, cb, r);
+	if (rc == CP_OK)
+		rc = sse_feed(&p, s + j, len - j, cb, r);
+	sse_free(&p);
+	return rc;
+}
+
+/* A borrowing parser gives the events (and the outcome) a copying one gives, however the input is
+ * cut (whole, the in-place path runs most; cut before an event's empty line, never). */
+static void test_borrow_same_events(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *s;
+		size_t max;
+	} cases[] = {
+		{stream_text, 4096},
+		{"data: {\"a\":1}\n\ndata: b\r\n\r\ndata:c\n\ndata:  d\n\ndata:\n\ndata: \n\n", 4096},
+		{"event: e\ndata: x\n\nerror: {\"code\":500}\n\nerror:\r\n\r\ndata\n\ndatax: y\n\n", 4096},
+		{"data: a\r\n\ndata: b\n\r\ndata: c\r\rdata: d\r\n\r\r", 4096},
+		{"data: a\ndata: b\n\n:x\n\nid: 1\n\ndata: c\n\n\n\ndata: [DONE]\n\n", 4096},
+		{"data: 0123456789\n\ndata: 01234567890\n\n", 10}, /* at the cap, then one past it */
+		{"error: 0123456789a\r\n\r\n", 10},
+		{"data: x\n\ndata: y\n", 4096}, /* the last event without its empty line */
+	};
+	for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+		const char *s = cases[c].s;
+		size_t len = strlen(s);
+		for (size_t i = 0; i <= len; i++) {
+			for (size_t j = i; j <= len; j++) {
+				struct rec ref = {0}, r = {0};
+				int want = parse_cut(s, len, i, j, &ref, cases[c].max, false);
+				int rc = parse_cut(s, len, i, j, &r, cases[c].max, true);
+				if (rc != want || r.n != ref.n)
+					fail_msg("case %zu cut %zu/%zu: rc %d, want %d; %d events, want %d", c, i, j, rc, want,
+						 r.n, ref.n);
+				assert_same(&ref, &r);
+				rec_free(&ref);
+				rec_free(&r);
+			}
+		}
+	}
+}
+
+/* An event that is one data: line, whole in a feed, is handed in place, not copied. */
+static void test_borrow_in_place(void **state)
+{
+	(void)state;
+	static const char s[] = "data: {\"a\":1}\n\nevent: n\nerror: e\r\n\r\n";
+	struct rec r = {0};
+	struct sse_parser p;
+	sse_init(&p, 1024);
+	sse_borrow(&p, true);
+	assert_int_equal(sse_feed(&p, s, 15, on_borrowed, &r), CP_OK);
+	assert_int_equal(r.n, 1);
+	assert_ptr_equal(last_data, s + 6);
+	assert_int_equal(sse_feed(&p, s + 15, sizeof s - 1 - 15, on_borrowed, &r), CP_OK);
+	assert_int_equal(r.n, 2);
+	assert_ptr_equal(last_data, s + 15 + 16);
+	assert_string_equal(r.ev[1].name, "n");
+	assert_true(r.ev[1].is_error);
+	assert_string_equal(r.ev[1].data, "e");
+	sse_free(&p);
+	rec_free(&r);
+	/* the callback's stop passes through the in-place path too */
+	r.stop_after = 1;
+	r.stop_rc = CP_DECLINED;
+	assert_int_equal(parse_cut("data: 1\n\ndata: 2\n\n", 18, 18, 18, &r, 1024, true), CP_DECLINED);
+	assert_int_equal(r.n, 1);
+	rec_free(&r);
+}
+
 static void test_blank_lines_only(void **state)
 {
 	(void)state;
@@ -414,6 +511,8 @@ int main(void)
 		cmocka_unit_test(test_event_at_cap_ok),
 		cmocka_unit_test(test_callback_stops),
 		cmocka_unit_test(test_blank_lines_only),
+		cmocka_unit_test(test_borrow_same_events),
+		cmocka_unit_test(test_borrow_in_place),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -460,6 +460,29 @@ static int chunk_byte(struct http_chunked *d, unsigned char ch)
 	}
 }
 
+/* A whole size line at s, hex digits and CRLF, taken as chunk_byte would take it byte by byte (its
+ * 16 digits at most never pass "out of range"; left only grows, so the limit is checked once):
+ * true, *used advanced. False: the byte-by-byte path takes it (nothing changed). */
+static bool size_line(struct http_chunked *d, const char *s, size_t n, size_t *used)
+{
+	uint64_t v = 0;
+	size_t k = 0;
+	int x;
+	while (k < n && k < 16 && (x = hexval((unsigned char)s[k])) >= 0) {
+		v = v << 4 | (uint64_t)x;
+		k++;
+	}
+	if (!k || k + 2 > n || s[k] != '\r' || s[k + 1] != '\n' || v > d->max_total - d->total)
+		return false;
+	*used += k + 2;
+	d->left = v;
+	d->digits = (unsigned)k;
+	d->total += v;
+	d->line = 0;
+	d->state = v ? CK_DATA : CK_TRAILER;
+	return true;
+}
+
 int http_chunked_feed(struct http_chunked *d, const char *in, size_t len, size_t *used, const char **data,
 		      size_t *dlen)
 {
@@ -480,6 +503,18 @@ int http_chunked_feed(struct http_chunked *d, const char *in, size_t len, size_t
 				d->state = CK_DATA_CR;
 			return CP_AGAIN;
 		}
+		/* the usual framing at once: the CRLF after a chunk's data, and a size line of hex digits
+		 * alone; anything else (extensions, trailers, a split, an error) goes byte by byte below */
+		if (d->state == CK_DATA_CR && len - *used >= 2 && in[*used] == '\r' && in[*used + 1] == '\n') {
+			*used += 2;
+			d->state = CK_SIZE;
+			d->digits = 0;
+			d->left = 0;
+			d->line = 0;
+			continue;
+		}
+		if (d->state == CK_SIZE && !d->digits && size_line(d, in + *used, len - *used, used))
+			continue;
 		/* a size line, or all the trailer lines, are bounded */
 		size_t bound = d->state >= CK_TRAILER ? d->max_trailer : HTTP_MAX_CHUNK_LINE;
 		if (++d->line > bound)

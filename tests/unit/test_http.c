@@ -244,6 +244,69 @@ static void test_chunked_every_split(void **state)
 	}
 }
 
+/* Whole-line framing (the CRLF after data, a size line of digits alone) is taken at once when a feed
+ * holds it: fed whole, cut anywhere or byte by byte (the reference: those paths never run), the
+ * decoder gives the same bytes, outcome, refusal and state. */
+static void test_chunked_whole_lines_same(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *s;
+		uint64_t max;
+	} cases[] = {
+		{"5\r\nhello\r\n3\r\nabc\r\n0\r\n\r\nNEXT", 1024},
+		{"0005\r\nhello\r\nA\r\n0123456789\r\n0\r\nT: v\r\n\r\n", 1024},
+		{"000000000000000a\r\n0123456789\r\n0\r\n\r\n", 1024}, /* 16 digits */
+		{"0000000000000000a\r\n0123456789\r\n0\r\n\r\n", 1024}, /* 17: out of range */
+		{"FFFFFFFFFFFFFFFF\r\nab", UINT64_MAX},
+		{"400\r\n", 1024},
+		{"401\r\n", 1024},
+		{"200\r\n0123\r\n", 1024},
+		{"1\r\na\r\n400\r\n", 1024}, /* over the total only with what came before */
+		{"5\r\nhello\r\n\r\n", 1024},
+		{"5\r\nhello\r\r\n", 1024},
+		{"5\r\nhello\n\r\n", 1024},
+		{"5\r5\r\n", 1024},
+		{"5\n", 1024},
+		{"5;x\r\nhello\r\n5 \r\nworld\r\n0\r\n\r\n", 1024},
+		{"g\r\n", 1024},
+		{"\r\n", 1024},
+		{"3\r\nabc\r\n0\r\n\r", 1024},
+	};
+	for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+		const char *s = cases[c].s;
+		size_t len = strlen(s), ref_used;
+		struct http_chunked ref;
+		struct sbuf ref_out = {0};
+		http_chunked_init(&ref, cases[c].max, 64);
+		int want = decode(&ref, s, len, 1, &ref_out, &ref_used);
+		for (size_t cut = 0; cut <= len; cut++) {
+			struct http_chunked d;
+			struct sbuf out = {0};
+			size_t used = 0, more = 0;
+			http_chunked_init(&d, cases[c].max, 64);
+			int rc = decode(&d, s, cut, 0, &out, &used);
+			if (rc == CP_AGAIN && used == cut)
+				rc = decode(&d, s + cut, len - cut, 0, &out, &more);
+			if (rc != want || used + more != ref_used || d.error_status != ref.error_status ||
+			    (d.error != ref.error && (!d.error || !ref.error || strcmp(d.error, ref.error))))
+				fail_msg("case %zu cut %zu: rc %d status %d used %zu, want %d %d %zu", c, cut, rc,
+					 d.error_status, used + more, want, ref.error_status, ref_used);
+			assert_int_equal(out.len, ref_out.len);
+			assert_memory_equal(out.data ? out.data : "", ref_out.data ? ref_out.data : "", out.len);
+			if (rc != CP_ERROR) {
+				assert_int_equal(d.state, ref.state);
+				assert_int_equal(d.total, ref.total);
+				assert_int_equal(d.left, ref.left);
+				assert_int_equal(d.line, ref.line);
+				assert_int_equal(d.ntrailers, ref.ntrailers);
+			}
+			sbuf_free(&out);
+		}
+		sbuf_free(&ref_out);
+	}
+}
+
 static void test_chunked_refusals(void **state)
 {
 	(void)state;
@@ -400,7 +463,7 @@ int main(void)
 		cmocka_unit_test(test_request_every_split), cmocka_unit_test(test_request_framing),
 		cmocka_unit_test(test_nul_in_value),	    cmocka_unit_test(test_head_bounds),
 		cmocka_unit_test(test_response_framing),    cmocka_unit_test(test_chunked_every_split),
-		cmocka_unit_test(test_chunked_refusals),    cmocka_unit_test(test_normalize),
+		cmocka_unit_test(test_chunked_refusals),    cmocka_unit_test(test_chunked_whole_lines_same),    cmocka_unit_test(test_normalize),
 		cmocka_unit_test(test_header_split),	    cmocka_unit_test(test_keep_alive),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

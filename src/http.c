@@ -465,11 +465,17 @@ static int chunk_byte(struct http_chunked *d, unsigned char ch)
  * true, *used advanced. False: the byte-by-byte path takes it (nothing changed). */
 static bool size_line(struct http_chunked *d, const char *s, size_t n, size_t *used)
 {
+	/* a hex digit's value plus one; 0 for any other byte */
+	static const unsigned char hex1[256] = {
+		['0'] = 1,  ['1'] = 2,	['2'] = 3,  ['3'] = 4,	['4'] = 5,  ['5'] = 6,	['6'] = 7,  ['7'] = 8,
+		['8'] = 9,  ['9'] = 10, ['a'] = 11, ['b'] = 12, ['c'] = 13, ['d'] = 14, ['e'] = 15, ['f'] = 16,
+		['A'] = 11, ['B'] = 12, ['C'] = 13, ['D'] = 14, ['E'] = 15, ['F'] = 16,
+	};
 	uint64_t v = 0;
-	size_t k = 0;
-	int x;
-	while (k < n && k < 16 && (x = hexval((unsigned char)s[k])) >= 0) {
-		v = v << 4 | (uint64_t)x;
+	size_t k = 0, lim = n < 16 ? n : 16;
+	unsigned x;
+	while (k < lim && (x = hex1[(unsigned char)s[k]])) {
+		v = v << 4 | (x - 1);
 		k++;
 	}
 	if (!k || k + 2 > n || s[k] != '\r' || s[k + 1] != '\n' || v > d->max_total - d->total)

@@ -24,9 +24,12 @@
 #include <strings.h>
 #include <sys/queue.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 
 #define MAX_RESP_HEAD 65536 /* bytes of one response head (status line and headers) */
 #define MAX_IDLE 64	    /* idle connections kept when max_inflight does not bound them */
+#define READ_PIECE 65536    /* plain TCP: bytes asked of one read() */
+#define READ_TURN 262144    /* plain TCP: bytes read from one connection in one loop turn at most */
 
 /* Where the response on a connection is: carpool reads upstream responses itself, so that a streamed
  * body costs no allocation per chunk (evhttp's client allocates a line for every chunk size). */
@@ -36,6 +39,10 @@ enum resp_state { RS_HEAD, RS_LEN, RS_EOF, RS_CHUNKED, RS_DONE };
 struct upconn {
 	struct upstream *up;
 	struct bufferevent *bev;
+	/* Plain TCP: carpool reads the socket itself, in READ_PIECE reads until it is drained (libevent
+	 * 2.1's bufferevent asks FIONREAD, then reads 4 KB, one read a loop turn); the bufferevent
+	 * connects and writes. NULL on TLS (the bufferevent reads) and until connected. */
+	struct event *rd_ev;
 	struct upcall *call; /* the call it serves, or NULL */
 	struct upconn *next, *iprev;  /* on up->idle */
 	struct upconn *dnext, *dprev; /* on up->dying */
@@ -201,11 +208,21 @@ int upstream_init(struct upstream *up, int index, struct event_base *base, struc
 	return CP_OK;
 }
 
+/* Neither reads nor writes any more (the connection is on its way out). */
+static void conn_quiet(struct upconn *uc)
+{
+	bufferevent_disable(uc->bev, EV_READ | EV_WRITE);
+	if (uc->rd_ev)
+		event_del(uc->rd_ev);
+}
+
 static void upconn_free_now(struct upconn *uc)
 {
 	DLIST_UNLINK(uc->up->dying, uc, dprev, dnext);
 	if (uc->idle_ev)
 		event_free(uc->idle_ev);
+	if (uc->rd_ev)
+		event_free(uc->rd_ev);
 	if (uc->bev)
 		bufferevent_free(uc->bev);
 	evhttp_clear_headers(&uc->headers);
@@ -585,7 +602,7 @@ static struct upconn *conn_new(struct upstream *up)
 		upconn_free_now(uc);
 		return NULL;
 	}
-	bufferevent_enable(bev, EV_READ | EV_WRITE);
+	bufferevent_enable(bev, up->https ? EV_READ | EV_WRITE : EV_WRITE);
 	return uc;
 }
 
@@ -636,7 +653,7 @@ static void idle_cb(evutil_socket_t fd, short what, void *arg)
 static void idle_drop(struct upconn *uc)
 {
 	uc->dead = true;
-	bufferevent_disable(uc->bev, EV_READ | EV_WRITE);
+	conn_quiet(uc);
 	if (!uc->iprev && uc->up->idle != uc)
 		return; /* not in the pool (already on its way out) */
 	note_server_close(uc->up, uc);
@@ -727,7 +744,7 @@ static void resp_end(struct upconn *uc, enum upcall_error err)
 	if (err != UPE_NONE || !uc->keep || evbuffer_get_length(bufferevent_get_input(uc->bev)))
 		uc->dead = true;
 	if (uc->dead)
-		bufferevent_disable(uc->bev, EV_READ | EV_WRITE);
+		conn_quiet(uc);
 	if (err == UPE_CONNECT && !c->side)
 		log_tls_failure(c);
 	call_over(c, err);
@@ -882,6 +899,53 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
 	}
 }
 
+/* Plain TCP, the socket readable: reads it until it is drained (a read shorter than asked), or
+ * READ_TURN bytes this turn (the rest next turn), into the input buffer without asking FIONREAD
+ * first, then hands everything to conn_read_cb at once; the end of the stream or an error goes to
+ * conn_event_cb as the bufferevent would report it. */
+static void conn_readable_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)what;
+	struct upconn *uc = arg;
+	struct evbuffer *in = bufferevent_get_input(uc->bev);
+	short ended = 0;
+	size_t total = 0;
+	while (total < READ_TURN) {
+		struct evbuffer_iovec v[2];
+		int nv = evbuffer_reserve_space(in, READ_PIECE, v, 2);
+		if (nv < 1)
+			break;
+		struct iovec iov[2];
+		for (int i = 0; i < nv; i++)
+			iov[i] = (struct iovec){v[i].iov_base, v[i].iov_len};
+		ssize_t n = readv(fd, iov, nv);
+		size_t left = n > 0 ? (size_t)n : 0, asked = 0;
+		for (int i = 0; i < nv; i++) {
+			asked += v[i].iov_len;
+			v[i].iov_len = left < v[i].iov_len ? left : v[i].iov_len;
+			left -= v[i].iov_len;
+		}
+		evbuffer_commit_space(in, v, nv);
+		if (n > 0) {
+			total += (size_t)n;
+			if ((size_t)n < asked)
+				break; /* drained */
+			continue;
+		}
+		if (n == 0)
+			ended = BEV_EVENT_EOF;
+		else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+			ended = BEV_EVENT_ERROR;
+		break;
+	}
+	if (total)
+		conn_read_cb(uc->bev, uc);
+	if (ended && !uc->dead && event_pending(uc->rd_ev, EV_READ, NULL)) {
+		event_del(uc->rd_ev);
+		conn_event_cb(uc->bev, (short)(BEV_EVENT_READING | ended), uc);
+	}
+}
+
 /* Puts the call on uc (new, or taken from the pool) and writes req (consumed) to it. */
 static void call_attach(struct upcall *c, struct upconn *uc, bool head_request, struct evbuffer *req)
 {
@@ -913,7 +977,7 @@ static void call_resend(struct upcall *c)
 		  up->cfg->url);
 	old->call = NULL;
 	old->dead = true;
-	bufferevent_disable(old->bev, EV_READ | EV_WRITE);
+	conn_quiet(old);
 	bufferevent_setcb(old->bev, NULL, NULL, NULL, NULL);
 	upconn_free_later(old);
 	struct upconn *uc = conn_new(up);
@@ -935,6 +999,10 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
 	struct upcall *c = uc->call;
 	if (what & BEV_EVENT_CONNECTED) {
 		uc->connected = true;
+		if (!uc->up->https) {
+			uc->rd_ev = event_new(uc->up->base, bufferevent_getfd(bev), EV_READ | EV_PERSIST, conn_readable_cb, uc);
+			event_add(uc->rd_ev, NULL);
+		}
 		if (c && c->phase == PH_CONNECT)
 			c->phase = PH_FIRST_BYTE;
 		return;
@@ -949,7 +1017,7 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
 	}
 	/* closed or failed: never reused */
 	uc->dead = true;
-	bufferevent_disable(bev, EV_READ | EV_WRITE);
+	conn_quiet(uc);
 	if (uc->rs == RS_EOF && (what & BEV_EVENT_EOF)) {
 		conn_read_cb(bev, uc); /* what is still buffered */
 		if (uc->call == c && !c->cancelled)
@@ -976,7 +1044,7 @@ static void call_abandon(struct upcall *c)
 	c->over = true;
 	c->conn->dead = true;
 	c->conn->call = NULL;
-	bufferevent_disable(c->conn->bev, EV_READ | EV_WRITE);
+	conn_quiet(c->conn);
 	bufferevent_setcb(c->conn->bev, NULL, NULL, NULL, NULL);
 	evtimer_del(c->timer);
 	call_slot_free(c);

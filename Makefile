@@ -2,7 +2,7 @@
 CC      ?= cc
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=gnu17 -Wall -Wextra -Werror -Iinclude -Ibench -D_GNU_SOURCE
-LDLIBS  = -levent -levent_openssl -levent_pthreads -lpthread -lssl -lcrypto -lcjson -lyaml -lm
+LDLIBS  = -levent -levent_openssl -levent_pthreads -lpthread -lssl -lcrypto -lcjson -lyaml -luring -lm
 SAN     ?=
 ifeq ($(SAN),1)
 CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined

@@ -10,7 +10,7 @@ command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
 if [ ${#need[@]} -gt 0 ]; then
   echo "install-deps: installing with apt-get: ${need[*]}"
-  echo "install-deps: (compiler, libevent/cJSON/libyaml/OpenSSL headers, cmocka, curl, Node.js and npm for the"
+  echo "install-deps: (compiler, libevent/cJSON/libyaml/OpenSSL/liburing headers, cmocka, curl, Node.js and npm for the"
   echo "install-deps:  end-to-end tests); on a fresh machine this may take a few minutes"
   SUDO=""
   [ "$(id -u)" -ne 0 ] && SUDO=sudo

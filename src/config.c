@@ -58,6 +58,7 @@ static const char *const policy_names[] = {"adaptive", "fixed", NULL};
 static const char *const queue_names[] = {"shared", "per_worker", NULL};
 static const char *const level_names[] = {"debug", "info", "warn", "error", "crit", NULL};
 static const char *const serve_names[] = {"all", "api", "ops", NULL};
+static const char *const io_uring_names[] = {"auto", "on", "off", NULL};
 
 static const struct cfg_key tls_server_keys[] = {
 	KEY_STR(struct cfg_tls_server, cert, ""),
@@ -158,6 +159,7 @@ static const struct cfg_section log_sec = SECTION(log_keys, struct cfg_log);
 #define C struct config
 static const struct cfg_key root_keys[] = {
 	KEY_INT(C, workers, 0, 64, "0"),
+	KEY_ENUM(C, io_uring, io_uring_names, "auto"),
 	KEY_LIST(C, listen, nlisten, CFG_MAX_LISTEN, listen_sec),
 	KEY_LIST(C, upstreams, nupstreams, CFG_MAX_UPSTREAMS, upstream_sec),
 	KEY_SECTION(C, batching, batching_sec),

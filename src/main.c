@@ -178,8 +178,8 @@ static void reload(struct worker *w0)
 	}
 	if (memcmp(n.listen, w0->cfg.listen, sizeof n.listen) || n.nlisten != w0->cfg.nlisten ||
 	    memcmp(n.upstreams, w0->cfg.upstreams, sizeof n.upstreams) || n.nupstreams != w0->cfg.nupstreams ||
-	    n.workers != w0->cfg.workers || n.batching.queue != w0->cfg.batching.queue)
-		log_warn("reload: listen, upstreams, workers and batching.queue changes take effect at the next restart");
+	    n.workers != w0->cfg.workers || n.batching.queue != w0->cfg.batching.queue || n.io_uring != w0->cfg.io_uring)
+		log_warn("reload: listen, upstreams, workers, io_uring and batching.queue changes take effect at the next restart");
 	log_set_level((enum log_level)n.log.level);
 	auth_swap(&g_auth, auth);
 	for (int i = 0; i < g_nworkers; i++) {

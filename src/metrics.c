@@ -105,6 +105,12 @@ void metrics_render(struct sbuf *out, const struct metrics_view *v)
 		sum += CNT_GET(ms[w]->streams_started_total) - CNT_GET(ms[w]->streams_ended_total);
 	sbuf_printf(out, "# HELP carpool_open_streams Streaming responses open now.\n# TYPE carpool_open_streams gauge\n"
 			 "carpool_open_streams %lu\n", sum);
+	bool uring = n > 0;
+	for (int w = 0; w < n; w++)
+		uring = uring && ms[w]->io_uring;
+	sbuf_printf(out, "# HELP carpool_io_uring 1: client writes go through io_uring (io_uring: auto or on, and the "
+			 "kernel offers it); 0: one send() each (io_uring: off, or unavailable; TLS clients always).\n"
+			 "# TYPE carpool_io_uring gauge\ncarpool_io_uring %d\n", uring);
 	struct histogram *hs[64] = {NULL};
 	if (n > 64)
 		n = 64;

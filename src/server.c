@@ -21,6 +21,8 @@
 #include <string.h>
 #include <strings.h>
 #include <fcntl.h>
+#include <liburing.h>
+#include <stdatomic.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -30,6 +32,7 @@
 #include <unistd.h>
 
 #define STAGE_MAX 65536 /* staged bytes of one client that are sent at once, mid-turn */
+#define RING_ENTRIES 256 /* io_uring: sends submitted with one system call at most */
 #define SLOW_MS 1000	/* how long a client's unread output may stay over max_client_buffer */
 
 enum conn_state { ST_HEADERS, ST_BODY, ST_CHUNKED, ST_HANDLING, ST_CLOSING };
@@ -61,6 +64,10 @@ struct server {
 	struct conn *dirty; /* connections with answer bytes staged this loop turn */
 	struct conn *dropped; /* clients dropped as too slow this loop turn, freed at its end */
 	struct event *flush_ev;
+	/* io_uring (one ring per worker, used by its loop alone): the turn's client writes are submitted
+	 * together, one system call for all, in flush_cb. */
+	struct io_uring ring;
+	bool uring;
 	int spare_fd;	    /* held back, so that a 503 can still be sent when descriptors run out */
 	struct log_every refused_log, exhausted_log, loop_log;
 };
@@ -83,6 +90,8 @@ struct conn {
 	 * however many events of a client arrive in one turn, it costs one system call. */
 	struct sbuf pend;
 	bool in_dirty;
+	bool ringed;	 /* pend was sent through the ring this turn: ring_res is what the socket said */
+	int ring_res;	 /* bytes taken, or -errno */
 	bool dropped;		    /* on srv->dropped: nothing more is sent; freed at the turn's end */
 	struct conn *dnext, *dprev; /* on srv->dirty or srv->dropped */
 	uint64_t over_since; /* when its unread output went over max_client_buffer, or 0 */
@@ -112,7 +121,11 @@ static void observe_end(struct conn *c, struct creq *r, bool gone)
 		CNT_ADD(m->streams_ended_total, 1);
 }
 
-void server_set_metrics(struct server *s, struct metrics *m) { s->metrics = m; }
+void server_set_metrics(struct server *s, struct metrics *m)
+{
+	s->metrics = m;
+	m->io_uring = s->uring;
+}
 void server_set_worker(struct server *s, int id) { s->worker = id; }
 void server_set_head_check(struct server *s, server_head_check check) { s->head_check = check; }
 
@@ -229,40 +242,115 @@ static void conn_close_after_write(struct conn *c)
 		conn_linger(c);
 }
 
+/* Of len bytes, done went out: the rest waits in the bufferevent's output buffer, which the loop
+ * drains (a send error other than EAGAIN surfaces on the bufferevent's own next write or read). */
+static void conn_queue_rest(struct conn *c, const char *data, size_t len, size_t done)
+{
+	if (done < len)
+		evbuffer_add(bufferevent_get_output(c->bev), data + done, len - done);
+}
+
+/* Can bytes go straight to the socket? Not on TLS, and not while older ones wait in the output buffer. */
+static bool conn_direct(struct conn *c)
+{
+	return !c->tls && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0;
+}
+
 /* Sends bytes to the client: straight to the socket with one write when nothing is queued before
  * them (no event re-arming on the hot path), else - and for what the socket does not take now, and
  * on TLS - through the bufferevent's output buffer, which the loop drains. */
 static void conn_send(struct conn *c, const char *data, size_t len)
 {
-	struct evbuffer *out = bufferevent_get_output(c->bev);
 	size_t done = 0;
-	if (!c->tls && evbuffer_get_length(out) == 0) {
+	if (conn_direct(c)) {
 		ssize_t w = send(bufferevent_getfd(c->bev), data, len, MSG_NOSIGNAL | MSG_DONTWAIT);
 		if (c->srv->metrics)
 			CNT_ADD(c->srv->metrics->client_writes_total, 1);
 		if (w > 0)
 			done = (size_t)w;
-		/* an error other than EAGAIN surfaces on the bufferevent's own next write or read */
 	}
-	if (done < len)
-		evbuffer_add(out, data + done, len - done);
+	conn_queue_rest(c, data, len, done);
 }
 
-/* Sends what c has staged. */
+/* Sends what c has staged (or, when the ring sent it this turn, queues what the socket left). */
 static void conn_flush(struct conn *c)
 {
 	if (c->pend.len) {
-		conn_send(c, c->pend.data, c->pend.len);
+		if (c->ringed)
+			conn_queue_rest(c, c->pend.data, c->pend.len, c->ring_res > 0 ? (size_t)c->ring_res : 0);
+		else
+			conn_send(c, c->pend.data, c->pend.len);
 		sbuf_reset(&c->pend);
 		if (c->pend.cap > STAGE_MAX) /* a burst does not pin its buffer for the life of the connection */
 			sbuf_free(&c->pend);
 	}
+	c->ringed = false;
 	if (c->state == ST_CLOSING && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
 		conn_linger(c);
 }
 
+/* Submits the ring's sends (n of them) with one system call and notes what each socket took. Each
+ * completes within the call: MSG_DONTWAIT makes a full socket answer -EAGAIN at once rather than
+ * wait (ring_start checked that this kernel does). Should the submission itself fail, the ring is
+ * given up for send(): what it did not send stays staged (ring_res 0) and leaves by the output buffer. */
+static void ring_submit(struct server *srv, unsigned n)
+{
+	if (!n)
+		return;
+	int rc;
+	do
+		rc = io_uring_submit_and_wait(&srv->ring, n);
+	while (rc == -EINTR);
+	if (srv->metrics)
+		CNT_ADD(srv->metrics->client_write_submits_total, 1);
+	struct io_uring_cqe *cqe;
+	unsigned head, seen = 0;
+	io_uring_for_each_cqe(&srv->ring, head, cqe) {
+		struct conn *c = io_uring_cqe_get_data(cqe);
+		c->ring_res = cqe->res;
+		seen++;
+	}
+	io_uring_cq_advance(&srv->ring, seen);
+	if (rc == (int)n && seen == n)
+		return;
+	log_error("io_uring: a submission of %u client writes failed (%s, %u done): client writes use send() from now on",
+		  n, rc < 0 ? strerror(-rc) : "not all submitted", seen);
+	io_uring_queue_exit(&srv->ring); /* drops whatever was not submitted */
+	srv->uring = false;
+	if (srv->metrics)
+		srv->metrics->io_uring = false;
+}
+
+/* io_uring: one send for each staged client that can take bytes straight (conn_direct), all
+ * submitted together; the list is walked again by flush_cb, which queues what each socket left. */
+static void ring_flush(struct server *srv)
+{
+	unsigned n = 0;
+	for (struct conn *c = srv->dirty; c; c = c->dnext) {
+		if (!c->pend.len || !conn_direct(c))
+			continue;
+		struct io_uring_sqe *sqe = io_uring_get_sqe(&srv->ring);
+		if (!sqe) { /* the ring is full: these go now */
+			ring_submit(srv, n);
+			n = 0;
+			if (!srv->uring)
+				return;
+			sqe = io_uring_get_sqe(&srv->ring);
+		}
+		io_uring_prep_send(sqe, bufferevent_getfd(c->bev), c->pend.data, c->pend.len, MSG_NOSIGNAL | MSG_DONTWAIT);
+		io_uring_sqe_set_data(sqe, c);
+		c->ringed = true;
+		c->ring_res = 0;
+		n++;
+		if (srv->metrics)
+			CNT_ADD(srv->metrics->client_writes_total, 1);
+	}
+	ring_submit(srv, n);
+}
+
 /* The end of a loop turn (an event made active once per turn): the clients dropped during the
- * turn are freed (each owner told once, by its gone callback), then one write per staged client. */
+ * turn are freed (each owner told once, by its gone callback), then one write per staged client
+ * (with io_uring, one system call for all of them). */
 static void flush_cb(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd;
@@ -271,6 +359,8 @@ static void flush_cb(evutil_socket_t fd, short what, void *arg)
 	struct conn *c;
 	while ((c = srv->dropped))
 		conn_free(c); /* unlinks it; its owner's gone callback may stage other clients' bytes */
+	if (srv->uring)
+		ring_flush(srv);
 	while ((c = srv->dirty)) {
 		DLIST_UNLINK(srv->dirty, c, dprev, dnext);
 		c->in_dirty = false;
@@ -1089,8 +1179,78 @@ static int open_listener(struct server *srv, const struct cfg_listen *lc, struct
 	return CP_OK;
 }
 
-/* A server without listeners yet; server_free releases it at any stage. */
-static struct server *server_alloc(struct event_base *base, const struct config *cfg, server_handler h, void *arg)
+/* Does this kernel complete a send that cannot go at once with -EAGAIN inside the submitting call,
+ * as flush_cb needs (rather than park it until the socket drains)? Tried on a full socketpair. */
+static const char *ring_sends_at_once(struct io_uring *ring)
+{
+	int sv[2];
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) != 0)
+		return "no socketpair for the check";
+	static const char fill[4096];
+	while (send(sv[0], fill, sizeof fill, MSG_DONTWAIT) > 0)
+		;
+	const char *why = NULL;
+	struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+	io_uring_prep_send(sqe, sv[0], fill, sizeof fill, MSG_NOSIGNAL | MSG_DONTWAIT);
+	struct io_uring_cqe *cqe = NULL;
+	if (io_uring_submit(ring) != 1)
+		why = "IORING_OP_SEND not accepted";
+	else if (io_uring_peek_cqe(ring, &cqe) != 0)
+		why = "a send to a full socket waits instead of failing at once";
+	else if (cqe->res != -EAGAIN)
+		why = cqe->res == -EINVAL ? "IORING_OP_SEND not supported" : "a send to a full socket did not say EAGAIN";
+	close(sv[0]); /* a parked send ends now */
+	close(sv[1]);
+	if (!cqe && why && io_uring_wait_cqe(ring, &cqe) != 0)
+		cqe = NULL;
+	if (cqe)
+		io_uring_cqe_seen(ring, cqe);
+	return why;
+}
+
+/* The ring of s's loop, as cfg->io_uring asks. CP_ERROR only when it is required ("on") and cannot be
+ * had; "auto" falls back to send() and says why, once. primary: the first worker's, which states the
+ * choice in the log. */
+static int ring_start(struct server *s, bool primary)
+{
+	static atomic_bool said;
+	if (s->cfg->io_uring == IO_URING_OFF) {
+		if (primary)
+			log_info("client writes: send(), one per client per loop turn (io_uring: off)");
+		return CP_OK;
+	}
+	const char *why = NULL;
+	char buf[128];
+	/* SUBMIT_ALL (Linux 5.18): a send that fails does not hold back the ones after it */
+	int rc = io_uring_queue_init(RING_ENTRIES, &s->ring, IORING_SETUP_SUBMIT_ALL);
+	if (rc == -EINVAL)
+		rc = io_uring_queue_init(RING_ENTRIES, &s->ring, 0);
+	if (rc < 0) {
+		snprintf(buf, sizeof buf, "io_uring_queue_init: %s", strerror(-rc));
+		why = buf;
+	} else if ((why = ring_sends_at_once(&s->ring))) {
+		io_uring_queue_exit(&s->ring);
+	}
+	if (why && s->cfg->io_uring == IO_URING_ON) {
+		log_error("io_uring: on, but io_uring is unavailable (%s)", why);
+		return CP_ERROR;
+	}
+	if (why) {
+		if (!atomic_exchange(&said, true))
+			log_warn("io_uring is unavailable (%s): client writes use send(), one per client per loop turn", why);
+		return CP_OK;
+	}
+	s->uring = true;
+	if (primary)
+		log_info("client writes: io_uring, one submission per loop turn for every client written to (TLS "
+			 "clients: send())");
+	return CP_OK;
+}
+
+/* A server without listeners yet; server_free releases it at any stage. NULL: io_uring is required
+ * and cannot be had (logged). */
+static struct server *server_alloc(struct event_base *base, const struct config *cfg, server_handler h, void *arg,
+				   bool primary)
 {
 	struct server *s = xcalloc(1, sizeof *s);
 	s->base = base;
@@ -1099,12 +1259,18 @@ static struct server *server_alloc(struct event_base *base, const struct config 
 	s->handler = h;
 	s->arg = arg;
 	s->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	if (ring_start(s, primary) != CP_OK) {
+		server_free(s);
+		return NULL;
+	}
 	return s;
 }
 
 struct server *server_new(struct event_base *base, const struct config *cfg, server_handler h, void *arg)
 {
-	struct server *s = server_alloc(base, cfg, h, arg);
+	struct server *s = server_alloc(base, cfg, h, arg, true);
+	if (!s)
+		return NULL;
 	const char *acc = cfg->log.access;
 	if (!strcmp(acc, "stdout")) {
 		s->access = stdout;
@@ -1134,7 +1300,9 @@ struct server *server_new_shared(struct event_base *base, const struct config *c
 				 struct server *primary)
 {
 	primary->one_accept = true;
-	struct server *s = server_alloc(base, cfg, h, arg);
+	struct server *s = server_alloc(base, cfg, h, arg, false);
+	if (!s)
+		return NULL;
 	s->access = primary->access_owned ? fopen(cfg->log.access, "a") : primary->access;
 	s->access_owned = primary->access_owned && s->access;
 	s->one_accept = true;
@@ -1253,6 +1421,8 @@ void server_free(struct server *s)
 		conn_free(s->conns);
 	if (s->flush_ev)
 		event_free(s->flush_ev);
+	if (s->uring)
+		io_uring_queue_exit(&s->ring);
 	if (s->spare_fd >= 0)
 		close(s->spare_fd);
 	if (s->access_owned)

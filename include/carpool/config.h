@@ -20,6 +20,9 @@ enum batch_queue { QUEUE_SHARED, QUEUE_PER_WORKER };
 /* What a listener answers: the API and carpool's own endpoints (/healthz, /readyz, /metrics), or one
  * of the two. */
 enum listen_serve { SERVE_ALL, SERVE_API, SERVE_OPS };
+/* How client writes leave: through io_uring where the kernel offers it (auto), only so (on: no start
+ * without it), or one send() each (off). */
+enum io_uring_mode { IO_URING_AUTO, IO_URING_ON, IO_URING_OFF };
 
 struct cfg_tls_server {
 	char cert[CFG_STR];
@@ -107,6 +110,7 @@ struct cfg_log {
 struct config {
 	char path[CFG_STR];
 	long workers; /* event loops (threads); 0: one per core */
+	long io_uring; /* enum io_uring_mode */
 	struct cfg_listen listen[CFG_MAX_LISTEN];
 	int nlisten;
 	struct cfg_upstream upstreams[CFG_MAX_UPSTREAMS];

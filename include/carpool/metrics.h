@@ -62,7 +62,8 @@
 	X(slow_clients_dropped_total, "Clients cut off because their unread output passed max_client_buffer.") \
 	X(streams_started_total, "Streaming responses started.")                                          \
 	X(streams_ended_total, "Streaming responses ended (answered or client gone).")                   \
-	X(client_writes_total, "Direct writes of answer bytes to client sockets: at most one per client per loop turn (what the socket does not take then leaves through the output buffer).")
+	X(client_writes_total, "Direct writes of answer bytes to client sockets: at most one per client per loop turn (what the socket does not take then leaves through the output buffer).") \
+	X(client_write_submits_total, "io_uring submissions of client writes: one system call per loop turn for every client written to in it (see carpool_io_uring).")
 
 /* name, help, bucket bounds (a static array), unit scale for rendering */
 #define METRICS_HISTOGRAMS(X)                                                                           \
@@ -92,6 +93,7 @@ struct metrics {
 	METRICS_HISTOGRAMS(M_HIST)
 #undef M_HIST
 	unsigned long requests[ROUTE_N][600]; /* by route and HTTP status */
+	bool io_uring; /* this worker's client writes go through io_uring */
 };
 
 /* Adds one observation: value in the histogram's unit (milliseconds or a count). */

@@ -13,6 +13,11 @@ const { embedding } = require('./simgen');
 
 const ROOT = path.resolve(__dirname, '..', '..');
 const BIN = process.env.CARPOOL_BIN_DIR || path.join(ROOT, 'bin');
+// CARPOOL_E2E_IO_URING=auto|on|off: every config startCarpool writes gets `io_uring: VALUE` unless it
+// sets io_uring itself, so that a whole run covers one write path (CI runs the Node 18 pass with off).
+const IO_URING = process.env.CARPOOL_E2E_IO_URING || '';
+if (IO_URING && !['auto', 'on', 'off'].includes(IO_URING))
+  throw new Error(`CARPOOL_E2E_IO_URING=${IO_URING}: not one of auto, on, off`);
 
 // node:test's test() with a timeout by default: a hang fails the test with a message, never a stuck
 // run. Every e2e file takes `test` from here; a test that needs longer passes its own { timeout }.
@@ -95,7 +100,9 @@ function toYaml(v, indent = '') {
 async function startCarpool(cfg, { env = {}, expectFail = false, wrap = [] } = {}) {
   const dir = tmpdir();
   const file = path.join(dir, 'carpool.yaml');
-  fs.writeFileSync(file, typeof cfg === 'string' ? cfg : toYaml(cfg) + '\n');
+  let text = typeof cfg === 'string' ? cfg : toYaml(cfg) + '\n';
+  if (IO_URING && !/^io_uring:/m.test(text)) text += `${text.endsWith('\n') ? '' : '\n'}io_uring: ${IO_URING}\n`;
+  fs.writeFileSync(file, text);
   const argv = [...wrap, path.join(BIN, 'carpool'), '-c', file];
   const proc = spawn(argv[0], argv.slice(1), {
     stdio: ['ignore', 'pipe', 'pipe'],

@@ -166,6 +166,27 @@ static void test_defaults(void **state)
 	assert_int_equal(cfg.timeouts.first_byte_ms, 120000);
 	assert_int_equal(cfg.timeouts.idle_ms, 60000);
 	assert_int_equal(cfg.log.level, LOG_INFO);
+	assert_int_equal(cfg.io_uring, IO_URING_AUTO);
+}
+
+/* io_uring: auto | on | off (on and off unquoted are the words, not YAML 1.1 booleans) */
+static void test_io_uring(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *text;
+		long want;
+	} ok[] = {{"auto", IO_URING_AUTO}, {"on", IO_URING_ON}, {"off", IO_URING_OFF}, {"\"off\"", IO_URING_OFF}};
+	for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+		char yaml[256];
+		snprintf(yaml, sizeof yaml, MIN_OK "io_uring: %s\n", ok[i].text);
+		if (load(yaml) != CP_OK)
+			fail_msg("io_uring: %s: %s", ok[i].text, err);
+		assert_int_equal(cfg.io_uring, ok[i].want);
+	}
+	load_fails(MIN_OK "io_uring: yes\n", "test.yaml:5:11:", "io_uring");
+	load_fails(MIN_OK "io_uring: true\n", "test.yaml:5:11:", "auto, on, off");
+	load_fails(MIN_OK "io_uring: [on]\n", "test.yaml:5:11:", NULL);
 }
 
 static void test_partial_section_keeps_other_defaults(void **state)
@@ -461,6 +482,7 @@ int main(void)
 		cmocka_unit_test(test_wrong_type),
 		cmocka_unit_test(test_out_of_range),
 		cmocka_unit_test(test_bad_enum),
+		cmocka_unit_test(test_io_uring),
 		cmocka_unit_test(test_missing_listen_upstreams),
 		cmocka_unit_test(test_bad_url_scheme),
 		cmocka_unit_test(test_url_ending_in_v1),

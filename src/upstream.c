@@ -24,7 +24,7 @@
 #include <strings.h>
 #include <sys/queue.h>
 #include <sys/socket.h>
-#include <sys/uio.h>
+#include <unistd.h>
 
 #define MAX_RESP_HEAD 65536 /* bytes of one response head (status line and headers) */
 #define MAX_IDLE 64	    /* idle connections kept when max_inflight does not bound them */
@@ -908,27 +908,15 @@ static void conn_readable_cb(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	struct upconn *uc = arg;
 	struct evbuffer *in = bufferevent_get_input(uc->bev);
+	char buf[READ_PIECE]; /* copied out, so that what stays buffered (a partial event) pins a buffer of its size */
 	short ended = 0;
 	size_t total = 0;
 	while (total < READ_TURN) {
-		struct evbuffer_iovec v[2];
-		int nv = evbuffer_reserve_space(in, READ_PIECE, v, 2);
-		if (nv < 1)
-			break;
-		struct iovec iov[2];
-		for (int i = 0; i < nv; i++)
-			iov[i] = (struct iovec){v[i].iov_base, v[i].iov_len};
-		ssize_t n = readv(fd, iov, nv);
-		size_t left = n > 0 ? (size_t)n : 0, asked = 0;
-		for (int i = 0; i < nv; i++) {
-			asked += v[i].iov_len;
-			v[i].iov_len = left < v[i].iov_len ? left : v[i].iov_len;
-			left -= v[i].iov_len;
-		}
-		evbuffer_commit_space(in, v, nv);
+		ssize_t n = read(fd, buf, sizeof buf);
 		if (n > 0) {
+			evbuffer_add(in, buf, (size_t)n);
 			total += (size_t)n;
-			if ((size_t)n < asked)
+			if ((size_t)n < sizeof buf)
 				break; /* drained */
 			continue;
 		}

@@ -114,6 +114,8 @@ test('io_uring: on with a TLS listener: TLS clients take send() and get the same
 
 // io_uring made unavailable: strace fails every io_uring_setup with ENOSYS, as a kernel without it would.
 const noUring = ['strace', '-f', '-qq', '-o', '/dev/null', '-e', 'inject=io_uring_setup:error=ENOSYS'];
+// LeakSanitizer cannot run under ptrace (make SAN=1): leaks are checked everywhere else
+const noLeakCheck = { ASAN_OPTIONS: `${process.env.ASAN_OPTIONS ? `${process.env.ASAN_OPTIONS}:` : ''}detect_leaks=0` };
 function straceWorks() {
   const r = require('node:child_process').spawnSync(noUring[0], [...noUring.slice(1), 'true']);
   return !r.error && r.status === 0;
@@ -123,12 +125,12 @@ test('io_uring unavailable: auto falls back to send() with one warning (gauge 0)
   if (!straceWorks()) return t.skip('strace (with ptrace allowed) is needed to take io_uring away');
   const sim = await startSim(['--step-ms', '1', '--answer-tokens', '20:40']);
   t.after(async () => { await sim.kill(); });
-  const refused = await startCarpool({ ...baseConfig(sim), io_uring: 'on' }, { expectFail: true, wrap: noUring });
+  const refused = await startCarpool({ ...baseConfig(sim), io_uring: 'on' }, { expectFail: true, wrap: noUring, env: noLeakCheck });
   assert.notEqual(refused.code, 0);
   assert.match(refused.log(), /error io_uring: on, but io_uring is unavailable \(io_uring_queue_init: Function not implemented\)/);
   fs.rmSync(refused.dir, { recursive: true, force: true });
 
-  const cp = await startCarpool({ ...baseConfig(sim, { workers: 2 }), io_uring: 'auto' }, { wrap: noUring });
+  const cp = await startCarpool({ ...baseConfig(sim, { workers: 2 }), io_uring: 'auto' }, { wrap: noUring, env: noLeakCheck });
   // SIGTERM to strace would detach it and leave carpool running: carpool itself is stopped
   const child = Number(fs.readFileSync(`/proc/${cp.proc.pid}/task/${cp.proc.pid}/children`, 'utf8').trim().split(/\s+/)[0]);
   t.after(async () => {

@@ -19,16 +19,10 @@ trap cleanup EXIT
 start_sim "$work/sim.out" --dialect vllm --slots 256 --step-ms 20 --call-ms 5 --answer-tokens 20:500
 
 # carpool's defaults: only where to listen and the upstream.
-cat >"$work/carpool.yaml" <<YAML
-listen:
-  - address: 127.0.0.1:0
-upstreams:
-  - url: http://127.0.0.1:$sim_port
-YAML
+default_config "$work/carpool.yaml" "$sim_port"
 start_carpool "$work/carpool.yaml" "$work/carpool.log"
 
 stat() { sim_stats "$sim_port" "$1"; }
-field() { echo "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
 # burst PORT: the same CLIENTS prompts each time, so both sides do exactly the same work
 burst() {
 	curl -s -X POST "http://127.0.0.1:$sim_port/stats/reset" >/dev/null

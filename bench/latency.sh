@@ -43,17 +43,11 @@ bench_start
 start_sim "$work/sim.out" --slots "$SLOTS" --step-ms "$STEP_MS" --answer-tokens "$ANSWERS"
 pids+=("$sim_pid")
 main_sim=$sim_port
-cat >"$work/carpool.yaml" <<YAML
-listen:
-  - address: 127.0.0.1:0
-upstreams:
-  - url: http://127.0.0.1:$sim_port
-YAML
+default_config "$work/carpool.yaml" "$sim_port"
 start_carpool "$work/carpool.yaml" "$work/carpool.log"
 pids+=("$cp_pid")
 declare -A port=([direct]=$sim_port [carpool]=$cp_port)
 
-field() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p"; }
 fail=0
 # measure KIND SCENARIO VIA RUN LOADGEN-ARGS...: one loadgen run; appends a line to $work/data. It
 # loads port[VIA] (or $target_port); the upstream's figures come from the sim at $stat_port (default:

@@ -70,6 +70,19 @@ YAML
 	} >"$1"
 }
 
+# default_config FILE SIM_PORT: carpool's defaults, only where to listen and the upstream.
+default_config() {
+	cat >"$1" <<YAML
+listen:
+  - address: 127.0.0.1:0
+upstreams:
+  - url: http://127.0.0.1:$2
+YAML
+}
+
+# field LINE NAME: the value of NAME=value in a loadgen RESULT line.
+field() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p"; }
+
 # cpu_ns PID...: the CPU time (user + kernel) the processes' live threads have run, in ns: the
 # scheduler's own count (/proc/PID/task/*/schedstat), where utime and stime tick at 1/CLK_TCK s. A
 # kernel without schedstat: utime + stime instead. A pid that is gone counts 0.

@@ -20,7 +20,6 @@ bench_start
 
 SIM_ARGS=(--dialect llamacpp --slots 4 --step-ms 1 --call-ms 1 --keep-alive 5 --close-after-stream=next
 	--max-conns 6 --backlog 5)
-field() { echo "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
 
 # run TARGET_PORT C R: one loadgen run; prints "lost ttft_p50 ttft_p99 stale_retries"
 run() {

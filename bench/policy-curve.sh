@@ -30,7 +30,6 @@ YAML
 done
 for pol in adaptive fixed; do wait_line "$work/$pol.log" ready; done
 declare -A port=([direct]=$sim_port [adaptive]=$(port_in "$work/adaptive.log") [fixed]=$(port_in "$work/fixed.log"))
-field() { echo "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
 rows=""
 fail=0
 for rate in $RATES; do

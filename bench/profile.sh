@@ -39,7 +39,6 @@ fi
 bench_start
 hz=$(getconf CLK_TCK)
 
-field() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p"; }
 # load PORT REQS PREFIX: one verified load; prints loadgen's RESULT line, fails on any error
 load() {
 	local r

@@ -20,7 +20,6 @@ declare -A LABEL=([w1]="1 worker" [w2-shared]="2 workers, shared queue, max_infl
 	[w2-apart-8]="2 workers, per_worker, max_inflight 8 each (16 in all)")
 HZ=$(getconf CLK_TCK)
 ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
-field() { echo "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
 reqs() { # regime conc: requests per client
 	if [[ $1 == paced ]]; then (($2 <= 256)) && echo 16 || echo 8; else echo $((30720 / $2)); fi
 }

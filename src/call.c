@@ -563,6 +563,11 @@ static void call_done(void *arg, enum upcall_error err)
 static void embed_done(void *arg, enum upcall_error err)
 {
 	struct batch *b = arg;
+	if (b->status == 200 && err != UPE_NONE) {
+		/* a 200 whose body broke is no answer (nothing reached a client: it may go again) */
+		b->status = 0;
+		sbuf_reset(&b->answer_body);
+	}
 	if (b->status != 200 || err != UPE_NONE) {
 		call_done(b, err);
 		return;

@@ -66,3 +66,28 @@ test('isolation: an error JSON followed by more bytes is not forwarded as it cam
   t.after(() => up.close());
   await mergedClients(t, up, 'trail500', (s, body) => assert.equal(s, 502, body));
 });
+
+test('isolation: an embeddings 200 whose body breaks is no answer: tried again, then a 502, never a 200 with an error body', async (t) => {
+  const http = require('node:http');
+  let posts = 0;
+  const srv = http.createServer((req, res) => {
+    req.resume();
+    req.on('end', () => {
+      posts++;
+      // a 200 that promises more than it sends, then the connection drops
+      res.writeHead(200, { 'Content-Type': 'application/json', 'Content-Length': 1000 });
+      res.write('{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.1,');
+      setTimeout(() => res.socket.destroy(), 20);
+    });
+  });
+  await new Promise((r) => srv.listen(0, '127.0.0.1', r));
+  t.after(() => { srv.closeAllConnections(); srv.close(); });
+  const cp = await startCarpool(baseConfig({ url: `http://127.0.0.1:${srv.address().port}` }, { upstream: { dialect: 'openai' } }));
+  t.after(() => cp.proc.kill('SIGKILL'));
+  const r = await request(cp.port, 'POST', '/v1/embeddings', { model: 'sim-model', input: ['a', 'b'] }, {}, { timeoutMs: 20000 });
+  assert.equal(r.status, 502, r.body);
+  const j = JSON.parse(r.body);
+  assert.equal(j.error.type, 'server_error', r.body);
+  assert.ok(posts >= 2, `a broken 200 before any byte reached the client was not tried again (${posts} call)`);
+  await cp.stop();
+});

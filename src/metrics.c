@@ -107,7 +107,7 @@ void metrics_render(struct sbuf *out, const struct metrics_view *v)
 			 "carpool_open_streams %lu\n", sum);
 	bool uring = n > 0;
 	for (int w = 0; w < n; w++)
-		uring = uring && ms[w]->io_uring;
+		uring = uring && CNT_GET(ms[w]->io_uring);
 	sbuf_printf(out, "# HELP carpool_io_uring 1: client writes go through io_uring (io_uring: auto or on, and the "
 			 "kernel offers it); 0: one send() each (io_uring: off, or unavailable; TLS clients always).\n"
 			 "# TYPE carpool_io_uring gauge\ncarpool_io_uring %d\n", uring);

@@ -124,7 +124,7 @@ static void observe_end(struct conn *c, struct creq *r, bool gone)
 void server_set_metrics(struct server *s, struct metrics *m)
 {
 	s->metrics = m;
-	m->io_uring = s->uring;
+	CNT_SET(m->io_uring, s->uring);
 }
 void server_set_worker(struct server *s, int id) { s->worker = id; }
 void server_set_head_check(struct server *s, server_head_check check) { s->head_check = check; }
@@ -297,13 +297,15 @@ static void ring_submit(struct server *srv, unsigned n)
 {
 	if (!n)
 		return;
-	int rc;
-	do
-		rc = io_uring_submit_and_wait(&srv->ring, n);
-	while (rc == -EINTR);
+	/* wait for what was submitted, not for n: a kernel without SUBMIT_ALL stops at a failing entry */
+	int rc = io_uring_submit(&srv->ring), w = 0;
+	struct io_uring_cqe *cqe;
+	if (rc > 0)
+		do
+			w = io_uring_wait_cqe_nr(&srv->ring, &cqe, (unsigned)rc);
+		while (w == -EINTR);
 	if (srv->metrics)
 		CNT_ADD(srv->metrics->client_write_submits_total, 1);
-	struct io_uring_cqe *cqe;
 	unsigned head, seen = 0;
 	io_uring_for_each_cqe(&srv->ring, head, cqe) {
 		struct conn *c = io_uring_cqe_get_data(cqe);
@@ -314,11 +316,11 @@ static void ring_submit(struct server *srv, unsigned n)
 	if (rc == (int)n && seen == n)
 		return;
 	log_error("io_uring: a submission of %u client writes failed (%s, %u done): client writes use send() from now on",
-		  n, rc < 0 ? strerror(-rc) : "not all submitted", seen);
+		  n, rc < 0 ? strerror(-rc) : w < 0 ? strerror(-w) : "not all submitted", seen);
 	io_uring_queue_exit(&srv->ring); /* drops whatever was not submitted */
 	srv->uring = false;
 	if (srv->metrics)
-		srv->metrics->io_uring = false;
+		CNT_SET(srv->metrics->io_uring, false);
 }
 
 /* io_uring: one send for each staged client that can take bytes straight (conn_direct), all

@@ -1376,6 +1376,10 @@ static void health_done(void *arg, enum upcall_error err)
 {
 	struct health *h = arg;
 	struct upstream *up = h->up;
+	if (event_base_got_exit(up->base)) { /* ended by the shutdown (upstream_free): nothing learnt */
+		free(h);
+		return;
+	}
 	if (err == UPE_NONE && h->status >= 200 && h->status < 300) {
 		note_answer(up);
 		if (!upstream_healthy(up))

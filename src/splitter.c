@@ -347,6 +347,17 @@ static long num_field(const cJSON *obj, const char *name)
 	return cJSON_IsNumber(v) && fabs(v->valuedouble) < 9e15 ? (long)v->valuedouble : -1;
 }
 
+/* Client choice ci of m has ended (once): the member's and the call's counts (the batch frees
+ * upstream sequence slots by sp->finished). */
+static void mark_finished(struct split *sp, struct split_member *m, unsigned ci)
+{
+	if (m->fin[ci])
+		return;
+	m->fin[ci] = 1;
+	m->finished++;
+	sp->finished++;
+}
+
 /* Records one choice for member m at client index ci. */
 static void take_choice(struct split *sp, struct split_member *m, unsigned ci, cJSON *ch, const cJSON *ev,
 			const cJSON *usage)
@@ -390,11 +401,8 @@ static void take_choice(struct split *sp, struct split_member *m, unsigned ci, c
 		}
 	}
 	cJSON *fr = cJSON_GetObjectItemCaseSensitive(ch, "finish_reason");
-	if (cJSON_IsString(fr) && !m->fin[ci]) {
-		m->fin[ci] = 1;
-		m->finished++;
-		sp->finished++;
-	}
+	if (cJSON_IsString(fr))
+		mark_finished(sp, m, ci);
 }
 
 /* Keeps the first event with a choices array, unparsed (proto_copy). */
@@ -860,11 +868,8 @@ static int fast_take(struct split *sp, const char *data, size_t len, struct fast
 	sp->fast_events++;
 	if (content)
 		m->ntokens[ci]++;
-	if (finished && !m->fin[ci]) {
-		m->fin[ci] = 1;
-		m->finished++;
-		sp->finished++;
-	}
+	if (finished)
+		mark_finished(sp, m, ci);
 	if (m->finished == m->nchoices && !alone_passthrough(sp))
 		complete(sp, m);
 	return CP_OK;
